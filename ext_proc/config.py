@@ -1,0 +1,206 @@
+"""One typed configuration object, loaded once from a TOML file plus ``EXT_PROC_*`` environment variables.
+
+Precedence, lowest first: defaults, the file, the environment, command-line flags. Every problem is reported at
+start with the setting's name and what was expected; secret values never appear in a message or a repr.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ext_proc.credentials import Credential, Prefixes
+from ext_proc.seal import KEY_BYTES, Keyring
+
+ENV_PREFIX = "EXT_PROC_"
+LITELLM_HEADER = "x-litellm-api-key"
+DEFAULT_EXTRA_LITELLM_HEADERS = ("api-key", "x-goog-api-key", "ocp-apim-subscription-key")
+DEFAULT_EGRESS_ALLOWLIST = (
+    "content-type",
+    "accept",
+    "accept-encoding",
+    "user-agent",
+    "anthropic-version",
+    "anthropic-beta",
+    "anthropic-dangerous-direct-browser-access",
+    "x-app",
+    "x-claude-code-session-id",
+    "x-stainless-*",
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+)
+_HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be served; the message names the setting."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listen: str = "127.0.0.1:50051"
+    handoff_header: str = "x-credential-handoff"
+    litellm_headers: tuple[str, ...] = DEFAULT_EXTRA_LITELLM_HEADERS
+    egress_allowlist: tuple[str, ...] = DEFAULT_EGRESS_ALLOWLIST
+    anthropic_prefix: str = "sk-ant-"
+    oauth_prefix: str = "sk-ant-oat"
+    oauth_beta: str = "oauth-2025-04-20"
+    seal_ttl_seconds: int = 600
+    seal_keys: tuple[str, ...] = field(default=(), repr=False)
+    seal_key_file: Path | None = None
+    server_credential: str | None = field(default=None, repr=False)
+    server_credential_file: Path | None = None
+    log_level: str = "INFO"
+
+    @classmethod
+    def load(
+        cls,
+        file: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Config:
+        """Defaults < file < environment < overrides (command-line flags), then validated."""
+        values: dict[str, Any] = {}
+        env = env if env is not None else {}
+        file = file or (Path(env[ENV_PREFIX + "CONFIG"]) if env.get(ENV_PREFIX + "CONFIG") else None)
+        if file is not None:
+            values.update(_read_file(file))
+        for f in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = raw
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls(**{name: _coerce(name, value) for name, value in values.items()}).validated()
+
+    @property
+    def all_litellm_headers(self) -> frozenset[str]:
+        return frozenset((LITELLM_HEADER, *self.litellm_headers))
+
+    @property
+    def prefixes(self) -> Prefixes:
+        return Prefixes(self.anthropic_prefix.encode(), self.oauth_prefix.encode())
+
+    def validated(self) -> Config:
+        if not self.handoff_header.startswith("x-") or not _HEADER_NAME.match(self.handoff_header):
+            raise ConfigError(
+                f"handoff_header {self.handoff_header!r}: must be a lower-case header name starting with 'x-' "
+                "(LiteLLM forwards x-* headers to the upstream, nothing else)"
+            )
+        for name in (*self.litellm_headers, *(n.removesuffix("*") for n in self.egress_allowlist)):
+            if not _HEADER_NAME.match(name):
+                raise ConfigError(f"header name {name!r}: must be lower case and contain only token characters")
+        if self.handoff_header in self.egress_allowlist:
+            raise ConfigError("egress_allowlist must not contain the handoff header")
+        if not self.anthropic_prefix or not self.oauth_prefix.startswith(self.anthropic_prefix):
+            raise ConfigError("oauth_prefix must start with anthropic_prefix, and neither may be empty")
+        if self.seal_ttl_seconds <= 0:
+            raise ConfigError("seal_ttl_seconds must be a positive number of seconds")
+        if self.server_credential is not None and self.server_credential_file is not None:
+            raise ConfigError("set server_credential or server_credential_file, not both")
+        if self.seal_keys and self.seal_key_file is not None:
+            raise ConfigError("set seal_keys or seal_key_file, not both")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError("log_level must be one of DEBUG, INFO, WARNING, ERROR")
+        self.keyring()
+        self.load_server_credential()
+        return self
+
+    def keyring(self) -> Keyring | None:
+        """The configured seal keys, or None when none is configured (the server then generates one)."""
+        texts = self.seal_keys
+        if self.seal_key_file is not None:
+            texts = tuple(_read_lines(self.seal_key_file, "seal_key_file"))
+            if not texts:
+                raise ConfigError(f"seal_key_file {self.seal_key_file}: holds no key")
+        if not texts:
+            return None
+        return Keyring([_decode_key(i, text) for i, text in enumerate(texts)], self.seal_ttl_seconds)
+
+    def load_server_credential(self) -> Credential | None:
+        """The sidecar's own Anthropic credential (priority 5), read now; it must look like one."""
+        if self.server_credential_file is not None:
+            lines = _read_lines(self.server_credential_file, "server_credential_file")
+            if len(lines) != 1:
+                raise ConfigError(f"server_credential_file {self.server_credential_file}: must hold one line")
+            text = lines[0]
+        elif self.server_credential is not None:
+            text = self.server_credential.strip()
+        else:
+            return None
+        credential = self.prefixes.classify(text.encode("latin-1", "replace"))
+        if credential is None:
+            raise ConfigError(
+                f"server credential: not an Anthropic credential (expected a value starting with "
+                f"{self.anthropic_prefix!r})"
+            )
+        return credential
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            doc = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+    return doc
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn file and environment values into the field's type, with a message naming the setting."""
+    kind = {f.name: f.type for f in dataclasses.fields(Config)}[name]
+    if kind == "tuple[str, ...]":
+        if isinstance(value, str):
+            value = [part for part in (p.strip() for p in value.split(",")) if part]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name}: expected a list of strings")
+        return tuple(v.strip().lower() if name != "seal_keys" else v.strip() for v in value)
+    if kind == "int":
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a whole number, got {value!r}") from None
+    if kind == "Path | None":
+        if not isinstance(value, str | Path):
+            raise ConfigError(f"{name}: expected a file path")
+        return Path(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: expected a string")
+    return value.strip().lower() if name == "handoff_header" else value
+
+
+def _read_lines(path: Path, setting: str) -> list[str]:
+    try:
+        text = path.read_text(encoding="latin-1")
+    except OSError as exc:
+        raise ConfigError(f"{setting} {path}: {exc.strerror}") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _decode_key(index: int, text: str) -> bytes:
+    try:
+        key = base64.b64decode(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"seal key #{index + 1}: not base64") from None
+    if len(key) != KEY_BYTES:
+        raise ConfigError(f"seal key #{index + 1}: must decode to {KEY_BYTES} bytes, got {len(key)}")
+    return key
+
+
+def new_seal_key() -> str:
+    """A fresh key in the form the config expects (``ext-proc keygen``)."""
+    return base64.urlsafe_b64encode(os.urandom(KEY_BYTES)).decode()

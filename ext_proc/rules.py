@@ -1,0 +1,329 @@
+"""The credential rules: headers in, decision out. Pure: no gRPC, no I/O, no clock of its own.
+
+``decide`` is the whole policy. The transport turns Envoy's message into a ``HeaderView``, calls ``decide`` and
+turns the ``Decision`` back into a header mutation or an immediate response.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from ext_proc.config import Config
+from ext_proc.credentials import (
+    AUTHORIZATION,
+    CREDENTIAL_HEADERS,
+    X_API_KEY,
+    Credential,
+    Prefixes,
+    token_of,
+)
+from ext_proc.headers import HeaderView
+from ext_proc.seal import Keyring, SealError
+
+ANTHROPIC_BETA = "anthropic-beta"
+COOKIE = "cookie"
+REQUEST_ID = "x-request-id"
+# Envoy owns these; a filter that touches them breaks framing or routing.
+NEVER_TOUCHED = frozenset({"host", "content-length", "transfer-encoding"})
+
+
+class Leg(StrEnum):
+    INGRESS = "ingress"
+    EGRESS = "egress"
+
+
+class Policy(StrEnum):
+    ANTHROPIC = "anthropic"
+    OTHER = "other"
+
+
+_POLICIES = frozenset(p.value for p in Policy)
+
+
+class Source(StrEnum):
+    """Where the credential that left came from, in priority order."""
+
+    SEALED_X_API_KEY = "sealed-x-api-key"
+    SEALED_AUTHORIZATION = "sealed-authorization"
+    REQUEST_X_API_KEY = "request-x-api-key"
+    REQUEST_AUTHORIZATION = "request-authorization"
+    SERVER = "server"
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An answer given in Anthropic's error shape instead of forwarding the request."""
+
+    status: int
+    error_type: str
+    message: str
+    reason: str
+
+    def body(self) -> bytes:
+        return json.dumps(
+            {"type": "error", "error": {"type": self.error_type, "message": self.message}},
+            separators=(",", ":"),
+        ).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    """What was decided, safe to log: names, kinds and fingerprints, never a value."""
+
+    leg: str
+    policy: str
+    outcome: str
+    request_id: str | None
+    source: Source | None = None
+    kind: str | None = None
+    fingerprint: str | None = None
+    sealed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "leg": self.leg,
+            "policy": self.policy,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "source": self.source.value if self.source else None,
+            "kind": self.kind,
+            "fingerprint": self.fingerprint,
+            "sealed": list(self.sealed),
+            "removed": list(self.removed),
+            "request_id": self.request_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    remove: tuple[str, ...]
+    set: tuple[tuple[str, bytes], ...]
+    audit: Audit
+    rejection: Rejection | None = None
+
+    def apply(self, headers: HeaderView) -> HeaderView:
+        """The headers Envoy forwards after this decision (a set replaces every value of its name)."""
+        drop = set(self.remove) | {name for name, _ in self.set}
+        return HeaderView([*((n, v) for n, v in headers if n not in drop), *self.set])
+
+
+@dataclass(frozen=True, slots=True)
+class RuleContext:
+    """Everything ``decide`` needs besides the request, compiled once from the config."""
+
+    keyring: Keyring
+    server_credential: Credential | None
+    handoff_header: str
+    litellm_headers: frozenset[str]
+    allow_exact: frozenset[str]
+    allow_prefixes: tuple[str, ...]
+    prefixes: Prefixes
+    oauth_beta: bytes
+
+    @classmethod
+    def from_config(cls, config: Config, keyring: Keyring, server_credential: Credential | None) -> RuleContext:
+        return cls(
+            keyring=keyring,
+            server_credential=server_credential,
+            handoff_header=config.handoff_header,
+            litellm_headers=config.all_litellm_headers,
+            allow_exact=frozenset(n for n in config.egress_allowlist if not n.endswith("*")),
+            allow_prefixes=tuple(n[:-1] for n in config.egress_allowlist if n.endswith("*")),
+            prefixes=config.prefixes,
+            oauth_beta=config.oauth_beta.encode(),
+        )
+
+    def allowed(self, name: str) -> bool:
+        return name in self.allow_exact or name.startswith(self.allow_prefixes)
+
+
+class _Reject(Exception):
+    def __init__(self, rejection: Rejection) -> None:
+        self.rejection = rejection
+
+
+def decide(leg: str, policy: str, headers: HeaderView, ctx: RuleContext, now: float) -> Decision:
+    """The whole policy for one request's headers. Never raises: bad input becomes a rejection."""
+    request_ids = headers.get_all(REQUEST_ID)
+    request_id = request_ids[0].decode("latin-1") if request_ids else None
+    base = Audit(leg=leg, policy=policy, outcome="forward", request_id=request_id)
+    try:
+        if leg == Leg.INGRESS:
+            if policy and policy not in _POLICIES:
+                raise _Reject(_misconfigured(f"unknown policy {policy!r}", "config-policy"))
+            return _ingress(headers, ctx, now, base)
+        if leg == Leg.EGRESS:
+            if policy == Policy.ANTHROPIC:
+                return _egress_anthropic(headers, ctx, now, base)
+            if policy == Policy.OTHER:
+                return _egress_other(headers, ctx, base)
+            raise _Reject(_misconfigured(f"unknown policy {policy!r}", "config-policy"))
+        raise _Reject(_misconfigured(f"unknown leg {leg!r}", "config-leg"))
+    except _Reject as rejected:
+        r = rejected.rejection
+        return Decision((), (), replace(base, outcome="reject", reason=r.reason), r)
+
+
+def _ingress(headers: HeaderView, ctx: RuleContext, now: float, base: Audit) -> Decision:
+    removed: list[str] = []
+    if ctx.handoff_header in headers:
+        removed.append(ctx.handoff_header)
+    sealed: list[tuple[str, Credential]] = []
+    for name in CREDENTIAL_HEADERS:
+        credential = _credential_in(headers, name, ctx.prefixes)
+        if credential is not None:
+            removed.append(name)
+            sealed.append((name, credential))
+    sets: tuple[tuple[str, bytes], ...] = ()
+    if sealed:
+        handoff = ctx.keyring.seal([(name, c.token) for name, c in sealed], now)
+        sets = ((ctx.handoff_header, handoff.encode("ascii")),)
+    audit = replace(base, sealed=tuple(f"{name}={c.fingerprint()}" for name, c in sealed))
+    return _decision(removed, sets, audit)
+
+
+def _egress_anthropic(headers: HeaderView, ctx: RuleContext, now: float, base: Audit) -> Decision:
+    sealed = _open_handoff(headers, ctx, now)
+    candidates: tuple[tuple[Source, Credential | None], ...] = (
+        (Source.SEALED_X_API_KEY, sealed.get(X_API_KEY)),
+        (Source.SEALED_AUTHORIZATION, sealed.get(AUTHORIZATION)),
+        (Source.REQUEST_X_API_KEY, _credential_in(headers, X_API_KEY, ctx.prefixes)),
+        (Source.REQUEST_AUTHORIZATION, _credential_in(headers, AUTHORIZATION, ctx.prefixes)),
+        (Source.SERVER, ctx.server_credential),
+    )
+    source, chosen = next(((s, c) for s, c in candidates if c is not None), (Source.NONE, None))
+
+    sets = list(chosen.headers()) if chosen is not None else []
+    # A header the allowlist drops contributes no flags; the OAuth flag is still added when the credential needs it.
+    beta_in = headers.get_all(ANTHROPIC_BETA) if ctx.allowed(ANTHROPIC_BETA) else ()
+    beta = _merge_beta(beta_in, ctx.oauth_beta, chosen is not None and chosen.needs_oauth_beta)
+    if beta:
+        sets.append((ANTHROPIC_BETA, beta))
+
+    removed = [
+        name
+        for name in headers.names()
+        if not name.startswith(":")
+        and name not in NEVER_TOUCHED
+        and (
+            name in CREDENTIAL_HEADERS
+            or name == ctx.handoff_header
+            or name == COOKIE
+            or name in ctx.litellm_headers
+            or not ctx.allowed(name)
+            or (name == ANTHROPIC_BETA and beta == b"")
+        )
+    ]
+    audit = replace(
+        base,
+        source=source,
+        kind=chosen.kind.value if chosen else None,
+        fingerprint=chosen.fingerprint() if chosen else None,
+    )
+    return _decision(removed, sets, audit)
+
+
+def _egress_other(headers: HeaderView, ctx: RuleContext, base: Audit) -> Decision:
+    """Non-Anthropic upstreams: strip what is ours or Anthropic's, leave the provider auth LiteLLM set."""
+    removed = [
+        name
+        for name in headers.names()
+        if not name.startswith(":")
+        and name not in NEVER_TOUCHED
+        and (
+            name == ctx.handoff_header
+            or name in ctx.litellm_headers
+            or any(_bearer_or_plain(value, ctx.prefixes) for value in headers.get_all(name))
+        )
+    ]
+    return Decision(tuple(removed), (), replace(base, source=Source.NONE, removed=tuple(removed)))
+
+
+def _decision(
+    removed: list[str], sets: tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]], audit: Audit
+) -> Decision:
+    """A set replaces every value of its name, so a name that is set is never also removed."""
+    set_names = {name for name, _ in sets}
+    remove = tuple(n for n in removed if n not in set_names)
+    return Decision(remove, tuple(sets), replace(audit, removed=remove))
+
+
+def _open_handoff(headers: HeaderView, ctx: RuleContext, now: float) -> dict[str, Credential]:
+    values = headers.get_all(ctx.handoff_header)
+    if not values:
+        return {}
+    if len({v.strip() for v in values}) > 1:
+        raise _Reject(_conflict(ctx.handoff_header))
+    try:
+        opened = ctx.keyring.open(values[0], now)
+    except SealError as exc:
+        raise _Reject(
+            Rejection(
+                401,
+                "authentication_error",
+                f"The credential handoff header could not be verified ({exc.reason}).",
+                f"seal-{exc.reason}",
+            )
+        ) from None
+    found: dict[str, Credential] = {}
+    for origin, token in opened.entries:
+        credential = ctx.prefixes.classify(token)
+        if credential is not None and origin in CREDENTIAL_HEADERS:
+            found.setdefault(origin, credential)
+    return found
+
+
+def _credential_in(headers: HeaderView, name: str, prefixes: Prefixes) -> Credential | None:
+    """The Anthropic credential one credential header carries, None if it carries a foreign one or none."""
+    values = headers.get_all(name)
+    if not values:
+        return None
+    token = token_of(name, values[0])
+    # Two values are the same credential only if they parse alike: "Bearer X" and a bare "X" conflict.
+    if any(token_of(name, v) != token or (token is None and v.strip() != values[0].strip()) for v in values[1:]):
+        raise _Reject(_conflict(name))
+    return prefixes.classify(token) if token is not None else None
+
+
+def _bearer_or_plain(value: bytes, prefixes: Prefixes) -> bool:
+    token = token_of(AUTHORIZATION, value)
+    return prefixes.classify(token if token is not None else value.strip()) is not None
+
+
+def _merge_beta(values: tuple[bytes, ...], flag: bytes, want: bool) -> bytes | None:
+    """The new ``anthropic-beta`` value, b"" to drop the header, or None to leave it exactly as it is."""
+    flags: list[bytes] = []
+    for value in values:
+        for part in value.split(b","):
+            part = part.strip()
+            if part and part not in flags:
+                flags.append(part)
+    if want and flag not in flags:
+        flags.append(flag)
+    elif not want and flag in flags:
+        flags.remove(flag)
+    merged = b",".join(flags)
+    if len(values) == 1 and merged == values[0]:
+        return None
+    if not values and not merged:
+        return None
+    return merged
+
+
+def _conflict(name: str) -> Rejection:
+    return Rejection(
+        400,
+        "invalid_request_error",
+        f"The request carries conflicting values for the {name} header.",
+        f"conflict-{name}",
+    )
+
+
+def _misconfigured(what: str, reason: str) -> Rejection:
+    return Rejection(500, "api_error", f"The credential gateway is misconfigured: {what}.", reason)

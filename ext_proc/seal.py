@@ -1,0 +1,147 @@
+"""The sealed handoff: Anthropic credentials carried across LiteLLM in one opaque, expiring header.
+
+Stateless by design, so any replica holding the key can open what another sealed. Wire form::
+
+    v1.<base64url(key_id[4] | nonce[12] | AES-256-GCM(plaintext))>
+
+The key id is the first four bytes of SHA-256 over the key, so rotation needs no extra configuration: the first
+key seals, every key opens. The plaintext carries the issue time, so expiry is authenticated with the credentials.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+KEY_BYTES = 32
+_PREFIX = "v1."
+_AAD = b"ext-proc-credential-handoff-v1"
+_KID_BYTES = 4
+_NONCE_BYTES = 12
+# A sealer on another replica may run slightly ahead of this clock.
+_CLOCK_SKEW_SECONDS = 30
+
+
+class SealFailure(StrEnum):
+    MALFORMED = "malformed"
+    UNKNOWN_KEY = "unknown-key"
+    TAMPERED = "tampered"
+    EXPIRED = "expired"
+
+
+class SealError(Exception):
+    """A handoff header that cannot be trusted. ``reason`` is safe to log and to use as a metric label."""
+
+    def __init__(self, reason: SealFailure) -> None:
+        super().__init__(f"handoff header rejected: {reason}")
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """What the ingress leg took off a request: (header of origin, token) pairs, in the order found."""
+
+    entries: tuple[tuple[str, bytes], ...]
+    issued_at: int
+
+
+def key_id(key: bytes) -> bytes:
+    return hashlib.sha256(key).digest()[:_KID_BYTES]
+
+
+class Keyring:
+    """Seal keys for rotation: the first seals, all open."""
+
+    __slots__ = ("_by_id", "_primary", "_primary_id", "ttl_seconds")
+
+    def __init__(self, keys: Sequence[bytes], ttl_seconds: int) -> None:
+        if not keys:
+            raise ValueError("a keyring needs at least one key")
+        for key in keys:
+            if len(key) != KEY_BYTES:
+                raise ValueError(f"a seal key must be {KEY_BYTES} bytes, got {len(key)}")
+        if ttl_seconds <= 0:
+            raise ValueError("the seal lifetime must be positive")
+        self._by_id = {key_id(key): AESGCM(key) for key in reversed(keys)}
+        self._primary_id = key_id(keys[0])
+        self._primary = AESGCM(keys[0])
+        self.ttl_seconds = ttl_seconds
+
+    @classmethod
+    def generate(cls, ttl_seconds: int) -> Keyring:
+        return cls([os.urandom(KEY_BYTES)], ttl_seconds)
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        """Hex key ids, primary first: safe to log."""
+        rest = [kid.hex() for kid in self._by_id if kid != self._primary_id]
+        return (self._primary_id.hex(), *rest)
+
+    def seal(self, entries: Sequence[tuple[str, bytes]], now: float) -> str:
+        plaintext = json.dumps(
+            {"iat": int(now), "c": [[name, token.decode("latin-1")] for name, token in entries]},
+            separators=(",", ":"),
+        ).encode()
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = self._primary.encrypt(nonce, plaintext, _AAD + self._primary_id)
+        blob = self._primary_id + nonce + sealed
+        return _PREFIX + base64.urlsafe_b64encode(blob).rstrip(b"=").decode("ascii")
+
+    def open(self, value: bytes, now: float) -> Sealed:
+        """The sealed credentials, or SealError; never returns anything it did not authenticate."""
+        blob = _decode(value)
+        kid, nonce, ciphertext = (
+            blob[:_KID_BYTES],
+            blob[_KID_BYTES : _KID_BYTES + _NONCE_BYTES],
+            blob[_KID_BYTES + _NONCE_BYTES :],
+        )
+        aead = self._by_id.get(kid)
+        if aead is None:
+            raise SealError(SealFailure.UNKNOWN_KEY)
+        try:
+            plaintext = aead.decrypt(nonce, ciphertext, _AAD + kid)
+        except InvalidTag:
+            raise SealError(SealFailure.TAMPERED) from None
+        sealed = _parse(plaintext)
+        if not (now - self.ttl_seconds <= sealed.issued_at <= now + _CLOCK_SKEW_SECONDS):
+            raise SealError(SealFailure.EXPIRED)
+        return sealed
+
+
+def _decode(value: bytes) -> bytes:
+    text = value.strip()
+    if not text.startswith(_PREFIX.encode()):
+        raise SealError(SealFailure.MALFORMED)
+    body = text[len(_PREFIX) :]
+    try:
+        blob = base64.urlsafe_b64decode(body + b"=" * (-len(body) % 4))
+    except (binascii.Error, ValueError):
+        raise SealError(SealFailure.MALFORMED) from None
+    # Re-encoding must give the same text: rejects non-canonical or non-alphabet input the decoder let through.
+    if base64.urlsafe_b64encode(blob).rstrip(b"=") != body:
+        raise SealError(SealFailure.MALFORMED)
+    if len(blob) < _KID_BYTES + _NONCE_BYTES + 16:
+        raise SealError(SealFailure.MALFORMED)
+    return blob
+
+
+def _parse(plaintext: bytes) -> Sealed:
+    # Authenticated, so only our own sealer wrote this; still, a bad shape fails closed rather than raising.
+    try:
+        doc = json.loads(plaintext)
+        issued_at = doc["iat"]
+        entries = tuple((str(name), str(token).encode("latin-1")) for name, token in doc["c"])
+    except (ValueError, KeyError, TypeError, UnicodeEncodeError):
+        raise SealError(SealFailure.MALFORMED) from None
+    if not isinstance(issued_at, int):
+        raise SealError(SealFailure.MALFORMED)
+    return Sealed(entries, issued_at)

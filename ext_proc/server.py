@@ -1,0 +1,168 @@
+"""The grpc.aio transport: Envoy's ext_proc messages in, the rules' decisions out.
+
+It only converts. Leg and policy come from the gRPC metadata Envoy's filter config attaches to each stream
+(``grpc_service.initial_metadata``, per listener or per route), never from the request's own headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from envoy.type.v3 import http_status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from ext_proc.audit import AuditLog
+from ext_proc.config import Config
+from ext_proc.headers import HeaderView
+from ext_proc.rules import Decision, RuleContext, decide
+from ext_proc.seal import Keyring
+
+LEG_METADATA = "x-ext-proc-leg"
+POLICY_METADATA = "x-ext-proc-policy"
+log = logging.getLogger("ext_proc.server")
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+# Prebuilt, never mutated: answering a message we did not ask for costs no allocation.
+_CONTINUE = {
+    "request_headers": pb.ProcessingResponse(request_headers=pb.HeadersResponse()),
+    "response_headers": pb.ProcessingResponse(response_headers=pb.HeadersResponse()),
+    "request_body": pb.ProcessingResponse(request_body=pb.BodyResponse()),
+    "response_body": pb.ProcessingResponse(response_body=pb.BodyResponse()),
+    "request_trailers": pb.ProcessingResponse(request_trailers=pb.TrailersResponse()),
+    "response_trailers": pb.ProcessingResponse(response_trailers=pb.TrailersResponse()),
+}
+_JSON = base_pb2.HeaderValueOption(
+    header=base_pb2.HeaderValue(key="content-type", raw_value=b"application/json"), append_action=_OVERWRITE
+)
+
+
+def view_of(headers: pb.HttpHeaders) -> HeaderView:
+    return HeaderView((h.key, h.raw_value or h.value.encode()) for h in headers.headers.headers)
+
+
+def response_of(decision: Decision) -> pb.ProcessingResponse:
+    rejection = decision.rejection
+    if rejection is not None:
+        return pb.ProcessingResponse(
+            immediate_response=pb.ImmediateResponse(
+                status=http_status_pb2.HttpStatus(code=rejection.status),
+                headers=pb.HeaderMutation(set_headers=[_JSON]),
+                body=rejection.body(),
+                details=f"ext_proc_credentials_{rejection.reason}".replace("-", "_"),
+            )
+        )
+    if not decision.remove and not decision.set:
+        return _CONTINUE["request_headers"]
+    mutation = pb.HeaderMutation(
+        set_headers=[
+            base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, raw_value=v), append_action=_OVERWRITE)
+            for k, v in decision.set
+        ],
+        remove_headers=decision.remove,
+    )
+    return pb.ProcessingResponse(
+        request_headers=pb.HeadersResponse(response=pb.CommonResponse(header_mutation=mutation))
+    )
+
+
+class CredentialProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    """One ext_proc stream per HTTP request; only its request headers carry work."""
+
+    def __init__(
+        self, rules: Callable[[], RuleContext], audit: AuditLog, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._rules = rules
+        self._audit = audit
+        self._clock = clock
+
+    async def Process(
+        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext[object, object]
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        leg = policy = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == LEG_METADATA:
+                leg = str(value)
+            elif key == POLICY_METADATA:
+                policy = str(value)
+        async for request in request_iterator:
+            which = request.WhichOneof("request")
+            if which == "request_headers":
+                decision = decide(leg, policy, view_of(request.request_headers), self._rules(), self._clock())
+                self._audit.record(decision.audit)
+                yield response_of(decision)
+            elif which is not None:
+                yield _CONTINUE[which]
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What a running server was built from, resolved once at start."""
+
+    config: Config
+    rules: RuleContext
+
+    @classmethod
+    def from_config(cls, config: Config) -> Runtime:
+        keyring = config.keyring()
+        if keyring is None:
+            keyring = Keyring.generate(config.seal_ttl_seconds)
+            log.warning(
+                "no seal key configured: generated an ephemeral one (key id %s). This is fine when one process "
+                "serves both legs; replicas and restarts need a shared seal_key_file.",
+                keyring.key_ids[0],
+            )
+        credential = config.load_server_credential()
+        if credential is not None:
+            log.info("server credential loaded: %s", credential.fingerprint())
+        return cls(config, RuleContext.from_config(config, keyring, credential))
+
+
+class Server:
+    """The gRPC server's explicit lifecycle: start, report ready, drain on SIGTERM/SIGINT, stop."""
+
+    def __init__(self, runtime: Runtime, grace_seconds: float = 10.0) -> None:
+        self._runtime = runtime
+        self._grace = grace_seconds
+        self._server = grpc.aio.server()
+        self._health = HealthServicer()
+        rules = runtime.rules
+        pb_grpc.add_ExternalProcessorServicer_to_server(CredentialProcessor(lambda: rules, AuditLog()), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        self.address = ""
+
+    async def start(self) -> str:
+        listen = self._runtime.config.listen
+        await self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        try:
+            port = self._server.add_insecure_port(listen)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {listen}: {exc}") from None
+        await self._server.start()
+        host = listen.rsplit(":", 1)[0]
+        self.address = listen if listen.startswith("unix:") else f"{host}:{port}"
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        return self.address
+
+    async def stop(self) -> None:
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(self._grace)
+
+    async def run_until_signalled(self, on_ready: Callable[[str], None]) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        on_ready(await self.start())
+        await stop.wait()
+        log.info("signal received: draining for up to %.0fs", self._grace)
+        await self.stop()

@@ -1,0 +1,31 @@
+"""Shared builders for rule tests: one keyring, one clock, a context from a Config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ext_proc.config import Config
+from ext_proc.credentials import Credential
+from ext_proc.headers import HeaderView
+from ext_proc.rules import Decision, RuleContext, decide
+from ext_proc.seal import Keyring
+
+NOW = 1_800_000_000.0
+KEY_A = bytes(range(32))
+KEY_B = bytes(range(32, 64))
+KEYRING = Keyring([KEY_A], 600)
+
+
+def context(server: Credential | None = None, keyring: Keyring = KEYRING, **config: Any) -> RuleContext:
+    return RuleContext.from_config(Config(**config), keyring, server)
+
+
+def run(
+    leg: str, policy: str, headers: HeaderView, ctx: RuleContext | None = None, now: float = NOW
+) -> tuple[Decision, HeaderView]:
+    decision = decide(leg, policy, headers, ctx or context(), now)
+    return decision, decision.apply(headers)
+
+
+def handoff(*entries: tuple[str, str | bytes], keyring: Keyring = KEYRING, now: float = NOW) -> str:
+    return keyring.seal([(n, v.encode() if isinstance(v, str) else v) for n, v in entries], now)

@@ -1,0 +1,96 @@
+"""Config: defaults, file < environment < flags, and clear messages for every bad value."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from ext_proc.config import Config, ConfigError, new_seal_key
+from ext_proc.credentials import ApiKey, OAuthToken
+
+KEY1 = base64.b64encode(bytes(32)).decode()
+KEY2 = new_seal_key()
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    config = Config.load(env={})
+    assert config.listen == "127.0.0.1:50051"
+    assert config.handoff_header == "x-credential-handoff"
+    assert config.seal_ttl_seconds == 600
+    assert config.all_litellm_headers == {"x-litellm-api-key", "api-key", "x-goog-api-key", "ocp-apim-subscription-key"}
+    assert "x-stainless-*" in config.egress_allowlist
+    assert config.keyring() is None and config.load_server_credential() is None
+
+
+def test_precedence_file_env_flags(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text('listen = "127.0.0.1:1"\nseal_ttl_seconds = 60\nlitellm_headers = ["x-a", "X-B"]\n')
+    env = {"EXT_PROC_LISTEN": "127.0.0.1:2", "EXT_PROC_EGRESS_ALLOWLIST": "content-type, x-stainless-*"}
+    config = Config.load(file, env, {"listen": "unix:/tmp/s", "seal_key_file": None})
+    assert config.listen == "unix:/tmp/s"
+    assert config.seal_ttl_seconds == 60
+    assert config.litellm_headers == ("x-a", "x-b")
+    assert config.egress_allowlist == ("content-type", "x-stainless-*")
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text('handoff_header = "X-Handoff"\n')
+    assert Config.load(env={"EXT_PROC_CONFIG": str(file)}).handoff_header == "x-handoff"
+
+
+def test_seal_key_file_rotation_order(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"# newest first\n{KEY2}\n\n{KEY1}\n")
+    ring = Config.load(env={}, overrides={"seal_key_file": keys}).keyring()
+    assert ring is not None and len(ring.key_ids) == 2
+
+
+def test_server_credential_from_file_and_env(tmp_path: Path) -> None:
+    path = tmp_path / "server"
+    path.write_text("sk-ant-oat01-SERVER\n")
+    assert Config.load(env={}, overrides={"server_credential_file": path}).load_server_credential() == OAuthToken(
+        b"sk-ant-oat01-SERVER"
+    )
+    env = {"EXT_PROC_SERVER_CREDENTIAL": "sk-ant-api03-SERVER"}
+    assert Config.load(env=env).load_server_credential() == ApiKey(b"sk-ant-api03-SERVER")
+
+
+def test_secrets_never_in_repr_or_errors(tmp_path: Path) -> None:
+    config = Config.load(env={"EXT_PROC_SERVER_CREDENTIAL": "sk-ant-api03-SECRET", "EXT_PROC_SEAL_KEYS": KEY2})
+    assert "SECRET" not in repr(config) and KEY2 not in repr(config)
+    with pytest.raises(ConfigError) as info:
+        Config.load(env={"EXT_PROC_SERVER_CREDENTIAL": "sk-master-SECRET"})
+    assert "SECRET" not in str(info.value) and "not an Anthropic credential" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('handoff_header = "credential-handoff"', "must be a lower-case header name starting with 'x-'"),
+        ("seal_ttl_seconds = 0", "seal_ttl_seconds must be a positive"),
+        ('seal_ttl_seconds = "soon"', "seal_ttl_seconds: expected a whole number"),
+        ('seal_keys = ["bm90IGEga2V5"]', "seal key #1: must decode to 32 bytes"),
+        ('seal_keys = ["%%%"]', "seal key #1: not base64"),
+        ('bogus = 1', "unknown setting(s) bogus"),
+        ('oauth_prefix = "oat"', "oauth_prefix must start with anthropic_prefix"),
+        ('egress_allowlist = ["x-credential-handoff"]', "must not contain the handoff header"),
+        ('litellm_headers = ["bad header"]', "header name 'bad header'"),
+        ('log_level = "LOUD"', "log_level must be one of"),
+        ("listen = [", "not valid TOML"),
+        ('seal_key_file = "/nonexistent/keys"', "seal_key_file /nonexistent/keys: No such file"),
+    ],
+)
+def test_bad_config_is_reported_clearly(tmp_path: Path, text: str, message: str) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text(text + "\n")
+    with pytest.raises(ConfigError) as info:
+        Config.load(file, {})
+    assert message in str(info.value)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file .*missing.toml: No such file"):
+        Config.load(tmp_path / "missing.toml", {})

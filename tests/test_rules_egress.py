@@ -1,0 +1,318 @@
+"""Egress leg, policy ``anthropic``: the scenario matrix, one row per case, every numbered rule covered.
+
+Rule numbers refer to docs/rules.md (egress E1-E5).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+
+from ext_proc.credentials import ApiKey, Credential, OAuthToken
+from ext_proc.headers import HeaderView
+from ext_proc.rules import Source
+from tests.support.rules import KEY_B, NOW, context, handoff, run
+from ext_proc.seal import Keyring
+
+H = "x-credential-handoff"
+OAUTH = "sk-ant-oat01-CLIENTOAUTH"
+KEY = "sk-ant-api03-CLIENTKEY"
+SERVER_KEY = "sk-ant-api03-LITELLMSERVER"
+SIDECAR_KEY = "sk-ant-api03-SIDECAR"
+SIDECAR_OAUTH = "sk-ant-oat01-SIDECAR"
+BETA = "claude-code-20250219,interleaved-thinking-2025-05-14"
+FLAG = "oauth-2025-04-20"
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    rule: str
+    headers: tuple[tuple[str, str], ...]
+    sealed: tuple[tuple[str, str], ...] = ()
+    server: Credential | None = None
+    source: Source = Source.NONE
+    # Exactly the credential headers (x-api-key, authorization, anthropic-beta) that must leave; absent = must not.
+    out: dict[str, str] = field(default_factory=dict)
+
+
+CASES = [
+    # E3: priority 1 beats everything below it.
+    Case(
+        "sealed-key-beats-all",
+        "E3.1",
+        (("x-api-key", SERVER_KEY), ("authorization", "Bearer sk-ant-oat01-OTHER"), ("anthropic-beta", BETA)),
+        sealed=(("x-api-key", KEY), ("authorization", f"{OAUTH}")),
+        server=ApiKey(SIDECAR_KEY.encode()),
+        source=Source.SEALED_X_API_KEY,
+        out={"x-api-key": KEY, "anthropic-beta": BETA},
+    ),
+    Case(
+        "sealed-oauth-beats-litellm-server-key",
+        "E3.2",
+        (("x-api-key", SERVER_KEY), ("anthropic-beta", BETA)),
+        sealed=(("authorization", OAUTH),),
+        source=Source.SEALED_AUTHORIZATION,
+        out={"authorization": f"Bearer {OAUTH}", "anthropic-beta": f"{BETA},{FLAG}"},
+    ),
+    Case(
+        "request-key-beats-request-oauth",
+        "E3.3",
+        (("x-api-key", SERVER_KEY), ("authorization", f"Bearer {OAUTH}"), ("anthropic-beta", f"{FLAG},{BETA}")),
+        server=ApiKey(SIDECAR_KEY.encode()),
+        source=Source.REQUEST_X_API_KEY,
+        out={"x-api-key": SERVER_KEY, "anthropic-beta": BETA},
+    ),
+    Case(
+        "request-oauth-over-placeholder",
+        "E3.4",
+        (("x-api-key", "placeholder-sealed-by-sidecar"), ("authorization", f"Bearer {OAUTH}")),
+        server=ApiKey(SIDECAR_KEY.encode()),
+        source=Source.REQUEST_AUTHORIZATION,
+        out={"authorization": f"Bearer {OAUTH}", "anthropic-beta": FLAG},
+    ),
+    Case(
+        "server-key-when-litellm-sends-None",
+        "E3.5",
+        (("x-api-key", "None"), ("anthropic-beta", BETA)),
+        server=ApiKey(SIDECAR_KEY.encode()),
+        source=Source.SERVER,
+        out={"x-api-key": SIDECAR_KEY, "anthropic-beta": BETA},
+    ),
+    Case(
+        "server-oauth-written-as-bearer",
+        "E3.5",
+        (("x-api-key", "placeholder"),),
+        server=OAuthToken(SIDECAR_OAUTH.encode()),
+        source=Source.SERVER,
+        out={"authorization": f"Bearer {SIDECAR_OAUTH}", "anthropic-beta": FLAG},
+    ),
+    Case(
+        "none-goes-on-without-credential",
+        "E3.6",
+        (("x-api-key", "None"), ("authorization", "Bearer sk-master-1234"), ("anthropic-beta", f"{FLAG},{BETA}")),
+        source=Source.NONE,
+        out={"anthropic-beta": BETA},
+    ),
+    # E4: written in the form its kind needs.
+    Case(
+        "oauth-in-x-api-key-sent-as-bearer",
+        "E4",
+        (("x-api-key", OAUTH),),
+        source=Source.REQUEST_X_API_KEY,
+        out={"authorization": f"Bearer {OAUTH}", "anthropic-beta": FLAG},
+    ),
+    Case(
+        "sealed-oauth-from-x-api-key-sent-as-bearer",
+        "E4",
+        (("x-api-key", "placeholder"),),
+        sealed=(("x-api-key", OAUTH),),
+        source=Source.SEALED_X_API_KEY,
+        out={"authorization": f"Bearer {OAUTH}", "anthropic-beta": FLAG},
+    ),
+    Case(
+        "key-in-bearer-sent-as-x-api-key",
+        "E4",
+        (("authorization", f"Bearer {KEY}"),),
+        source=Source.REQUEST_AUTHORIZATION,
+        out={"x-api-key": KEY},
+    ),
+    Case(
+        "beta-flag-kept-in-place-no-duplicate",
+        "E4",
+        (("authorization", f"Bearer {OAUTH}"), ("anthropic-beta", f"a,{FLAG},b,a")),
+        source=Source.REQUEST_AUTHORIZATION,
+        out={"authorization": f"Bearer {OAUTH}", "anthropic-beta": f"a,{FLAG},b"},
+    ),
+    Case(
+        "beta-split-across-headers-merged",
+        "E4",
+        (("authorization", f"Bearer {OAUTH}"), ("anthropic-beta", "a, b"), ("anthropic-beta", f"b,{FLAG}")),
+        source=Source.REQUEST_AUTHORIZATION,
+        out={"authorization": f"Bearer {OAUTH}", "anthropic-beta": f"a,b,{FLAG}"},
+    ),
+    Case(
+        "beta-header-dropped-when-only-flag-and-key",
+        "E4",
+        (("x-api-key", KEY), ("anthropic-beta", FLAG)),
+        source=Source.REQUEST_X_API_KEY,
+        out={"x-api-key": KEY},
+    ),
+    # E2 + vocabulary: classification after trimming, Bearer in any case, foreign stripped.
+    Case(
+        "bearer-scheme-any-case-and-whitespace",
+        "vocab",
+        (("Authorization", f"  bEaReR   {OAUTH}  "),),
+        source=Source.REQUEST_AUTHORIZATION,
+        out={"authorization": f"Bearer {OAUTH}", "anthropic-beta": FLAG},
+    ),
+    Case(
+        "x-api-key-trimmed",
+        "vocab",
+        (("X-Api-Key", f" \t{KEY} "),),
+        source=Source.REQUEST_X_API_KEY,
+        out={"x-api-key": KEY},
+    ),
+    Case("basic-auth-is-foreign", "E2", (("authorization", "Basic c2stYW50LWFwaQ=="),), source=Source.NONE),
+    Case("litellm-master-bearer-stripped", "E2", (("authorization", "Bearer sk-master-1234"),), source=Source.NONE),
+    Case("litellm-virtual-key-in-x-api-key-stripped", "E2", (("x-api-key", "sk-litellm-1234"),), source=Source.NONE),
+    # E5: never emitted.
+    Case("empty-never-emitted", "E5", (("x-api-key", ""), ("authorization", "Bearer ")), source=Source.NONE),
+    Case("null-never-emitted", "E5", (("x-api-key", "null"), ("authorization", "Bearer undefined"))),
+    Case("None-never-emitted", "E5", (("x-api-key", "None"), ("authorization", "Bearer None"))),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.rule}-{c.id}")
+def test_matrix(case: Case) -> None:
+    headers = list(case.headers)
+    if case.sealed:
+        headers.append((H, handoff(*case.sealed)))
+    decision, out = run("egress", "anthropic", HeaderView.of(*headers), context(case.server))
+    assert decision.rejection is None
+    assert decision.audit.source == case.source
+    got = {name: b",".join(out.get_all(name)).decode() for name in ("x-api-key", "authorization", "anthropic-beta")}
+    assert {k: v for k, v in got.items() if v} == case.out
+    assert all(len(out.get_all(n)) <= 1 for n in ("x-api-key", "authorization", "anthropic-beta"))
+    assert H not in out
+
+
+ALL_STRIPPED = (
+    ("x-litellm-api-key", "sk-litellm-1234"),
+    ("api-key", "azure"),
+    ("x-goog-api-key", "goog"),
+    ("ocp-apim-subscription-key", "apim"),
+    ("cookie", "session=abc"),
+    ("x-custom-probe", "probe1"),
+    ("x-forwarded-for", "10.0.0.1"),
+    ("litellm-trace", "t"),
+)
+ALL_KEPT = (
+    (":method", "POST"),
+    (":path", "/v1/messages"),
+    (":authority", "api.anthropic.com"),
+    ("host", "api.anthropic.com"),
+    ("content-length", "12"),
+    ("transfer-encoding", "chunked"),
+    ("content-type", "application/json"),
+    ("accept", "application/json"),
+    ("accept-encoding", "gzip"),
+    ("user-agent", "claude-cli/2.1.197"),
+    ("anthropic-version", "2023-06-01"),
+    ("anthropic-dangerous-direct-browser-access", "true"),
+    ("x-app", "cli"),
+    ("x-claude-code-session-id", "s"),
+    ("x-stainless-lang", "js"),
+    ("x-stainless-retry-count", "0"),
+    ("traceparent", "00-abc-def-01"),
+    ("tracestate", "k=v"),
+    ("x-request-id", "rid-1"),
+)
+
+
+def test_e2_strips_litellm_cookie_and_unlisted_keeps_allowlist_and_envoy_owned() -> None:
+    headers = HeaderView.of(*ALL_STRIPPED, *ALL_KEPT, ("x-api-key", KEY))
+    decision, out = run("egress", "anthropic", headers)
+    assert sorted(decision.remove) == sorted(n for n, _ in ALL_STRIPPED)
+    assert [(n, v.decode()) for n, v in out if n != "x-api-key"] == list(ALL_KEPT)
+    assert decision.audit.removed == tuple(n for n, _ in ALL_STRIPPED)
+
+
+def test_e2_allowlist_is_configurable() -> None:
+    headers = HeaderView.of(("x-custom-probe", "1"), ("x-app", "cli"), ("x-api-key", KEY))
+    _, out = run("egress", "anthropic", headers, context(egress_allowlist=("x-custom-*",)))
+    assert [n for n, _ in out] == ["x-custom-probe", "x-api-key"]
+
+
+def test_e2_extra_litellm_headers_configurable_and_x_litellm_always_stripped() -> None:
+    headers = HeaderView.of(("x-litellm-api-key", "k"), ("x-my-proxy-key", "k"), ("api-key", "k"))
+    ctx = context(litellm_headers=("x-my-proxy-key",), egress_allowlist=("x-*", "api-key"))
+    decision, _ = run("egress", "anthropic", headers, ctx)
+    assert set(decision.remove) == {"x-litellm-api-key", "x-my-proxy-key"}
+
+
+def test_e2_oauth_flag_added_even_when_beta_not_allowlisted() -> None:
+    headers = HeaderView.of(("authorization", f"Bearer {OAUTH}"), ("anthropic-beta", "x"))
+    _, out = run("egress", "anthropic", headers, context(egress_allowlist=("content-type",)))
+    assert out.get_all("anthropic-beta") == (FLAG.encode(),)
+
+
+def test_e4_beta_untouched_when_nothing_changes() -> None:
+    decision, _ = run("egress", "anthropic", HeaderView.of(("x-api-key", KEY), ("anthropic-beta", BETA)))
+    assert decision.remove == () and decision.set == ((("x-api-key", KEY.encode())),)
+
+
+def test_sets_replace_and_never_overlap_removals() -> None:
+    decision, _ = run("egress", "anthropic", HeaderView.of(("authorization", f"Bearer {OAUTH}"), ("x-api-key", "x")))
+    assert not set(decision.remove) & {n for n, _ in decision.set}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda t: t[:-2] + ("A" if t[-2] != "A" else "B") + t[-1], "seal-tampered"),
+        (lambda t: t + "!", "seal-malformed"),
+        (lambda t: "v2." + t[3:], "seal-malformed"),
+        (lambda t: "not a seal", "seal-malformed"),
+        (lambda t: handoff(("x-api-key", KEY), keyring=Keyring([KEY_B], 600)), "seal-unknown-key"),
+        (lambda t: handoff(("x-api-key", KEY), now=NOW - 601), "seal-expired"),
+        (lambda t: handoff(("x-api-key", KEY), now=NOW + 3600), "seal-expired"),
+    ],
+    ids=["tampered", "non-alphabet", "version", "garbage", "unknown-key", "expired", "from-the-future"],
+)
+def test_e1_untrusted_handoff_is_401_and_never_forwarded(mutate: object, reason: str) -> None:
+    token = mutate(handoff(("x-api-key", KEY)))  # type: ignore[operator]
+    decision, _ = run("egress", "anthropic", HeaderView.of((H, token), ("x-api-key", SERVER_KEY)))
+    assert decision.rejection is not None
+    assert decision.rejection.status == 401 and decision.rejection.reason == reason
+    assert json.loads(decision.rejection.body()) == {
+        "type": "error",
+        "error": {"type": "authentication_error", "message": decision.rejection.message},
+    }
+    assert decision.set == () and decision.remove == ()
+    assert KEY not in decision.rejection.message and token not in decision.rejection.message
+
+
+def test_e1_handoff_opened_and_removed_even_when_it_holds_nothing_usable() -> None:
+    decision, out = run("egress", "anthropic", HeaderView.of((H, handoff()), ("x-api-key", SERVER_KEY)))
+    assert decision.audit.source == Source.REQUEST_X_API_KEY and H not in out
+
+
+def test_e1_handoff_lifetime_boundary() -> None:
+    at_limit = handoff(("x-api-key", KEY), now=NOW - 600)
+    decision, _ = run("egress", "anthropic", HeaderView.of((H, at_limit)))
+    assert decision.audit.source == Source.SEALED_X_API_KEY
+
+
+def test_duplicate_identical_handoff_is_fine_conflicting_is_400() -> None:
+    a, b = handoff(("x-api-key", KEY)), handoff(("x-api-key", KEY))
+    ok, _ = run("egress", "anthropic", HeaderView.of((H, a), (H, a)))
+    assert ok.rejection is None
+    bad, _ = run("egress", "anthropic", HeaderView.of((H, a), (H, b)))
+    assert bad.rejection is not None and bad.rejection.status == 400
+
+
+@pytest.mark.parametrize("name", ["x-api-key", "authorization"])
+def test_conflicting_credential_duplicates_are_400_on_egress(name: str) -> None:
+    value = KEY if name == "x-api-key" else f"Bearer {OAUTH}"
+    decision, _ = run("egress", "anthropic", HeaderView.of((name, value), (name, value + "2")))
+    assert decision.rejection is not None
+    assert (decision.rejection.status, decision.rejection.error_type) == (400, "invalid_request_error")
+
+
+def test_non_utf8_credential_round_trips_exactly() -> None:
+    raw = b"sk-ant-api03-\xff\xfe\x80"
+    decision, out = run("egress", "anthropic", HeaderView.of((H, handoff(("x-api-key", raw))), ("x-bin", b"\xc3\x28")))
+    assert out.get_all("x-api-key") == (raw,)
+    assert "x-bin" in decision.remove
+    assert decision.audit.fingerprint is not None and "\\x" in decision.audit.fingerprint
+
+
+def test_audit_has_fingerprint_never_value() -> None:
+    decision, _ = run("egress", "anthropic", HeaderView.of(("x-api-key", KEY), ("x-request-id", "rid-7")))
+    audit = decision.audit.as_dict()
+    assert KEY not in json.dumps(audit)
+    assert audit["fingerprint"].startswith("api-key:...TKEY:") and audit["request_id"] == "rid-7"
+    assert audit["source"] == "request-x-api-key"
