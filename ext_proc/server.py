@@ -153,8 +153,13 @@ class Server:
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         return self.address
 
-    async def stop(self) -> None:
+    async def drain(self) -> None:
+        """Report NOT_SERVING (health checkers stop sending new work) while still answering."""
         await self._health.enter_graceful_shutdown()
+
+    async def stop(self) -> None:
+        """Refuse new streams, let in-flight ones finish within the grace period, then close."""
+        await self.drain()
         await self._server.stop(self._grace)
 
     async def run_until_signalled(self, on_ready: Callable[[str], None]) -> None:

@@ -74,7 +74,7 @@ def test_secrets_never_in_repr_or_errors(tmp_path: Path) -> None:
         ('seal_ttl_seconds = "soon"', "seal_ttl_seconds: expected a whole number"),
         ('seal_keys = ["bm90IGEga2V5"]', "seal key #1: must decode to 32 bytes"),
         ('seal_keys = ["%%%"]', "seal key #1: not base64"),
-        ('bogus = 1', "unknown setting(s) bogus"),
+        ("bogus = 1", "unknown setting(s) bogus"),
         ('oauth_prefix = "oat"', "oauth_prefix must start with anthropic_prefix"),
         ('egress_allowlist = ["x-credential-handoff"]', "must not contain the handoff header"),
         ('litellm_headers = ["bad header"]', "header name 'bad header'"),
@@ -92,5 +92,5 @@ def test_bad_config_is_reported_clearly(tmp_path: Path, text: str, message: str)
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="config file .*missing.toml: No such file"):
+    with pytest.raises(ConfigError, match=r"config file .*missing\.toml: No such file"):
         Config.load(tmp_path / "missing.toml", {})

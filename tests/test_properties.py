@@ -80,7 +80,9 @@ def test_ingress_invariants(pairs: list[tuple[str, bytes]]) -> None:
     assert len(handoffs) <= 1
     if handoffs:
         for origin, token in KEYRING.open(handoffs[0], NOW).entries:
-            assert any(_is_anthropic(origin, v) and token_of(origin, v) == token for v in HeaderView(pairs).get_all(origin))
+            assert any(
+                _is_anthropic(origin, v) and token_of(origin, v) == token for v in HeaderView(pairs).get_all(origin)
+            )
 
 
 @settings(max_examples=300)

@@ -13,8 +13,8 @@ import pytest
 from ext_proc.credentials import ApiKey, Credential, OAuthToken
 from ext_proc.headers import HeaderView
 from ext_proc.rules import Source
-from tests.support.rules import KEY_B, NOW, context, handoff, run
 from ext_proc.seal import Keyring
+from tests.support.rules import KEY_B, NOW, context, handoff, run
 
 H = "x-credential-handoff"
 OAUTH = "sk-ant-oat01-CLIENTOAUTH"

@@ -93,8 +93,13 @@ def test_other_policy_strips_ours_and_anthropic_keeps_provider_auth() -> None:
 
 @pytest.mark.parametrize(
     ("leg", "policy", "reason"),
-    [("sideways", "anthropic", "config-leg"), ("", "", "config-leg"), ("egress", "", "config-policy"),
-     ("egress", "gemini", "config-policy"), ("ingress", "bogus", "config-policy")],
+    [
+        ("sideways", "anthropic", "config-leg"),
+        ("", "", "config-leg"),
+        ("egress", "", "config-policy"),
+        ("egress", "gemini", "config-policy"),
+        ("ingress", "bogus", "config-policy"),
+    ],
 )
 def test_unknown_leg_or_policy_fails_closed(leg: str, policy: str, reason: str) -> None:
     decision, _ = run(leg, policy, HeaderView.of(("x-api-key", KEY)))
@@ -127,7 +132,7 @@ def test_claude_code_through_both_legs(fixture: str, credential: bytes, header: 
     assert at_litellm.get_all("x-litellm-api-key") == (b"sk-litellm-1234",)
     # LiteLLM (with a placeholder key) calls the egress leg with its own key plus what it forwarded.
     litellm_out = HeaderView([*at_litellm, ("x-api-key", b"placeholder-sealed-by-sidecar")])
-    decision, upstream = run("egress", "anthropic", litellm_out)
+    _, upstream = run("egress", "anthropic", litellm_out)
     assert upstream.get_all(header) == (credential,)
     assert "x-litellm-api-key" not in upstream and H not in upstream
     expected = [(k.lower(), v.encode()) for k, v in recorded.without("x-api-key", "authorization", "x-litellm-api-key")]

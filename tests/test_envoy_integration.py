@@ -1,0 +1,149 @@
+"""Both legs through the real Envoy binary, with real Claude Code header sets; the upstream records what arrived."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import re
+
+import pytest
+
+from ext_proc.envoy import HostPort
+from tests.conftest import Gateway
+from tests.support import fixtures
+from tests.support.recorder import expected_stream
+
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def send(
+    at: HostPort,
+    method: str,
+    path: str,
+    headers: list[tuple[str, str]] | tuple[tuple[str, str], ...],
+    body: bytes = b"",
+) -> tuple[int, bytes, http.client.HTTPResponse]:
+    conn = http.client.HTTPConnection(at.host, at.port, timeout=60)
+    conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+    names = {k.lower() for k, _ in headers}
+    for name, value in headers:
+        if name.lower() not in ("host", "content-length"):
+            conn.putheader(name, value)
+    conn.putheader("Host", str(at))
+    if body or "content-length" in names:
+        conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders(body or None)
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response.status, data, response
+
+
+@pytest.mark.parametrize(
+    ("fixture", "credential"),
+    [
+        (fixtures.CLAUDE_CODE_API_KEY, ("x-api-key", "sk-ant-api03-FAKEKEY")),
+        (fixtures.CLAUDE_CODE_OAUTH, ("authorization", "Bearer sk-ant-oat01-FAKEOAUTH")),
+    ],
+)
+def test_claude_code_request_reaches_upstream_exactly(
+    gateway: Gateway, fixture: str, credential: tuple[str, str]
+) -> None:
+    recorded = fixtures.load(fixture)
+    extra = [("Cookie", "session=abc"), ("X-Custom-Probe", "probe1")]
+    status, body, _ = send(
+        gateway.ingress,
+        recorded.method,
+        recorded.path,
+        [*recorded.headers, *extra],
+        b"{" + b" " * (recorded.body_len - 2) + b"}",
+    )
+    assert status == 200, body
+    (got,) = gateway.recorder.take()
+    assert got.method == "POST" and got.path == "/v1/messages?beta=true" and len(got.body) == recorded.body_len
+
+    sent = recorded.without("x-api-key", "authorization", "x-litellm-api-key", "connection", "host", "content-length")
+    expected = sorted(
+        [(k.lower(), v) for k, v in sent]
+        + [credential, ("host", gateway.layout.anthropic.authority), ("content-length", str(recorded.body_len))]
+    )
+    request_ids = got.get("x-request-id")
+    assert len(request_ids) == 1 and UUID.match(request_ids[0])
+    actual = sorted((k.lower(), v) for k, v in got.headers if k.lower() != "x-request-id")
+    assert actual == expected
+
+
+def test_streamed_10mb_response_unchanged_and_no_body_reaches_server(gateway: Gateway) -> None:
+    before = gateway.envoy.stats()
+    size = 10 * 1024 * 1024 + 17
+    conn = http.client.HTTPConnection(gateway.ingress.host, gateway.ingress.port, timeout=120)
+    conn.request("GET", f"/bytes/{size}", headers={"x-api-key": "sk-ant-api03-STREAM", "x-litellm-api-key": "k"})
+    response = conn.getresponse()
+    digest, total = hashlib.sha256(), 0
+    while chunk := response.read(256 * 1024):
+        digest.update(chunk)
+        total += len(chunk)
+    conn.close()
+    assert response.status == 200 and response.getheader("content-type") == "text/event-stream"
+    assert total == size and digest.hexdigest() == expected_stream(size)
+    (got,) = gateway.recorder.take()
+    assert got.get("x-api-key") == ["sk-ant-api03-STREAM"] and "x-litellm-api-key" not in got.names
+
+    after = gateway.envoy.stats()
+    for leg in ("ingress", "egress"):
+        sent = f"http.{leg}.ext_proc.stream_msgs_sent"
+        assert after[sent] - before.get(sent, 0) == 1, f"{leg}: exactly one message (the request headers)"
+        started = f"http.{leg}.ext_proc.streams_started"
+        assert after[started] - before.get(started, 0) == 1
+
+
+def test_conflicting_credentials_answered_by_gateway_never_forwarded(gateway: Gateway) -> None:
+    headers = [("x-api-key", "sk-ant-api03-A"), ("x-api-key", "sk-ant-api03-B"), ("content-type", "application/json")]
+    status, body, response = send(gateway.ingress, "POST", "/v1/messages", headers, b"{}")
+    assert status == 400 and response.getheader("content-type") == "application/json"
+    assert json.loads(body)["error"]["type"] == "invalid_request_error"
+    assert b"sk-ant" not in body
+    assert gateway.recorder.take() == []
+
+
+@pytest.mark.parametrize("handoff", ["v1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "forged"])
+def test_forged_handoff_at_egress_is_401_never_forwarded(gateway: Gateway, handoff: str) -> None:
+    status, body, _ = send(
+        gateway.egress,
+        "POST",
+        "/v1/messages",
+        [("x-credential-handoff", handoff), ("x-api-key", "sk-ant-api03-SERVER")],
+        b"{}",
+    )
+    assert status == 401 and json.loads(body)["error"]["type"] == "authentication_error"
+    assert gateway.recorder.take() == []
+
+
+def test_client_handoff_cannot_smuggle_a_credential(gateway: Gateway) -> None:
+    """A handoff header the client made itself is dropped at ingress; LiteLLM's key then applies."""
+    status, _, _ = send(
+        gateway.ingress,
+        "POST",
+        "/v1/messages",
+        [("x-credential-handoff", "v1.forged"), ("x-litellm-api-key", "k")],
+        b"{}",
+    )
+    assert status == 200
+    (got,) = gateway.recorder.take()
+    assert "x-credential-handoff" not in got.names and "x-api-key" not in got.names and "authorization" not in got.names
+
+
+def test_no_credential_value_in_any_log(gateway: Gateway) -> None:
+    send(
+        gateway.ingress,
+        "POST",
+        "/v1/messages",
+        [("authorization", "Bearer sk-ant-oat01-LOGSECRET"), ("cookie", "c=COOKIESECRET")],
+        b"{}",
+    )
+    gateway.recorder.take()
+    logs = gateway.server.output + gateway.envoy.proc.output
+    assert '"source":"sealed-authorization"' in logs
+    for secret in ("LOGSECRET", "COOKIESECRET", "FAKEKEY", "FAKEOAUTH", "sk-litellm-1234", "STREAM"):
+        assert secret not in logs

@@ -1,0 +1,116 @@
+"""The grpc.aio transport on its own: conversion both ways, every message type answered, health, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ext_proc.config import Config
+from ext_proc.server import Runtime, Server
+from tests.conftest import SEAL_KEY
+
+EGRESS = (("x-ext-proc-leg", "egress"), ("x-ext-proc-policy", "anthropic"))
+
+
+def headers_message(*pairs: tuple[str, bytes], legacy: bool = False) -> pb.ProcessingRequest:
+    values = [
+        base_pb2.HeaderValue(key=k, value=v.decode()) if legacy else base_pb2.HeaderValue(key=k, raw_value=v)
+        for k, v in pairs
+    ]
+    return pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=values)))
+
+
+async def exchange(
+    tmp_path: Path, messages: Sequence[pb.ProcessingRequest], metadata: Sequence[tuple[str, str]] = EGRESS
+) -> list[pb.ProcessingResponse]:
+    config = Config.load(env={"EXT_PROC_SEAL_KEYS": SEAL_KEY}, overrides={"listen": f"unix:{tmp_path}/s.sock"})
+    server = Server(Runtime.from_config(config), grace_seconds=1)
+    address = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.ExternalProcessorStub(channel)
+
+            async def requests() -> AsyncIterator[pb.ProcessingRequest]:
+                for m in messages:
+                    yield m
+
+            return [r async for r in stub.Process(requests(), metadata=metadata)]
+    finally:
+        await server.stop()
+
+
+def test_headers_become_a_mutation(tmp_path: Path) -> None:
+    message = headers_message(
+        (":path", b"/v1/messages"), ("x-api-key", b"sk-ant-api03-K"), ("x-litellm-api-key", b"l"), ("cookie", b"c")
+    )
+    (response,) = asyncio.run(exchange(tmp_path, [message]))
+    mutation = response.request_headers.response.header_mutation
+    assert list(mutation.remove_headers) == ["x-litellm-api-key", "cookie"]
+    [(option)] = mutation.set_headers
+    assert (option.header.key, option.header.raw_value, option.header.value) == ("x-api-key", b"sk-ant-api03-K", "")
+    assert option.append_action == base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def test_value_used_when_raw_value_absent(tmp_path: Path) -> None:
+    (response,) = asyncio.run(
+        exchange(tmp_path, [headers_message(("authorization", b"Bearer sk-ant-oat01-O"), legacy=True)])
+    )
+    sets = {o.header.key: o.header.raw_value for o in response.request_headers.response.header_mutation.set_headers}
+    assert sets == {"authorization": b"Bearer sk-ant-oat01-O", "anthropic-beta": b"oauth-2025-04-20"}
+
+
+def test_every_other_message_gets_an_empty_continue(tmp_path: Path) -> None:
+    messages = [
+        pb.ProcessingRequest(response_headers=pb.HttpHeaders()),
+        pb.ProcessingRequest(request_body=pb.HttpBody(body=b"x" * 100)),
+        pb.ProcessingRequest(response_body=pb.HttpBody(body=b"y", end_of_stream=True)),
+        pb.ProcessingRequest(request_trailers=pb.HttpTrailers()),
+        pb.ProcessingRequest(response_trailers=pb.HttpTrailers()),
+    ]
+    responses = asyncio.run(exchange(tmp_path, messages))
+    assert [r.WhichOneof("response") for r in responses] == [
+        "response_headers", "request_body", "response_body", "request_trailers", "response_trailers",
+    ]  # fmt: skip
+    assert all(r.ByteSize() == 2 for r in responses), "each is an empty continue"
+
+
+def test_rejection_is_an_immediate_anthropic_error(tmp_path: Path) -> None:
+    (response,) = asyncio.run(exchange(tmp_path, [headers_message(("x-credential-handoff", b"v1.forged"))]))
+    immediate = response.immediate_response
+    assert immediate.status.code == 401
+    assert json.loads(immediate.body)["error"]["type"] == "authentication_error"
+    assert [(h.header.key, h.header.raw_value) for h in immediate.headers.set_headers] == [
+        ("content-type", b"application/json")
+    ]
+    assert immediate.details == "ext_proc_credentials_seal_malformed"
+
+
+def test_missing_leg_metadata_fails_closed(tmp_path: Path) -> None:
+    (response,) = asyncio.run(exchange(tmp_path, [headers_message(("x-api-key", b"sk-ant-api03-K"))], metadata=()))
+    assert response.immediate_response.status.code == 500
+
+
+def test_health_serving_then_not_serving_on_drain(tmp_path: Path) -> None:
+    async def scenario() -> tuple[int, int]:
+        config = Config.load(env={}, overrides={"listen": f"unix:{tmp_path}/h.sock"})
+        server = Server(Runtime.from_config(config), grace_seconds=1)
+        address = await server.start()
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            serving = (await stub.Check(health_pb2.HealthCheckRequest())).status
+            await server.drain()
+            draining = (await stub.Check(health_pb2.HealthCheckRequest())).status
+            await server.stop()
+        return serving, draining
+
+    serving, draining = asyncio.run(scenario())
+    assert serving == health_pb2.HealthCheckResponse.SERVING
+    assert draining == health_pb2.HealthCheckResponse.NOT_SERVING
