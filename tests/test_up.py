@@ -53,10 +53,8 @@ def test_up_refuses_a_taken_port_clearly() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [str(BIN / "ext-proc"), "up", "--listen", f"127.0.0.1:{port}", "--egress-listen", f"127.0.0.1:{free_port()}"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        args = ["up", "--listen", f"127.0.0.1:{port}", "--egress-listen", f"127.0.0.1:{free_port()}"]
+        result = subprocess.run([str(BIN / "ext-proc"), *args], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port} (ingress)" in result.stderr
 
