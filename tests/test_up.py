@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 
 from ext_proc.envoy import HostPort
+from tests.support.http import send
 from tests.support.processes import BIN, Proc, free_port
 from tests.support.recorder import Recorder
-from tests.test_envoy_integration import send
 
 
 def _up(*args: str, env: dict[str, str] | None = None) -> Proc:

@@ -43,14 +43,16 @@ class Proc:
 
     args: Sequence[str]
     env: Mapping[str, str] | None = None
+    unset: Sequence[str] = ()
     lines: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        base = {k: v for k, v in os.environ.items() if k not in self.unset}
         self._popen = subprocess.Popen(
             list(self.args),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(self.env or {})},
+            env={**base, **(self.env or {})},
             text=True,
             errors="backslashreplace",
         )

@@ -1,0 +1,260 @@
+"""End to end with real LiteLLM releases from PyPI, real Envoy (via `ext-proc up`) and the recording stand-in.
+
+For each release: the matrix without the gateway ("before") and with it ("after", three LiteLLM setups). Every
+"after" case is asserted against the credential rules; both tables must match docs/before-after.md, so the
+headline never goes stale (UPDATE_DOCS=1 rewrites the sections after a deliberate change).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ext_proc.config import DEFAULT_EGRESS_ALLOWLIST
+from ext_proc.envoy import HostPort
+from tests.e2e.matrix import (
+    CLIENT_OAUTH,
+    CLIENTS,
+    OAUTH_FLAG,
+    PROBES,
+    ROUTES,
+    SERVER_KEY,
+    SIDECAR_KEY,
+    Client,
+    describe,
+    table,
+)  # fmt: skip
+from tests.support import claude_code, litellm
+from tests.support.http import send
+from tests.support.litellm import MASTER_KEY, MODEL, PLACEHOLDER, RELEASES, Setup
+from tests.support.processes import BIN, Proc, free_port
+from tests.support.recorder import Received, Recorder
+
+pytestmark = pytest.mark.litellm
+DOC = Path(__file__).resolve().parents[2] / "docs" / "before-after.md"
+ALLOWED = {n for n in DEFAULT_EGRESS_ALLOWLIST if not n.endswith("*")} | {
+    "host", "content-length", "transfer-encoding", "x-api-key", "authorization",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GatewaySetup:
+    name: str
+    litellm_key: str
+    sidecar_key: str | None
+
+
+AFTER = (
+    GatewaySetup("LiteLLM holds the real server key", SERVER_KEY, None),
+    GatewaySetup("placeholder key in LiteLLM, no server key anywhere", PLACEHOLDER, None),
+    GatewaySetup("placeholder key in LiteLLM, server key in the sidecar", PLACEHOLDER, SIDECAR_KEY),
+)
+BEFORE = (("LiteLLM holds the server key", SERVER_KEY), ("no key in LiteLLM", None))
+# What the rules would have chosen in each "before" setup, to count the requests that broke them.
+RULES_FOR_BEFORE = {SERVER_KEY: AFTER[0], None: AFTER[1]}
+
+
+@pytest.fixture(scope="module")
+def recorder() -> Iterator[Recorder]:
+    with Recorder() as r:
+        yield r
+
+
+@contextmanager
+def gateway(
+    version: str, setup: GatewaySetup, recorder: Recorder, work: Path, forward: bool = True
+) -> Iterator[HostPort]:
+    """`ext-proc up` around a real LiteLLM whose Anthropic base URL is the gateway's egress listener."""
+    ingress, egress, admin, litellm_port = free_port(), free_port(), free_port(), free_port()
+    args = [
+        "--listen", f"127.0.0.1:{ingress}", "--egress-listen", f"127.0.0.1:{egress}",
+        "--admin-listen", f"127.0.0.1:{admin}", "--litellm", f"http://127.0.0.1:{litellm_port}",
+        "--anthropic", recorder.url,
+    ]  # fmt: skip
+    if setup.sidecar_key:
+        key_file = work / "server-key"
+        key_file.write_text(setup.sidecar_key + "\n")
+        args += ["--server-key-file", str(key_file)]
+    up = Proc([str(BIN / "ext-proc"), "up", *args])
+    try:
+        up.wait_line("ready ")
+        proxy = litellm.start(
+            Setup(version, f"http://127.0.0.1:{egress}", setup.litellm_key, forward), work, litellm_port
+        )
+        try:
+            yield HostPort("127.0.0.1", ingress)
+        finally:
+            proxy.stop()
+    finally:
+        up.stop()
+        leaked = [s for s in (MASTER_KEY, SERVER_KEY, SIDECAR_KEY, "FAKEKEY", "FAKEOAUTH") if s in up.output]
+        assert not leaked, f"credential values in the gateway's output: {leaked}"
+
+
+def run_matrix(at: HostPort, recorder: Recorder) -> dict[tuple[str, str], tuple[int, list[Received]]]:
+    recorder.take()
+    results = {}
+    for client in CLIENTS:
+        for route in ROUTES:
+            status, _, _ = send(at, "POST", route.path, [*client.headers, *PROBES], route.body)
+            results[(client.name, route.name)] = (status, recorder.take())
+    return results
+
+
+def expected(client: Client, setup: GatewaySetup) -> tuple[str, str] | None:
+    """The credential the priority rules choose for this client under this setup."""
+    if client.own is not None:
+        return client.own
+    if setup.litellm_key == SERVER_KEY:
+        return ("x-api-key", SERVER_KEY)
+    if setup.sidecar_key is not None:
+        return ("x-api-key", setup.sidecar_key)
+    return None
+
+
+def violations(client: Client, setup: GatewaySetup, status: int, received: list[Received]) -> list[str]:
+    want = expected(client, setup)
+    if len(received) != 1:
+        return [f"expected one upstream call, got {len(received)} (client got {status})"]
+    (got,) = received
+    problems = []
+    if want is not None and not 200 <= status < 300:
+        problems.append(f"client got {status}")
+    unexpected = sorted(n for n in got.names if n not in ALLOWED and not n.startswith("x-stainless-"))
+    if unexpected:
+        problems.append(f"non-allowlisted headers arrived: {unexpected}")
+    if any(MASTER_KEY in v or "session=abc" in v for _, v in got.headers):
+        problems.append("a LiteLLM key or cookie value arrived")
+    creds = [(n, v) for n in ("x-api-key", "authorization") for v in got.get(n)]
+    if creds != ([want] if want else []):
+        problems.append(f"credentials {[(n, '...' + v[-6:]) for n, v in creds]} != expected {want and want[0]}")
+    flags = [f.strip() for v in got.get("anthropic-beta") for f in v.split(",")]
+    if (OAUTH_FLAG in flags) != (want is not None and want[0] == "authorization"):
+        problems.append(f"oauth beta flag presence wrong: {flags}")
+    return problems
+
+
+def tally(results: dict[tuple[str, str], tuple[int, list[Received]]], setup: GatewaySetup) -> str:
+    """How many requests broke a rule, and how: the headline of each table."""
+    clients = {c.name: c for c in CLIENTS}
+    broken = credential = litellm_key = 0
+    for (client, _), (status, got) in results.items():
+        problems = violations(clients[client], setup, status, got)
+        broken += bool(problems)
+        credential += any(p.startswith(("credentials", "client got", "expected one")) for p in problems)
+        litellm_key += any("x-litellm-api-key" in r.names or any(MASTER_KEY in v for _, v in r.headers) for r in got)
+    return (
+        f"{broken} of {len(results)} requests break a rule ({credential} wrong or missing credential or refused, "
+        f"{litellm_key} leak the LiteLLM key)"
+    )
+
+
+def check_section(key: str, text: str) -> None:
+    """The committed table section must be exactly what this run recorded."""
+    begin, end = f"<!-- {key} -->", f"<!-- /{key} -->"
+    doc = DOC.read_text() if DOC.exists() else ""
+    if os.environ.get("UPDATE_DOCS"):
+        block = f"{begin}\n{text.strip()}\n{end}"
+        doc = (
+            doc[: doc.index(begin)] + block + doc[doc.index(end) + len(end) :]
+            if begin in doc
+            else doc + "\n" + block + "\n"
+        )
+        DOC.write_text(doc)
+        return
+    assert begin in doc and end in doc, f"{DOC.name} has no section {key!r}: run with UPDATE_DOCS=1"
+    current = doc[doc.index(begin) + len(begin) : doc.index(end)].strip()
+    diff = "\n".join(
+        difflib.unified_diff(current.splitlines(), text.strip().splitlines(), "docs", "measured", lineterm="")
+    )
+    assert current == text.strip(), f"{DOC.name} section {key!r} no longer matches what was measured:\n{diff}"
+
+
+@pytest.mark.parametrize("version", RELEASES)
+@pytest.mark.parametrize(("setup_name", "key"), BEFORE, ids=["server-key", "no-key"])
+def test_before(version: str, setup_name: str, key: str | None, recorder: Recorder, tmp_path: Path) -> None:
+    proxy = litellm.start(Setup(version, recorder.url, key), tmp_path)
+    try:
+        results = run_matrix(HostPort("127.0.0.1", proxy.port), recorder)
+    finally:
+        proxy.stop()
+    cells = {case: describe(status, received) for case, (status, received) in results.items()}
+    title = f"LiteLLM {version} alone, {setup_name}: {tally(results, RULES_FOR_BEFORE[key])}"
+    check_section(f"before {version} {setup_name}", table(title, cells))
+
+
+@pytest.mark.parametrize("version", RELEASES)
+@pytest.mark.parametrize("setup", AFTER, ids=["litellm-server-key", "placeholder", "placeholder-sidecar-key"])
+def test_after(version: str, setup: GatewaySetup, recorder: Recorder, tmp_path: Path) -> None:
+    with gateway(version, setup, recorder, tmp_path) as at:
+        results = run_matrix(at, recorder)
+    failures = []
+    for client in CLIENTS:
+        for route in ROUTES:
+            status, received = results[(client.name, route.name)]
+            failures += [f"{client.name} / {route.name}: {p}" for p in violations(client, setup, status, received)]
+    assert not failures, "\n".join(failures)
+    cells = {case: describe(status, received) for case, (status, received) in results.items()}
+    title = f"LiteLLM {version} behind the gateway, {setup.name}: {tally(results, setup)}"
+    check_section(f"after {version} {setup.name}", table(title, cells))
+
+
+def test_flag_off_unified_routes_lose_the_client_credential(recorder: Recorder, tmp_path: Path) -> None:
+    """Documented limit: without forward_client_headers_to_llm_api the handoff only crosses pass-through routes."""
+    setup = AFTER[1]
+    oauth = next(c for c in CLIENTS if c.name.startswith("OAuth"))
+    with gateway(RELEASES[-1], setup, recorder, tmp_path, forward=False) as at:
+        recorder.take()
+        by_route = {}
+        for route in ROUTES:
+            send(at, "POST", route.path, [*oauth.headers, *PROBES], route.body)
+            (got,) = recorder.take()
+            by_route[route.name] = got.get("authorization")
+    assert oauth.own is not None
+    assert by_route["pass-through"] == [oauth.own[1]]
+    assert by_route["/v1/messages"] == [] and by_route["/v1/chat/completions"] == []
+
+
+def test_real_claude_code_cli_with_oauth_through_litellm(recorder: Recorder, tmp_path: Path) -> None:
+    """Claude Code with a subscription token plus a LiteLLM key: LiteLLM admits it, Anthropic gets only the token."""
+    binary = claude_code.install()
+    if isinstance(binary, str):
+        pytest.skip(binary)
+    home = tmp_path / "home"
+    home.mkdir()
+    with gateway(RELEASES[-1], AFTER[1], recorder, tmp_path) as at:
+        recorder.take()
+        env = {
+            "HOME": str(home),
+            "PATH": os.environ.get("PATH", ""),
+            "ANTHROPIC_BASE_URL": f"http://{at}",
+            "CLAUDE_CODE_OAUTH_TOKEN": CLIENT_OAUTH,
+            "ANTHROPIC_CUSTOM_HEADERS": f"x-litellm-api-key: {MASTER_KEY}",
+            "ANTHROPIC_MODEL": MODEL,
+            "ANTHROPIC_SMALL_FAST_MODEL": MODEL,
+            "ANTHROPIC_DEFAULT_HAIKU_MODEL": MODEL,
+            "DISABLE_AUTOUPDATER": "1",
+            "DISABLE_TELEMETRY": "1",
+            "DISABLE_ERROR_REPORTING": "1",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        }
+        result = subprocess.run(
+            [str(binary), "-p", "say ok"], env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path
+        )
+        received = recorder.take()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok" in result.stdout
+    messages = [r for r in received if r.path.startswith("/v1/messages")]
+    assert messages, "Claude Code's request never reached the upstream"
+    for got in received:
+        assert got.get("authorization") == [f"Bearer {CLIENT_OAUTH}"]
+        assert got.get("x-api-key") == [] and "x-litellm-api-key" not in got.names
+        assert OAUTH_FLAG in got.get("anthropic-beta")[0].split(",")
+        assert not any(MASTER_KEY in v for _, v in got.headers)

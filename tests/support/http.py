@@ -1,0 +1,30 @@
+"""A plain HTTP/1.1 client that sends header sets exactly as given (order and case), as recorded clients did."""
+
+from __future__ import annotations
+
+import http.client
+
+from ext_proc.envoy import HostPort
+
+
+def send(
+    at: HostPort,
+    method: str,
+    path: str,
+    headers: list[tuple[str, str]] | tuple[tuple[str, str], ...],
+    body: bytes = b"",
+) -> tuple[int, bytes, http.client.HTTPResponse]:
+    conn = http.client.HTTPConnection(at.host, at.port, timeout=60)
+    conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+    names = {k.lower() for k, _ in headers}
+    for name, value in headers:
+        if name.lower() not in ("host", "content-length"):
+            conn.putheader(name, value)
+    conn.putheader("Host", str(at))
+    if body or "content-length" in names:
+        conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders(body or None)
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response.status, data, response
