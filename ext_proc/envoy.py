@@ -167,6 +167,53 @@ def _address(at: HostPort | str) -> dict[str, Any]:
     return {"socket_address": {"address": hp.host, "port_value": hp.port}}
 
 
+def _envoy_error(error_type: str, status_filter: dict[str, Any]) -> dict[str, Any]:
+    """A local-reply mapper: Envoy's own errors in Anthropic's JSON shape, ours (already JSON) left alone."""
+    return {
+        "filter": {
+            "and_filter": {
+                "filters": [
+                    {"status_code_filter": status_filter},
+                    {
+                        "extension_filter": {
+                            "name": "envoy.access_loggers.extension_filters.cel",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3"
+                                ".ExpressionFilter",
+                                "expression": "!response.code_details.startsWith('ext_proc_credentials_')",
+                            },
+                        }
+                    },
+                ]
+            }
+        },
+        "body_format_override": {
+            "json_format": {
+                "type": "error",
+                "error": {
+                    "type": error_type,
+                    "message": "The credential gateway could not pass this request on (%RESPONSE_CODE_DETAILS%).",
+                },
+            },
+            "content_type": "application/json",
+        },
+    }
+
+
+_LOCAL_REPLIES = {
+    "mappers": [
+        _envoy_error(
+            "invalid_request_error",
+            {"comparison": {"op": "LE", "value": {"default_value": 499, "runtime_key": "ext_proc.local_reply_4xx"}}},
+        ),
+        _envoy_error(
+            "api_error",
+            {"comparison": {"op": "GE", "value": {"default_value": 500, "runtime_key": "ext_proc.local_reply_5xx"}}},
+        ),
+    ]
+}
+
+
 def _listener(
     name: str, at: HostPort, cluster: str, host_rewrite: str | None, leg: str, policy: str, layout: Layout
 ) -> dict[str, Any]:
@@ -190,6 +237,7 @@ def _listener(
                             "stat_prefix": name,
                             "stream_idle_timeout": STREAM_TIMEOUT,
                             "request_timeout": "0s",
+                            "local_reply_config": _LOCAL_REPLIES,
                             "access_log": [
                                 {
                                     "name": "envoy.access_loggers.stdout",
@@ -260,6 +308,16 @@ def _ext_proc_cluster(address: str) -> dict[str, Any]:
                 "explicit_http_config": {"http2_protocol_options": {}},
             }
         },
+        # The server's gRPC health service: NOT_SERVING while starting and draining shows up in Envoy's stats.
+        "health_checks": [
+            {
+                "timeout": "1s",
+                "interval": "5s",
+                "unhealthy_threshold": 1,
+                "healthy_threshold": 1,
+                "grpc_health_check": {},
+            }
+        ],
         "load_assignment": {
             "cluster_name": "ext_proc",
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(address)}}]}],

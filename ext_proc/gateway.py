@@ -1,13 +1,15 @@
 """``ext-proc up``: the ext_proc server and Envoy run together as one gateway, started and stopped as one.
 
 The server runs in this process on a private Unix socket; Envoy is a child process. Ready means both legs accept
-connections; a signal stops Envoy first (no new requests), then drains the server.
+connections. On SIGTERM/SIGINT Envoy drains first (its listeners stop taking new work while requests in flight,
+which still need the egress leg and this server, finish, up to ``grace_seconds``), then Envoy stops, then the server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import socket
@@ -18,10 +20,11 @@ from pathlib import Path
 
 from ext_proc.config import Config
 from ext_proc.envoy import HostPort, Layout, find_envoy, render
-from ext_proc.server import Runtime, Server
+from ext_proc.server import Server
 
 log = logging.getLogger("ext_proc.gateway")
 READY_TIMEOUT_SECONDS = 60.0
+ACTIVE_REQUEST_STATS = frozenset({"http.ingress.downstream_rq_active", "http.egress.downstream_rq_active"})
 
 
 class GatewayError(RuntimeError):
@@ -46,13 +49,16 @@ async def run(config: Config, layout: Layout, envoy_log_level: str = "warning", 
     with tempfile.TemporaryDirectory(prefix="ext-proc-") as workdir:
         work = Path(workdir)
         socket_path = f"unix:{work / 'ext-proc.sock'}"
-        server = Server(Runtime.from_config(replace(config, listen=socket_path)))
+        server = Server(replace(config, listen=socket_path))
         await server.start()
+        if server.metrics_port is not None and config.metrics_address is not None:
+            log.info("metrics on http://%s:%d/metrics", config.metrics_address[0], server.metrics_port)
         layout = replace(layout, ext_proc=socket_path)
         (work / "envoy.yaml").write_text(render(layout))
         proc = await asyncio.create_subprocess_exec(
             str(envoy_bin), "-c", str(work / "envoy.yaml"), "--log-level", envoy_log_level,
             "--admin-address-path", str(work / "admin"), "--disable-hot-restart",
+            "--drain-time-s", str(max(1, int(config.grace_seconds))), "--drain-strategy", "immediate",
         )  # fmt: skip
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -70,7 +76,8 @@ async def run(config: Config, layout: Layout, envoy_log_level: str = "warning", 
                 raise GatewayError(f"Envoy exited unexpectedly with status {exited.result()}")
             stopped.cancel()
             exited.cancel()
-            log.info("signal received: stopping Envoy, then draining the ext_proc server")
+            log.info("signal received: draining Envoy for up to %.0fs", config.grace_seconds)
+            await _drain_envoy((work / "admin").read_text().strip(), config.grace_seconds)
             return 0
         finally:
             await _stop_envoy(proc)
@@ -107,6 +114,29 @@ def _ready(admin_file: Path, layout: Layout) -> bool:
     except OSError:
         return False
     return True
+
+
+async def _drain_envoy(admin: str, grace: float) -> None:
+    """Stop taking new connections, then wait until no request is active on either leg (or the grace runs out)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    try:
+        await asyncio.to_thread(_admin, admin, "/drain_listeners?graceful", "POST")
+        while loop.time() < deadline:
+            stats = json.loads(await asyncio.to_thread(_admin, admin, "/stats?format=json&filter=downstream_rq_active"))
+            active = sum(s.get("value", 0) for s in stats["stats"] if s["name"] in ACTIVE_REQUEST_STATS)
+            if active == 0:
+                return
+            await asyncio.sleep(0.05)
+        log.warning("grace period over with requests still active on Envoy")
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("could not drain Envoy through its admin endpoint: %s", exc)
+
+
+def _admin(admin: str, path: str, method: str = "GET") -> str:
+    request = urllib.request.Request(f"http://{admin}{path}", method=method)
+    with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
+        return str(response.read().decode())
 
 
 async def _stop_envoy(envoy: asyncio.subprocess.Process) -> None:

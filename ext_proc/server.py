@@ -11,7 +11,6 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -24,8 +23,9 @@ from grpc_health.v1._async import HealthServicer
 from ext_proc.audit import AuditLog
 from ext_proc.config import Config
 from ext_proc.headers import HeaderView
+from ext_proc.metrics import Metrics
+from ext_proc.reload import RuleSource
 from ext_proc.rules import Decision, RuleContext, decide
-from ext_proc.seal import Keyring
 
 LEG_METADATA = "x-ext-proc-leg"
 POLICY_METADATA = "x-ext-proc-policy"
@@ -79,14 +79,21 @@ class CredentialProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[mi
     """One ext_proc stream per HTTP request; only its request headers carry work."""
 
     def __init__(
-        self, rules: Callable[[], RuleContext], audit: AuditLog, clock: Callable[[], float] = time.time
+        self,
+        rules: Callable[[], RuleContext],
+        audit: AuditLog,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._rules = rules
         self._audit = audit
+        self._metrics = metrics
         self._clock = clock
 
     async def Process(
-        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext[object, object]
+        self,
+        request_iterator: AsyncIterator[pb.ProcessingRequest],
+        context: grpc.aio.ServicerContext[object, object],
     ) -> AsyncIterator[pb.ProcessingResponse]:
         leg = policy = ""
         for key, value in context.invocation_metadata() or ():
@@ -94,60 +101,57 @@ class CredentialProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[mi
                 leg = str(value)
             elif key == POLICY_METADATA:
                 policy = str(value)
-        async for request in request_iterator:
-            which = request.WhichOneof("request")
-            if which == "request_headers":
-                decision = decide(leg, policy, view_of(request.request_headers), self._rules(), self._clock())
-                self._audit.record(decision.audit)
-                yield response_of(decision)
-            elif which is not None:
-                yield _CONTINUE[which]
-
-
-@dataclass(frozen=True, slots=True)
-class Runtime:
-    """What a running server was built from, resolved once at start."""
-
-    config: Config
-    rules: RuleContext
-
-    @classmethod
-    def from_config(cls, config: Config) -> Runtime:
-        keyring = config.keyring()
-        if keyring is None:
-            keyring = Keyring.generate(config.seal_ttl_seconds)
-            log.warning(
-                "no seal key configured: generated an ephemeral one (key id %s). This is fine when one process "
-                "serves both legs; replicas and restarts need a shared seal_key_file.",
-                keyring.key_ids[0],
-            )
-        credential = config.load_server_credential()
-        if credential is not None:
-            log.info("server credential loaded: %s", credential.fingerprint())
-        return cls(config, RuleContext.from_config(config, keyring, credential))
+        self._metrics.streams.inc()
+        try:
+            async for request in request_iterator:
+                which = request.WhichOneof("request")
+                if which == "request_headers":
+                    started = time.perf_counter()
+                    decision = decide(leg, policy, view_of(request.request_headers), self._rules(), self._clock())
+                    self._metrics.observe(leg, policy, decision, time.perf_counter() - started)
+                    self._audit.record(decision.audit)
+                    yield response_of(decision)
+                elif which is not None:
+                    yield _CONTINUE[which]
+        finally:
+            self._metrics.streams.dec()
 
 
 class Server:
-    """The gRPC server's explicit lifecycle: start, report ready, drain on SIGTERM/SIGINT, stop."""
+    """The server's explicit lifecycle: start (NOT_SERVING until ready), serve, drain, stop.
 
-    def __init__(self, runtime: Runtime, grace_seconds: float = 10.0) -> None:
-        self._runtime = runtime
-        self._grace = grace_seconds
+    Owns the gRPC server (ext_proc and health services), the Prometheus endpoint and the secret-file watcher.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.rules = RuleSource(config, self.metrics)
         self._server = grpc.aio.server()
         self._health = HealthServicer()
-        rules = runtime.rules
-        pb_grpc.add_ExternalProcessorServicer_to_server(CredentialProcessor(lambda: rules, AuditLog()), self._server)
+        processor = CredentialProcessor(self.rules, AuditLog(config.audit_sample_rate), self.metrics)
+        pb_grpc.add_ExternalProcessorServicer_to_server(processor, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        self._watcher: asyncio.Task[None] | None = None
         self.address = ""
+        self.metrics_port: int | None = None
 
     async def start(self) -> str:
-        listen = self._runtime.config.listen
+        listen = self.config.listen
         await self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         try:
             port = self._server.add_insecure_port(listen)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {listen}: {exc}") from None
+        metrics_at = self.config.metrics_address
+        if metrics_at is not None:
+            try:
+                self.metrics_port = self.metrics.serve(*metrics_at)
+            except OSError as exc:
+                raise OSError(f"cannot serve metrics on {self.config.metrics_listen}: {exc.strerror}") from None
         await self._server.start()
+        if self.rules.watched:
+            self._watcher = asyncio.create_task(self.rules.watch(self.config.reload_interval_seconds))
         host = listen.rsplit(":", 1)[0]
         self.address = listen if listen.startswith("unix:") else f"{host}:{port}"
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -160,7 +164,10 @@ class Server:
     async def stop(self) -> None:
         """Refuse new streams, let in-flight ones finish within the grace period, then close."""
         await self.drain()
-        await self._server.stop(self._grace)
+        await self._server.stop(self.config.grace_seconds)
+        if self._watcher is not None:
+            self._watcher.cancel()
+        self.metrics.close()
 
     async def run_until_signalled(self, on_ready: Callable[[str], None]) -> None:
         stop = asyncio.Event()
@@ -169,5 +176,5 @@ class Server:
             loop.add_signal_handler(sig, stop.set)
         on_ready(await self.start())
         await stop.wait()
-        log.info("signal received: draining for up to %.0fs", self._grace)
+        log.info("signal received: draining for up to %.0fs", self.config.grace_seconds)
         await self.stop()

@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from ext_proc.envoy import HostPort, Layout, Upstream
-from tests.support.processes import Envoy, Proc, free_port, start_envoy, start_server
+from tests.support.processes import STARTED, Envoy, Proc, free_port, start_envoy, start_server
 from tests.support.recorder import Recorder
 
 SEAL_KEY = base64.urlsafe_b64encode(bytes(range(100, 132))).decode()
+# Any fake credential the tests use, in any of the forms they use it.
+CREDENTIAL_SHAPED = re.compile(r"sk-(?:ant-(?:api|oat)\d\d-|litellm-|master-)\w+|LOADSECRET|session=abc")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_output() -> Iterator[None]:
+    """After the whole run: no credential value in anything the ext-proc server, `ext-proc up` or Envoy printed."""
+    yield
+    ours = [p for p in STARTED if Path(p.args[0]).name in ("ext-proc", "envoy")]
+    leaks = sorted({m.group(0) for p in ours for m in CREDENTIAL_SHAPED.finditer(p.output)})
+    assert not leaks, f"credential values in process output: {leaks}"
 
 
 @dataclass
@@ -21,6 +35,15 @@ class Gateway:
     server: Proc
     envoy: Envoy
     layout: Layout
+    socket_path: Path
+    server_args: tuple[str, ...]
+
+    def restart_server(self) -> None:
+        """A new server process on the same socket, as a supervisor would start one."""
+        keys = self.socket_path.parent / "seal-keys"
+        self.server = start_server(
+            self.socket_path, {"EXT_PROC_LOG_LEVEL": "INFO"}, "--seal-key-file", str(keys), *self.server_args
+        )
 
     @property
     def ingress(self) -> HostPort:
@@ -31,27 +54,32 @@ class Gateway:
         return self.layout.egress
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+@contextmanager
+def running_gateway(work: Path, recorder: Recorder, *server_args: str) -> Iterator[Gateway]:
     """Client -> ingress listener -> egress listener -> recorder: both legs, with nothing in between."""
-    work = tmp_path_factory.mktemp("gateway")
     keys = work / "seal-keys"
     keys.write_text(SEAL_KEY + "\n")
-    with Recorder() as recorder:
-        socket_path = work / "ext-proc.sock"
-        server = start_server(socket_path, {"EXT_PROC_LOG_LEVEL": "INFO"}, "--seal-key-file", str(keys))
-        egress = HostPort("127.0.0.1", free_port())
-        layout = Layout(
-            ingress=HostPort("127.0.0.1", free_port()),
-            egress=egress,
-            litellm=Upstream("http", "127.0.0.1", egress.port),
-            anthropic=Upstream.parse(recorder.url, "stand-in"),
-            ext_proc=f"unix:{socket_path}",
-            admin=HostPort("127.0.0.1", 0),
-        )
-        envoy = start_envoy(layout, work)
-        try:
-            yield Gateway(recorder, server, envoy, layout)
-        finally:
-            envoy.stop()
-            server.stop()
+    socket_path = work / "ext-proc.sock"
+    server = start_server(socket_path, {"EXT_PROC_LOG_LEVEL": "INFO"}, "--seal-key-file", str(keys), *server_args)
+    egress = HostPort("127.0.0.1", free_port())
+    layout = Layout(
+        ingress=HostPort("127.0.0.1", free_port()),
+        egress=egress,
+        litellm=Upstream("http", "127.0.0.1", egress.port),
+        anthropic=Upstream.parse(recorder.url, "stand-in"),
+        ext_proc=f"unix:{socket_path}",
+        admin=HostPort("127.0.0.1", 0),
+    )
+    envoy = start_envoy(layout, work)
+    gateway = Gateway(recorder, server, envoy, layout, socket_path, server_args)
+    try:
+        yield gateway
+    finally:
+        envoy.stop()
+        gateway.server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    with Recorder() as recorder, running_gateway(tmp_path_factory.mktemp("gateway"), recorder) as gw:
+        yield gw

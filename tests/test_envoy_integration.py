@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import Gateway
 from tests.support import fixtures
 from tests.support.http import send
+from tests.support.processes import wait_for
 from tests.support.recorder import expected_stream
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -124,3 +125,8 @@ def test_no_credential_value_in_any_log(gateway: Gateway) -> None:
     assert '"source":"sealed-authorization"' in logs
     for secret in ("LOGSECRET", "COOKIESECRET", "FAKEKEY", "FAKEOAUTH", "sk-litellm-1234", "STREAM"):
         assert secret not in logs
+
+
+def test_envoy_health_checks_the_server(gateway: Gateway) -> None:
+    wait_for(lambda: gateway.envoy.stats().get("cluster.ext_proc.health_check.success", 0) >= 1, "a health check")
+    assert gateway.envoy.stats().get("cluster.ext_proc.health_check.failure", 0) == 0

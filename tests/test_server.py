@@ -14,7 +14,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ext_proc.config import Config
-from ext_proc.server import Runtime, Server
+from ext_proc.server import Server
 from tests.conftest import SEAL_KEY
 
 EGRESS = (("x-ext-proc-leg", "egress"), ("x-ext-proc-policy", "anthropic"))
@@ -31,8 +31,11 @@ def headers_message(*pairs: tuple[str, bytes], legacy: bool = False) -> pb.Proce
 async def exchange(
     tmp_path: Path, messages: Sequence[pb.ProcessingRequest], metadata: Sequence[tuple[str, str]] = EGRESS
 ) -> list[pb.ProcessingResponse]:
-    config = Config.load(env={"EXT_PROC_SEAL_KEYS": SEAL_KEY}, overrides={"listen": f"unix:{tmp_path}/s.sock"})
-    server = Server(Runtime.from_config(config), grace_seconds=1)
+    config = Config.load(
+        env={"EXT_PROC_SEAL_KEYS": SEAL_KEY},
+        overrides={"listen": f"unix:{tmp_path}/s.sock", "metrics_listen": "off", "grace_seconds": 1},
+    )
+    server = Server(config)
     address = await server.start()
     try:
         async with grpc.aio.insecure_channel(address) as channel:
@@ -100,8 +103,10 @@ def test_missing_leg_metadata_fails_closed(tmp_path: Path) -> None:
 
 def test_health_serving_then_not_serving_on_drain(tmp_path: Path) -> None:
     async def scenario() -> tuple[int, int]:
-        config = Config.load(env={}, overrides={"listen": f"unix:{tmp_path}/h.sock"})
-        server = Server(Runtime.from_config(config), grace_seconds=1)
+        config = Config.load(
+            env={}, overrides={"listen": f"unix:{tmp_path}/h.sock", "metrics_listen": "off", "grace_seconds": 1}
+        )
+        server = Server(config)
         address = await server.start()
         async with grpc.aio.insecure_channel(address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)

@@ -27,6 +27,7 @@ def test_up_serves_both_legs_and_stops_cleanly_on_sigterm() -> None:
             "EXT_PROC_ADMIN_LISTEN": f"127.0.0.1:{admin}",
             "EXT_PROC_LITELLM": f"http://127.0.0.1:{egress}",
             "EXT_PROC_ANTHROPIC": recorder.url,
+            "EXT_PROC_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
         }
         up = _up(env=env)
         try:

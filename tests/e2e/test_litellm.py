@@ -76,7 +76,7 @@ def gateway(
     args = [
         "--listen", f"127.0.0.1:{ingress}", "--egress-listen", f"127.0.0.1:{egress}",
         "--admin-listen", f"127.0.0.1:{admin}", "--litellm", f"http://127.0.0.1:{litellm_port}",
-        "--anthropic", recorder.url,
+        "--anthropic", recorder.url, "--metrics-listen", f"127.0.0.1:{free_port()}",
     ]  # fmt: skip
     if setup.sidecar_key:
         key_file = work / "server-key"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import random
 import signal
 import socket
 import subprocess
@@ -20,12 +21,29 @@ from ext_proc.envoy import Layout, find_envoy, render
 
 BIN = Path(sys.executable).parent
 STARTUP_SECONDS = 30.0
+# Every process the suite started, so its whole output can be searched for leaked secrets at the end.
+STARTED: list[Proc] = []
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below the ephemeral range, so outgoing connections cannot take it before a server binds it."""
+    top = min(_ephemeral_floor(), 32768)
+    for _ in range(200):
+        port = random.randrange(15000, top)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free port found")
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = STARTUP_SECONDS) -> None:
@@ -45,6 +63,7 @@ class Proc:
     env: Mapping[str, str] | None = None
     unset: Sequence[str] = ()
     lines: list[str] = field(default_factory=list)
+    ready_line: str = ""
 
     def __post_init__(self) -> None:
         base = {k: v for k, v in os.environ.items() if k not in self.unset}
@@ -58,6 +77,7 @@ class Proc:
         )
         self._queue: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
+        STARTED.append(self)
 
     def _pump(self) -> None:
         assert self._popen.stdout is not None
@@ -77,6 +97,11 @@ class Proc:
                 raise RuntimeError(f"{self.args[0]} exited ({self._popen.wait()}):\n{self.output}")
             if line.startswith(prefix):
                 return line.strip()
+
+    @property
+    def metrics_url(self) -> str:
+        """From a `serve` ready line: where its /metrics is."""
+        return "http://" + self.ready_line.rsplit("metrics=", 1)[1] + "/metrics"
 
     @property
     def output(self) -> str:
@@ -103,8 +128,10 @@ class Proc:
 
 
 def start_server(socket_path: Path, env: Mapping[str, str] | None = None, *extra: str) -> Proc:
-    proc = Proc([str(BIN / "ext-proc"), "serve", "--listen", f"unix:{socket_path}", *extra], env)
-    proc.wait_line("serving ext_proc on")
+    """`ext-proc serve` on a Unix socket; its metrics port is picked by the OS and read from the ready line."""
+    args = ["serve", "--listen", f"unix:{socket_path}", "--metrics-listen", "127.0.0.1:0", *extra]
+    proc = Proc([str(BIN / "ext-proc"), *args], env)
+    proc.ready_line = proc.wait_line("serving ext_proc on")
     return proc
 
 

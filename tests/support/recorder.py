@@ -90,6 +90,9 @@ class Recorder:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._received: list[Received] = []
+        # Cleared by a test to hold every answer (after recording the request) until it is set again.
+        self.gate = threading.Event()
+        self.gate.set()
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -102,6 +105,7 @@ class Recorder:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else b""
                 recorder._record(Received(self.command, self.path, tuple(self.headers.items()), body))
+                recorder.gate.wait(timeout=120)
                 if self.command == "GET" and self.path.startswith("/bytes/"):
                     return self._stream(sse_chunks(int(self.path.split("/")[2])))
                 if "count_tokens" in self.path:
@@ -148,6 +152,11 @@ class Recorder:
     def _record(self, received: Received) -> None:
         with self._lock:
             self._received.append(received)
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self._received)
 
     def take(self) -> list[Received]:
         with self._lock:

@@ -1,0 +1,200 @@
+"""Operations in-process: metrics, audit sampling and format, hot reload of secret files, `ext-proc check`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import subprocess
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from ext_proc.audit import AuditLog, JsonFormatter
+from ext_proc.config import Config
+from ext_proc.credentials import ApiKey
+from ext_proc.headers import HeaderView
+from ext_proc.metrics import Metrics
+from ext_proc.reload import RuleSource
+from ext_proc.rules import Audit, RuleContext, decide
+from ext_proc.server import Server
+from tests.support.processes import BIN
+from tests.test_server import exchange, headers_message
+
+KEY_A = base64.urlsafe_b64encode(bytes(32)).decode()
+KEY_B = base64.urlsafe_b64encode(bytes(range(32))).decode()
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def test_metrics_by_leg_policy_source_rejection_and_latency(tmp_path: Path) -> None:
+    async def scenario() -> str:
+        config = Config.load(env={}, overrides={"listen": f"unix:{tmp_path}/m.sock", "metrics_listen": "127.0.0.1:0"})
+        server = Server(config)
+        await server.start()
+        assert server.metrics_port is not None
+        try:
+            from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+            from grpc import aio
+
+            async with aio.insecure_channel(server.address) as channel:
+                stub = pb_grpc.ExternalProcessorStub(channel)
+                egress = (("x-ext-proc-leg", "egress"), ("x-ext-proc-policy", "anthropic"))
+                cases = [
+                    (egress, headers_message(("x-api-key", b"sk-ant-api03-METRICSECRET"))),
+                    (egress, headers_message(("authorization", b"Bearer sk-ant-oat01-METRICSECRET"))),
+                    (egress, headers_message(("x-credential-handoff", b"v1.junk"))),
+                    ((("x-ext-proc-leg", "ingress"),), headers_message(("x-api-key", b"sk-ant-api03-METRICSECRET"))),
+                    ((("x-ext-proc-leg", "sideways"),), headers_message()),
+                ]
+                for metadata, message in cases:
+                    [r async for r in stub.Process(_single(message), metadata=metadata)]
+            return await asyncio.to_thread(scrape, server.metrics_port)
+        finally:
+            await server.stop()
+
+    text = asyncio.run(scenario())
+    assert 'ext_proc_requests_total{leg="egress",policy="anthropic",source="request-x-api-key"} 1.0' in text
+    assert 'ext_proc_requests_total{leg="egress",policy="anthropic",source="request-authorization"} 1.0' in text
+    assert 'ext_proc_requests_total{leg="ingress",policy="none",source="sealed"} 1.0' in text
+    assert 'ext_proc_rejections_total{reason="seal-malformed"} 1.0' in text
+    assert 'ext_proc_seal_failures_total{reason="malformed"} 1.0' in text
+    assert 'ext_proc_rejections_total{reason="config-leg"} 1.0' in text
+    assert 'ext_proc_decision_seconds_count{leg="unknown"} 1.0' in text
+    assert 'ext_proc_decision_seconds_count{leg="egress"} 3.0' in text
+    assert "ext_proc_streams_in_flight 0.0" in text
+    assert "METRICSECRET" not in text and "sideways" not in text
+
+
+def _audit(request_id: str | None, outcome: str = "forward") -> Audit:
+    return Audit(leg="egress", policy="anthropic", outcome=outcome, request_id=request_id)
+
+
+def test_audit_sampling_is_per_request_id_and_rejections_always_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="ext_proc.audit")
+    sampled = AuditLog(0.25)
+    ids = [f"req-{i}" for i in range(2000)]
+    for rid in ids:
+        sampled.record(_audit(rid))
+    first = [r.audit["request_id"] for r in caplog.records]  # type: ignore[attr-defined]
+    assert 350 < len(first) < 650, "about a quarter"
+    caplog.clear()
+    for rid in ids:
+        sampled.record(_audit(rid))
+    assert [r.audit["request_id"] for r in caplog.records] == first, "the same requests again: both legs agree"  # type: ignore[attr-defined]
+    caplog.clear()
+    AuditLog(0.0).record(_audit("x", outcome="reject"))
+    AuditLog(0.0).record(_audit("y"))
+    assert [r.audit["request_id"] for r in caplog.records] == ["x"]  # type: ignore[attr-defined]
+
+
+def test_json_log_format_merges_the_audit_record() -> None:
+    decision = decide("egress", "anthropic", HeaderView.of(("x-api-key", "sk-ant-api03-JSONSECRET")), _ctx(), 0)
+    record = logging.LogRecord("ext_proc.audit", logging.INFO, __file__, 1, "decision", (), None)
+    record.audit = decision.audit.as_dict()
+    line = json.loads(JsonFormatter().format(record))
+    assert line["level"] == "INFO" and line["source"] == "request-x-api-key" and line["leg"] == "egress"
+    assert "JSONSECRET" not in json.dumps(line)
+
+
+async def _single(message: pb.ProcessingRequest) -> AsyncIterator[pb.ProcessingRequest]:
+    yield message
+
+
+def _ctx() -> RuleContext:
+    return RuleSource(Config(seal_keys=(KEY_A,)), Metrics()).current
+
+
+def test_hot_reload_of_server_credential_and_seal_keys(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cred, keys = tmp_path / "server", tmp_path / "keys"
+    cred.write_text("sk-ant-api03-FIRST\n")
+    keys.write_text(KEY_A + "\n")
+    metrics = Metrics()
+    source = RuleSource(Config(server_credential_file=cred, seal_key_file=keys), metrics)
+    sealed_with_a = source().keyring.seal([("x-api-key", b"sk-ant-api03-C")], 1000)
+
+    source.check()
+    assert source().server_credential == ApiKey(b"sk-ant-api03-FIRST"), "nothing changed, nothing reloaded"
+
+    cred.write_text("sk-ant-api03-SECOND\n")
+    keys.write_text(f"{KEY_B}\n{KEY_A}\n")
+    source.check()
+    assert source().server_credential == ApiKey(b"sk-ant-api03-SECOND")
+    assert source().keyring.open(sealed_with_a.encode(), 1000).entries == (("x-api-key", b"sk-ant-api03-C"),)
+    assert source().keyring.key_ids[0] != RuleSource(Config(seal_keys=(KEY_A,)), Metrics()).current.keyring.key_ids[0]
+
+    caplog.set_level(logging.ERROR, logger="ext_proc.reload")
+    cred.write_text("sk-master-NOT-ANTHROPIC-BADSECRET\n")
+    keys.write_text("not base64 !!\n")
+    source.check()
+    assert source().server_credential == ApiKey(b"sk-ant-api03-SECOND"), "a bad file keeps the old value"
+    assert source().keyring.open(sealed_with_a.encode(), 1000)
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "server_credential_file changed but cannot be used" in messages and "seal_key_file changed" in messages
+    assert "BADSECRET" not in messages
+    cred.unlink()
+    source.check()
+    assert source().server_credential == ApiKey(b"sk-ant-api03-SECOND"), "a vanished file keeps the old value"
+    scraped = metrics.registry.get_sample_value
+    assert scraped("ext_proc_reloads_total", {"file": "server_credential_file", "result": "ok"}) == 1
+    assert scraped("ext_proc_reloads_total", {"file": "server_credential_file", "result": "rejected"}) == 2
+
+
+def test_running_server_picks_up_a_new_server_credential(tmp_path: Path) -> None:
+    cred = tmp_path / "server"
+    cred.write_text("sk-ant-api03-BEFORE\n")
+
+    async def scenario() -> list[bytes]:
+        config = Config.load(
+            env={},
+            overrides={
+                "listen": f"unix:{tmp_path}/r.sock", "metrics_listen": "off",
+                "server_credential_file": cred, "reload_interval_seconds": 0.05,
+            },
+        )  # fmt: skip
+        server = Server(config)
+        await server.start()
+        try:
+            seen = [server.rules().server_credential.token]  # type: ignore[union-attr]
+            cred.write_text("sk-ant-api03-AFTER\n")
+            for _ in range(200):
+                if server.rules().server_credential.token != seen[0]:  # type: ignore[union-attr]
+                    break
+                await asyncio.sleep(0.02)
+            seen.append(server.rules().server_credential.token)  # type: ignore[union-attr]
+            return seen
+        finally:
+            await server.stop()
+
+    assert asyncio.run(scenario()) == [b"sk-ant-api03-BEFORE", b"sk-ant-api03-AFTER"]
+    (response,) = asyncio.run(exchange(tmp_path, [headers_message(("x-api-key", b"placeholder"))]))
+    assert response.request_headers.response.header_mutation.remove_headers == ["x-api-key"]
+
+
+def _check(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "ext-proc"), "check", *args], capture_output=True, text=True, timeout=120, env={})
+
+
+def test_check_command(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(f'seal_keys = ["{KEY_A}"]\nserver_credential = "sk-ant-api03-CHECKSECRET"\n')
+    ok = _check("--config", str(good), "--envoy-config", str(Path(__file__).parent.parent / "deploy" / "envoy.yaml"))
+    assert ok.returncode == 0, ok.stderr
+    assert "config OK" in ok.stdout and "envoy config OK" in ok.stdout and "CHECKSECRET" not in ok.stdout
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("seal_ttl_seconds = -1\n")
+    refused = _check("--config", str(bad))
+    assert refused.returncode == 2 and "seal_ttl_seconds must be a positive" in refused.stderr
+
+    broken_envoy = tmp_path / "envoy.yaml"
+    broken_envoy.write_text("static_resources: {listeners: [{name: x}]}\n")
+    rejected = _check("--config", str(good), "--envoy-config", str(broken_envoy))
+    assert rejected.returncode == 1 and "Envoy rejects" in rejected.stderr
