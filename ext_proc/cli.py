@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from ext_proc.audit import configure_logging
@@ -61,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     _option(
         envoy_config, "ext-proc", "where Envoy reaches the ext_proc server, HOST:PORT or unix:PATH", "127.0.0.1:50051"
     )
+    _option(envoy_config, "probe-listen", "a listener answering only GET /ready, for Kubernetes probes, HOST:PORT")
+
+    health = sub.add_parser("health", help="ask a running server's gRPC health service; exit 0 when SERVING")
+    _option(health, "address", "the server's address, HOST:PORT or unix:PATH", "127.0.0.1:50051")
 
     sub.add_parser("keygen", help="print a new random seal key")
     return parser
@@ -82,14 +87,18 @@ def layout_options(parser: argparse.ArgumentParser, listen_default: str) -> None
 
 
 def _layout(args: argparse.Namespace) -> Layout:
-    return Layout(
+    layout = Layout(
         ingress=HostPort.parse(args.listen, "--listen"),
         egress=HostPort.parse(args.egress_listen, "--egress-listen"),
         litellm=Upstream.parse(args.litellm, "--litellm"),
         anthropic=Upstream.parse(args.anthropic, "--anthropic"),
         admin=HostPort.parse(args.admin_listen, "--admin-listen"),
-        **({"ext_proc": args.ext_proc} if getattr(args, "ext_proc", None) else {}),
     )
+    if getattr(args, "ext_proc", None):
+        layout = replace(layout, ext_proc=args.ext_proc)
+    if getattr(args, "probe_listen", None):
+        layout = replace(layout, probe=HostPort.parse(args.probe_listen, "--probe-listen"))
+    return layout
 
 
 def _config(args: argparse.Namespace, env: Mapping[str, str], listen: str | None) -> Config:
@@ -110,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "keygen":
         print(new_seal_key())
         return 0
+    if args.command == "health":
+        return _health(args.address)
     # In `up`, --listen/EXT_PROC_LISTEN is the ingress; the gRPC server then listens on a private socket.
     env = {k: v for k, v in os.environ.items() if not (args.command == "up" and k == ENV_PREFIX + "LISTEN")}
     try:
@@ -135,6 +146,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (EnvoyNotFound, OSError, RuntimeError) as exc:
         print(f"ext-proc: {exc}", file=sys.stderr)
         return 1
+
+
+def _health(address: str) -> int:
+    """For exec probes: the server listens on a Unix socket that kubelet cannot reach."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(address) as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status
+    except grpc.RpcError as exc:
+        print(f"ext-proc: health check of {address} failed: {exc.code().name}", file=sys.stderr)
+        return 1
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    print(name)
+    return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def _check(config: Config, envoy_config: str | None, envoy: str | None) -> int:

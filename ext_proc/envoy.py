@@ -116,11 +116,19 @@ class Layout:
     admin: HostPort = HostPort("127.0.0.1", 9901)
     message_timeout_ms: int = 1000
     max_connections: int = 10000
+    # Kubernetes probes reach the pod IP, never loopback: this listener answers only GET /ready (200 while live).
+    probe: HostPort | None = None
     ca_bundle: str = CA_BUNDLE
 
 
 def bootstrap(layout: Layout) -> dict[str, Any]:
     """Envoy's bootstrap for both legs, as a plain document."""
+    listeners = [
+        _listener("ingress", layout.ingress, "litellm", None, "ingress", "", layout),
+        _listener("egress", layout.egress, "anthropic", layout.anthropic.authority, "egress", "anthropic", layout),
+    ]
+    if layout.probe is not None:
+        listeners.append(_probe_listener(layout.probe))
     return {
         "admin": {"address": _address(layout.admin)},
         "overload_manager": {
@@ -286,6 +294,55 @@ def _listener(
                                         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
                                         # No x-envoy-* headers upstream: Anthropic sees only what the rules let out.
                                         "suppress_envoy_headers": True,
+                                    },
+                                },
+                            ],
+                        },
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def _probe_listener(at: HostPort) -> dict[str, Any]:
+    """Envoy's health-check filter: 200 on /ready while Envoy is live, 503 once it drains; nothing else."""
+    return {
+        "name": "probe",
+        "address": _address(at),
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+                            ".HttpConnectionManager",
+                            "stat_prefix": "probe",
+                            "route_config": {
+                                "name": "probe",
+                                "virtual_hosts": [
+                                    {
+                                        "name": "probe",
+                                        "domains": ["*"],
+                                        "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 404}}],
+                                    }
+                                ],
+                            },
+                            "http_filters": [
+                                {
+                                    "name": "envoy.filters.http.health_check",
+                                    "typed_config": {
+                                        "@type": "type.googleapis.com/envoy.extensions.filters.http.health_check.v3"
+                                        ".HealthCheck",
+                                        "pass_through_mode": False,
+                                        "headers": [{"name": ":path", "string_match": {"exact": "/ready"}}],
+                                    },
+                                },
+                                {
+                                    "name": "envoy.filters.http.router",
+                                    "typed_config": {
+                                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
                                     },
                                 },
                             ],

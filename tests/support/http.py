@@ -13,14 +13,16 @@ def send(
     path: str,
     headers: list[tuple[str, str]] | tuple[tuple[str, str], ...],
     body: bytes = b"",
+    host: str | None = None,
 ) -> tuple[int, bytes, http.client.HTTPResponse]:
+    """Recorded header sets carry the recorder's Host; it is replaced by `host`, else by the address sent to."""
     conn = http.client.HTTPConnection(at.host, at.port, timeout=60)
     conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
     names = {k.lower() for k, _ in headers}
     for name, value in headers:
         if name.lower() not in ("host", "content-length"):
             conn.putheader(name, value)
-    conn.putheader("Host", str(at))
+    conn.putheader("Host", host or str(at))
     if body or "content-length" in names:
         conn.putheader("Content-Length", str(len(body)))
     conn.endheaders(body or None)

@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from ext_proc.envoy import Layout, find_envoy, render
 
 BIN = Path(sys.executable).parent
@@ -149,9 +151,10 @@ class Envoy:
         return self.proc.stop()
 
 
-def start_envoy(layout: Layout, workdir: Path) -> Envoy:
+def start_envoy(layout: Layout, workdir: Path, document: dict[str, object] | None = None) -> Envoy:
+    """Envoy with the generated config for `layout`, or with `document` as given (its admin port must be 0)."""
     config = workdir / "envoy.yaml"
-    config.write_text(render(layout))
+    config.write_text(render(layout) if document is None else yaml.safe_dump(document))
     admin_file = workdir / "admin-address"
     proc = Proc(
         [str(find_envoy()), "-c", str(config), "--concurrency", "1", "--log-level", "warning",

@@ -1,0 +1,238 @@
+"""Kubernetes manifests, validated offline: kustomize renders, schemas validate, embedded configs are real.
+
+- every overlay renders with `kubectl kustomize` and every core object validates against the Kubernetes schemas;
+- the Envoy config in each ConfigMap is the generator's output and passes `envoy --mode validate`;
+- the ext-proc config in the ConfigMap passes the server's own validation;
+- the Istio EnvoyFilter's patches parse with Envoy's generated API stubs, and their semantics (filter off by
+  default, on for api.anthropic.com only) hold in a real Envoy.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import json_format
+
+from ext_proc.config import Config
+from ext_proc.envoy import HostPort, Layout, Upstream, bootstrap, find_envoy, render
+from tests.support.http import send
+from tests.support.processes import Proc, free_port, start_envoy, start_server
+from tests.support.recorder import Recorder
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = ("sidecar", "gateway", "mesh")
+KUBERNETES_VERSION = "1.33.0"
+SOCKET = "unix:/var/run/ext-proc/ext-proc.sock"
+LAYOUTS = {
+    "sidecar": Layout(
+        egress=HostPort("127.0.0.1", 10000), litellm=Upstream("http", "127.0.0.1", 4000), ext_proc=SOCKET,
+        probe=HostPort("0.0.0.0", 9902),
+    ),
+    "gateway": Layout(
+        egress=HostPort("0.0.0.0", 10000), litellm=Upstream("http", "litellm", 4000), ext_proc=SOCKET,
+        probe=HostPort("0.0.0.0", 9902),
+    ),
+}  # fmt: skip
+
+
+def render_overlay(name: str) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl (with kustomize) is needed to render deploy/k8s; this machine image ships it"
+    result = subprocess.run([kubectl, "kustomize", str(K8S / name)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, render_overlay(request.param)
+
+
+def test_core_objects_validate_against_kubernetes_schemas(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    name, docs = overlay
+    validated = 0
+    for doc in docs:
+        if doc["apiVersion"].startswith("networking.istio.io/"):
+            continue
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        validated += 1
+    assert validated >= 1, name
+
+
+def _pods(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment"]
+
+
+def test_pods_are_hardened_and_probed(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = overlay
+    for pod in _pods(docs):
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["automountServiceAccountToken"] is False
+        sidecars = pod.get("initContainers", [])
+        assert any(c["name"] == "ext-proc" for c in sidecars), "the server is a native sidecar"
+        assert all(c["restartPolicy"] == "Always" for c in sidecars), "native sidecars start first and stop last"
+        for container in [*sidecars, *pod["containers"]]:
+            sc = container["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"]["drop"] == ["ALL"]
+            assert "requests" in container["resources"]
+            assert "readinessProbe" in container, container["name"]
+        server = next(c for c in sidecars if c["name"] == "ext-proc")
+        assert server["readinessProbe"]["exec"]["command"][:2] == ["ext-proc", "health"]
+        assert SOCKET in server["args"], "the server listens only on a Unix socket, never on the pod network"
+        assert not any("secret" in str(e).lower() and "value:" in str(e) for e in server.get("env", []))
+
+
+def test_network_policies_keep_the_egress_listener_private() -> None:
+    docs = render_overlay("gateway")
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    egress_rule = next(r for r in policy["spec"]["ingress"] if any(p["port"] == 10000 for p in r["ports"]))
+    assert egress_rule["from"] == [{"podSelector": {"matchLabels": {"app": "litellm"}}}]
+    sidecar = render_overlay("sidecar")
+    (policy,) = [d for d in sidecar if d["kind"] == "NetworkPolicy"]
+    assert {p["port"] for r in policy["spec"]["ingress"] for p in r["ports"]} == {8080, 9464}
+
+
+@pytest.mark.parametrize("name", ["sidecar", "gateway"])
+def test_embedded_envoy_config_is_generated_and_valid(name: str, tmp_path: Path) -> None:
+    docs = render_overlay(name)
+    (envoy_cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("envoy-config")]
+    text = envoy_cm["data"]["envoy.yaml"]
+    assert text == render(LAYOUTS[name]), (
+        f"deploy/k8s/{name}/envoy.yaml is stale: regenerate it (docs/kubernetes-{name}.md)"
+    )
+    path = tmp_path / "envoy.yaml"
+    path.write_text(text)
+    result = subprocess.run([str(find_envoy()), "--mode", "validate", "-c", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_embedded_ext_proc_config_is_valid(tmp_path: Path) -> None:
+    for name in OVERLAYS:
+        (cm,) = [
+            d for d in render_overlay(name) if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "ext-proc-config"
+        ]
+        settings = tomllib.loads(cm["data"]["config.toml"])
+        keys = tmp_path / "seal-keys"
+        keys.write_text("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n")
+        path = tmp_path / "config.toml"
+        path.write_text(cm["data"]["config.toml"].replace(settings["seal_key_file"], str(keys)))
+        assert Config.load(path, {}).log_format == "json"
+
+
+def _envoyfilter() -> dict[str, Any]:
+    (doc,) = [d for d in render_overlay("mesh") if d["kind"] == "EnvoyFilter"]
+    return doc
+
+
+def _patch(apply_to: str, context: str) -> dict[str, Any]:
+    return next(
+        p["patch"]["value"]
+        for p in _envoyfilter()["spec"]["configPatches"]
+        if p["applyTo"] == apply_to and p["match"]["context"] == context
+    )
+
+
+# Registers the message type that the cluster patch's typed_extension_protocol_options names.
+assert http_protocol_options_pb2.HttpProtocolOptions
+
+
+def _parse(message: Any, doc: dict[str, Any]) -> Any:
+    return json_format.ParseDict({k: v for k, v in doc.items() if k != "@type"}, message)
+
+
+def test_istio_patches_parse_with_the_generated_stubs() -> None:
+    egress = _parse(ext_proc_pb2.ExternalProcessor(), _patch("HTTP_FILTER", "SIDECAR_OUTBOUND")["typed_config"])
+    ingress = _parse(ext_proc_pb2.ExternalProcessor(), _patch("HTTP_FILTER", "SIDECAR_INBOUND")["typed_config"])
+    assert [(m.key, m.value) for m in egress.grpc_service.initial_metadata] == [
+        ("x-ext-proc-leg", "egress"), ("x-ext-proc-policy", "anthropic"),
+    ]  # fmt: skip
+    assert [(m.key, m.value) for m in ingress.grpc_service.initial_metadata] == [("x-ext-proc-leg", "ingress")]
+    for parsed in (egress, ingress):
+        assert parsed.failure_mode_allow is False
+        assert parsed.processing_mode.request_body_mode == parsed.processing_mode.NONE
+    # The same filter settings as the shipped Envoy config, apart from where the server is.
+    shipped = bootstrap(Layout())["static_resources"]["listeners"][1]["filter_chains"][0]["filters"][0]
+    shipped_filter = shipped["typed_config"]["http_filters"][0]["typed_config"]
+    assert (
+        _patch("HTTP_FILTER", "SIDECAR_OUTBOUND")["typed_config"]["processing_mode"]
+        == shipped_filter["processing_mode"]
+    )
+    _parse(cluster_pb2.Cluster(), _patch("CLUSTER", "SIDECAR_OUTBOUND"))
+    vhost = _patch("VIRTUAL_HOST", "SIDECAR_OUTBOUND")["typed_per_filter_config"]["envoy.filters.http.ext_proc"]
+    config = _parse(route_components_pb2.FilterConfig(), {"config": vhost["config"]} | {"disabled": False})
+    assert config.config.type_url.endswith("ExtProcPerRoute")
+
+
+def test_istio_patch_semantics_in_a_real_envoy(tmp_path: Path) -> None:
+    """The mesh filter as Istio would place it: processes api.anthropic.com, leaves every other host alone."""
+    socket_path = tmp_path / "ext-proc.sock"
+    server = start_server(socket_path)
+    with Recorder() as recorder:
+        layout = Layout(
+            ingress=HostPort("127.0.0.1", free_port()), egress=HostPort("127.0.0.1", free_port()),
+            anthropic=Upstream.parse(recorder.url, "stand-in"), ext_proc=f"unix:{socket_path}",
+            admin=HostPort("127.0.0.1", 0),
+        )  # fmt: skip
+        config = bootstrap(layout)
+        listener = config["static_resources"]["listeners"][1]
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        mesh_filter = dict(_patch("HTTP_FILTER", "SIDECAR_OUTBOUND"))
+        hcm["http_filters"][0] = mesh_filter
+        per_filter = _patch("VIRTUAL_HOST", "SIDECAR_OUTBOUND")["typed_per_filter_config"]
+        route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]
+        hcm["route_config"]["virtual_hosts"] = [
+            {"name": "api.anthropic.com:80", "domains": ["api.anthropic.com"], "routes": [route],
+             "typed_per_filter_config": per_filter},
+            {"name": "other:80", "domains": ["*"], "routes": [route]},
+        ]  # fmt: skip
+        cluster = _patch("CLUSTER", "SIDECAR_OUTBOUND")
+        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"]["path"] = str(
+            socket_path
+        )
+        config["static_resources"]["clusters"].append(cluster)
+        envoy = start_envoy_document(config, tmp_path)
+        try:
+            headers = [("x-litellm-api-key", "sk-litellm-MESH"), ("x-api-key", "sk-ant-api03-MESHKEY")]
+            for host in ("api.anthropic.com", "bedrock.example"):
+                status, _, _ = send(layout.egress, "POST", "/v1/messages", headers, b"{}", host=host)
+                assert status == 200
+            anthropic, other = recorder.take()
+        finally:
+            envoy.stop()
+            server.stop()
+    assert "x-litellm-api-key" not in anthropic.names and anthropic.get("x-api-key") == ["sk-ant-api03-MESHKEY"]
+    assert other.get("x-litellm-api-key") == ["sk-litellm-MESH"], "the filter must stay off for other hosts"
+
+
+def start_envoy_document(document: dict[str, Any], workdir: Path) -> Proc:
+    return start_envoy(Layout(admin=HostPort("127.0.0.1", 0)), workdir, document=document).proc
+
+
+def test_litellm_patch_merges_into_a_deployment_and_validates(tmp_path: Path) -> None:
+    (tmp_path / "deployment.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "litellm"},
+        "spec": {"selector": {"matchLabels": {"app": "litellm"}}, "template": {
+            "metadata": {"labels": {"app": "litellm"}},
+            "spec": {"containers": [{"name": "litellm", "image": "ghcr.io/berriai/litellm:main-stable"}]}}},
+    }))  # fmt: skip
+    shutil.copy(K8S / "mesh" / "litellm-patch.yaml", tmp_path / "patch.yaml")
+    (tmp_path / "kustomization.yaml").write_text("resources: [deployment.yaml]\npatches: [{path: patch.yaml}]\n")
+    (merged,) = render_overlay(str(tmp_path))
+    kubernetes_validate.validate(merged, KUBERNETES_VERSION, strict=True)
+    pod = merged["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["ext-proc"]
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    assert env["ANTHROPIC_API_BASE"] == "http://api.anthropic.com"
