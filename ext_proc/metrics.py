@@ -43,6 +43,11 @@ class Metrics:
         self.reloads = Counter(
             "ext_proc_reloads", "Secret file reloads, by file and result.", ["file", "result"], registry=self.registry
         )
+        # Envoy is configured never to send bodies; if one ever arrives it is counted here (must stay 0).
+        self.unexpected = Counter(
+            "ext_proc_unexpected_messages", "Messages other than request headers.", ["type"], registry=self.registry
+        )
+        self.body_bytes = Counter("ext_proc_body_bytes", "Body bytes received (should stay 0).", registry=self.registry)
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 

@@ -112,6 +112,9 @@ class CredentialProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[mi
                     self._audit.record(decision.audit)
                     yield response_of(decision)
                 elif which is not None:
+                    self._metrics.unexpected.labels(which).inc()
+                    if which.endswith("_body"):
+                        self._metrics.body_bytes.inc(len(getattr(request, which).body))
                     yield _CONTINUE[which]
         finally:
             self._metrics.streams.dec()

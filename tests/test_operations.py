@@ -71,6 +71,7 @@ def test_metrics_by_leg_policy_source_rejection_and_latency(tmp_path: Path) -> N
     assert 'ext_proc_decision_seconds_count{leg="egress"} 3.0' in text
     assert "ext_proc_streams_in_flight 0.0" in text
     assert "METRICSECRET" not in text and "sideways" not in text
+    assert "ext_proc_body_bytes_total 0.0" in text
 
 
 def _audit(request_id: str | None, outcome: str = "forward") -> Audit:

@@ -85,6 +85,30 @@ def test_every_other_message_gets_an_empty_continue(tmp_path: Path) -> None:
     assert all(r.ByteSize() == 2 for r in responses), "each is an empty continue"
 
 
+def test_unexpected_messages_are_counted(tmp_path: Path) -> None:
+    async def scenario() -> tuple[float | None, float | None]:
+        config = Config.load(env={}, overrides={"listen": f"unix:{tmp_path}/u.sock", "metrics_listen": "off"})
+        server = Server(config)
+        address = await server.start()
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = pb_grpc.ExternalProcessorStub(channel)
+
+                async def requests() -> AsyncIterator[pb.ProcessingRequest]:
+                    yield pb.ProcessingRequest(request_body=pb.HttpBody(body=b"x" * 100))
+                    yield pb.ProcessingRequest(response_body=pb.HttpBody(body=b"y" * 5))
+
+                [r async for r in stub.Process(requests(), metadata=EGRESS)]
+        finally:
+            await server.stop()
+        sample = server.metrics.registry.get_sample_value
+        return sample("ext_proc_body_bytes_total"), sample(
+            "ext_proc_unexpected_messages_total", {"type": "request_body"}
+        )
+
+    assert asyncio.run(scenario()) == (105.0, 1.0)
+
+
 def test_rejection_is_an_immediate_anthropic_error(tmp_path: Path) -> None:
     (response,) = asyncio.run(exchange(tmp_path, [headers_message(("x-credential-handoff", b"v1.forged"))]))
     immediate = response.immediate_response

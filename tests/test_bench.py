@@ -1,0 +1,26 @@
+"""The benchmark's smoke mode: the command works end to end (never a timed assertion)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.litellm
+def test_bench_smoke_runs_every_variant() -> None:
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (scripts/test.sh installs it when run as root: apt-get install wrk)")
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for variant in "abfcde":
+        assert f"| {variant} | 1 |" in result.stdout
+    assert "c=1: c/f p50" in result.stdout and "d/e p50" in result.stdout
+    assert "body bytes seen by the server: 0" in result.stdout
