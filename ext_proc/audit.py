@@ -1,33 +1,82 @@
 """The audit trail and log output: one line per decision with kinds and fingerprints, never a credential.
 
 Sampling is keyed on Envoy's request id, so the ingress and egress lines of one request are kept or dropped
-together. Rejections are always logged.
+together. Rejections are always logged, at once, through ``logging``. Forwarded decisions, one per request, take a
+cheaper path: the line is formatted here (the same format as every other log line) and lines are written to the
+log stream in batches, at most ``flush_seconds`` late, instead of one ``logging`` call and one write per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
+import time
 import zlib
-from typing import Any
+from typing import Any, TextIO
 
 from ext_proc.rules import Audit
 
 log = logging.getLogger("ext_proc.audit")
 _SCALE = 1 << 32
+_BATCH_BYTES = 64 * 1024
+
+
+def format_line(fmt: str, created: float, level: str, logger: str, message: str, audit: dict[str, Any] | None) -> str:
+    """One log line, for `logging` records and batched audit lines alike."""
+    if fmt == "json":
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(created))
+        doc: dict[str, Any] = {"time": stamp, "level": level, "logger": logger}
+        doc.update(audit if audit is not None else {"message": message})
+        return json.dumps(doc, separators=(",", ":"))
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created)) + f",{int(created * 1000) % 1000:03d}"
+    line = f"{stamp} {level} {logger} {message}"
+    return f"{line} {json.dumps(audit, separators=(',', ':'))}" if audit is not None else line
 
 
 class AuditLog:
-    def __init__(self, sample_rate: float = 1.0) -> None:
+    def __init__(self, sample_rate: float = 1.0, fmt: str = "text", stream: TextIO | None = None) -> None:
         self._threshold = int(sample_rate * _SCALE)
         self._counter = 0
+        self._fmt = fmt
+        self._stream = stream
+        self._enabled = log.isEnabledFor(logging.INFO)
+        self._buffer: list[str] = []
+        self._size = 0
+        self._flush_scheduled = False
+        self.flush_seconds = 0.05
 
     def record(self, audit: Audit) -> None:
         if audit.outcome == "reject":
             log.warning("decision", extra={"audit": audit.as_dict()})
-        elif log.isEnabledFor(logging.INFO) and self._sampled(audit.request_id):
-            log.info("decision", extra={"audit": audit.as_dict()})
+        elif self._enabled and self._sampled(audit.request_id):
+            line = format_line(self._fmt, time.time(), "INFO", "ext_proc.audit", "decision", audit.as_dict())
+            self._buffer.append(line)
+            self._size += len(line)
+            if self._size >= _BATCH_BYTES:
+                self.flush()
+            elif not self._flush_scheduled:
+                self._schedule()
+
+    def _schedule(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._flush_scheduled = True
+        loop.call_later(self.flush_seconds, self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._buffer:
+            return
+        stream = self._stream or sys.stderr
+        stream.write("\n".join(self._buffer) + "\n")
+        stream.flush()
+        self._buffer.clear()
+        self._size = 0
 
     def _sampled(self, request_id: str | None) -> bool:
         if self._threshold >= _SCALE:
@@ -38,36 +87,24 @@ class AuditLog:
         return zlib.crc32(request_id.encode()) < self._threshold
 
 
-class JsonFormatter(logging.Formatter):
+class LineFormatter(logging.Formatter):
+    def __init__(self, fmt: str) -> None:
+        super().__init__()
+        self._fmt_name = fmt
+
     def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname,
-            "logger": record.name,
-        }
-        audit = getattr(record, "audit", None)
-        if audit is not None:
-            doc.update(audit)
-        else:
-            doc["message"] = record.getMessage()
+        line = format_line(
+            self._fmt_name, record.created, record.levelname, record.name, record.getMessage(),
+            getattr(record, "audit", None),
+        )  # fmt: skip
         if record.exc_info:
-            doc["error"] = self.formatException(record.exc_info)
-        return json.dumps(doc, separators=(",", ":"))
-
-
-class TextFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        audit = getattr(record, "audit", None)
-        return f"{line} {json.dumps(audit, separators=(',', ':'))}" if audit is not None else line
+            line += "\n" + self.formatException(record.exc_info)
+        return line
 
 
 def configure_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(LineFormatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -7,6 +7,7 @@ in logs and audit records.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -110,8 +111,12 @@ def token_of(header: str, value: bytes) -> bytes | None:
     return rest.strip(_WHITESPACE)
 
 
+@functools.lru_cache(maxsize=1024)
 def fingerprint(kind: str, token: bytes) -> str:
-    """Kind, last four characters and a short hash: enough to correlate, never enough to use."""
+    """Kind, last four characters and a short hash: enough to correlate, never enough to use.
+
+    Memoised: the same few credentials recur on every request, and the hash is the costly part.
+    """
     digest = hashlib.sha256(token).hexdigest()[:8]
     tail = token[-4:].decode("ascii", "backslashreplace")
     return f"{kind}:...{tail}:{digest}"

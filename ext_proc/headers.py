@@ -7,21 +7,24 @@ are not valid UTF-8.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from types import MappingProxyType
 
 
 class HeaderView:
     """Headers of one request, in wire order, with names folded to lower case."""
 
     __slots__ = ("_entries", "_index")
+    # Never mutated after construction; nothing outside this class touches the containers.
 
     def __init__(self, entries: Iterable[tuple[str, bytes]]) -> None:
-        folded = tuple((name.lower(), value) for name, value in entries)
-        index: dict[str, list[bytes]] = {}
-        for name, value in folded:
-            index.setdefault(name, []).append(value)
-        self._entries = folded
-        self._index = MappingProxyType({name: tuple(values) for name, values in index.items()})
+        folded = []
+        index: dict[str, tuple[bytes, ...]] = {}
+        for name, value in entries:
+            name = name.lower()
+            folded.append((name, value))
+            seen = index.get(name)
+            index[name] = (value,) if seen is None else (*seen, value)
+        self._entries = tuple(folded)
+        self._index = index
 
     @classmethod
     def of(cls, *pairs: tuple[str, str | bytes]) -> HeaderView:

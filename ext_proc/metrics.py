@@ -7,6 +7,7 @@ config might send is counted as ``unknown``, so no request can grow the label sp
 from __future__ import annotations
 
 import threading
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -48,13 +49,19 @@ class Metrics:
             "ext_proc_unexpected_messages", "Messages other than request headers.", ["type"], registry=self.registry
         )
         self.body_bytes = Counter("ext_proc_body_bytes", "Body bytes received (should stay 0).", registry=self.registry)
+        # Label children resolved once: every label value comes from a closed set, so these stay small.
+        self._latency: dict[str, Any] = {}
+        self._requests: dict[tuple[str, str, str], Any] = {}
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     def observe(self, leg: str, policy: str, decision: Decision, seconds: float) -> None:
         leg = leg if leg in _LEGS else "unknown"
         policy = policy if policy in _POLICIES else ("none" if not policy else "unknown")
-        self.latency.labels(leg).observe(seconds)
+        latency = self._latency.get(leg)
+        if latency is None:
+            latency = self._latency[leg] = self.latency.labels(leg)
+        latency.observe(seconds)
         rejection = decision.rejection
         if rejection is not None:
             self.rejections.labels(rejection.reason).inc()
@@ -62,7 +69,11 @@ class Metrics:
                 self.seal_failures.labels(rejection.reason.removeprefix("seal-")).inc()
             return
         source = decision.audit.source.value if decision.audit.source else "sealed" if decision.audit.sealed else "none"
-        self.requests.labels(leg, policy, source).inc()
+        key = (leg, policy, source)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self._requests[key] = self.requests.labels(*key)
+        counter.inc()
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics; returns the bound port (0 picks one)."""

@@ -7,7 +7,7 @@ turns the ``Decision`` back into a header mutation or an immediate response.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -28,6 +28,7 @@ COOKIE = "cookie"
 REQUEST_ID = "x-request-id"
 # Envoy owns these; a filter that touches them breaks framing or routing.
 NEVER_TOUCHED = frozenset({"host", "content-length", "transfer-encoding"})
+_VERDICT_CACHE_SIZE = 4096
 
 
 class Leg(StrEnum):
@@ -125,6 +126,7 @@ class RuleContext:
     allow_prefixes: tuple[str, ...]
     prefixes: Prefixes
     oauth_beta: bytes
+    _verdicts: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, config: Config, keyring: Keyring, server_credential: Credential | None) -> RuleContext:
@@ -142,6 +144,26 @@ class RuleContext:
     def allowed(self, name: str) -> bool:
         return name in self.allow_exact or name.startswith(self.allow_prefixes)
 
+    def strips_on_egress(self, name: str) -> bool:
+        """Whether the egress leg removes this header whatever its value (anthropic-beta is decided apart)."""
+        verdict = self._verdicts.get(name)
+        if verdict is None:
+            verdict = (
+                not name.startswith(":")
+                and name not in NEVER_TOUCHED
+                and (
+                    name in CREDENTIAL_HEADERS
+                    or name == self.handoff_header
+                    or name == COOKIE
+                    or name in self.litellm_headers
+                    or not self.allowed(name)
+                )
+            )
+            # Bounded: a client sending random header names cannot grow it without limit.
+            if len(self._verdicts) < _VERDICT_CACHE_SIZE:
+                self._verdicts[name] = verdict
+        return verdict
+
 
 class _Reject(Exception):
     def __init__(self, rejection: Rejection) -> None:
@@ -151,8 +173,7 @@ class _Reject(Exception):
 def decide(leg: str, policy: str, headers: HeaderView, ctx: RuleContext, now: float) -> Decision:
     """The whole policy for one request's headers. Never raises: bad input becomes a rejection."""
     request_ids = headers.get_all(REQUEST_ID)
-    request_id = request_ids[0].decode("latin-1") if request_ids else None
-    base = Audit(leg=leg, policy=policy, outcome="forward", request_id=request_id)
+    base = Audit(leg, policy, "forward", request_ids[0].decode("latin-1") if request_ids else None)
     try:
         if leg == Leg.INGRESS:
             if policy and policy not in _POLICIES:
@@ -184,8 +205,7 @@ def _ingress(headers: HeaderView, ctx: RuleContext, now: float, base: Audit) -> 
     if sealed:
         handoff = ctx.keyring.seal([(name, c.token) for name, c in sealed], now)
         sets = ((ctx.handoff_header, handoff.encode("ascii")),)
-    audit = replace(base, sealed=tuple(f"{name}={c.fingerprint()}" for name, c in sealed))
-    return _decision(removed, sets, audit)
+    return _decision(removed, sets, base, sealed=tuple(f"{name}={c.fingerprint()}" for name, c in sealed))
 
 
 def _egress_anthropic(headers: HeaderView, ctx: RuleContext, now: float, base: Audit) -> Decision:
@@ -207,26 +227,11 @@ def _egress_anthropic(headers: HeaderView, ctx: RuleContext, now: float, base: A
         sets.append((ANTHROPIC_BETA, beta))
 
     removed = [
-        name
-        for name in headers.names()
-        if not name.startswith(":")
-        and name not in NEVER_TOUCHED
-        and (
-            name in CREDENTIAL_HEADERS
-            or name == ctx.handoff_header
-            or name == COOKIE
-            or name in ctx.litellm_headers
-            or not ctx.allowed(name)
-            or (name == ANTHROPIC_BETA and beta == b"")
-        )
+        name for name in headers.names() if ctx.strips_on_egress(name) or (name == ANTHROPIC_BETA and beta == b"")
     ]
-    audit = replace(
-        base,
-        source=source,
-        kind=chosen.kind.value if chosen else None,
-        fingerprint=chosen.fingerprint() if chosen else None,
-    )
-    return _decision(removed, sets, audit)
+    if chosen is None:
+        return _decision(removed, sets, base, source=source)
+    return _decision(removed, sets, base, source=source, kind=chosen.kind.value, fingerprint=chosen.fingerprint())
 
 
 def _egress_other(headers: HeaderView, ctx: RuleContext, base: Audit) -> Decision:
@@ -242,16 +247,24 @@ def _egress_other(headers: HeaderView, ctx: RuleContext, base: Audit) -> Decisio
             or any(_bearer_or_plain(value, ctx.prefixes) for value in headers.get_all(name))
         )
     ]
-    return Decision(tuple(removed), (), replace(base, source=Source.NONE, removed=tuple(removed)))
+    return _decision(removed, (), base, source=Source.NONE)
 
 
 def _decision(
-    removed: list[str], sets: tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]], audit: Audit
+    removed: list[str],
+    sets: tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]],
+    base: Audit,
+    *,
+    source: Source | None = None,
+    kind: str | None = None,
+    fingerprint: str | None = None,
+    sealed: tuple[str, ...] = (),
 ) -> Decision:
     """A set replaces every value of its name, so a name that is set is never also removed."""
     set_names = {name for name, _ in sets}
     remove = tuple(n for n in removed if n not in set_names)
-    return Decision(remove, tuple(sets), replace(audit, removed=remove))
+    audit = Audit(base.leg, base.policy, "forward", base.request_id, source, kind, fingerprint, sealed, remove)
+    return Decision(remove, tuple(sets), audit)
 
 
 def _open_handoff(headers: HeaderView, ctx: RuleContext, now: float) -> dict[str, Credential]:

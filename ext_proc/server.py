@@ -132,7 +132,8 @@ class Server:
         self.rules = RuleSource(config, self.metrics)
         self._server = grpc.aio.server()
         self._health = HealthServicer()
-        processor = CredentialProcessor(self.rules, AuditLog(config.audit_sample_rate), self.metrics)
+        self.audit = AuditLog(config.audit_sample_rate, config.log_format)
+        processor = CredentialProcessor(self.rules, self.audit, self.metrics)
         pb_grpc.add_ExternalProcessorServicer_to_server(processor, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self._watcher: asyncio.Task[None] | None = None
@@ -170,6 +171,7 @@ class Server:
         await self._server.stop(self.config.grace_seconds)
         if self._watcher is not None:
             self._watcher.cancel()
+        self.audit.flush()
         self.metrics.close()
 
     async def run_until_signalled(self, on_ready: Callable[[str], None]) -> None:

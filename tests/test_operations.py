@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import logging
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from ext_proc.audit import AuditLog, JsonFormatter
+from ext_proc.audit import AuditLog, LineFormatter
 from ext_proc.config import Config
 from ext_proc.credentials import ApiKey
 from ext_proc.headers import HeaderView
@@ -80,29 +81,57 @@ def _audit(request_id: str | None, outcome: str = "forward") -> Audit:
 
 def test_audit_sampling_is_per_request_id_and_rejections_always_logged(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="ext_proc.audit")
-    sampled = AuditLog(0.25)
+    stream = io.StringIO()
+    sampled = AuditLog(0.25, stream=stream)
     ids = [f"req-{i}" for i in range(2000)]
+
+    def logged() -> list[str]:
+        sampled.flush()
+        lines = stream.getvalue().splitlines()
+        stream.seek(0)
+        stream.truncate()
+        return [json.loads(line.split(" decision ", 1)[1])["request_id"] for line in lines]
+
     for rid in ids:
         sampled.record(_audit(rid))
-    first = [r.audit["request_id"] for r in caplog.records]  # type: ignore[attr-defined]
+    first = logged()
     assert 350 < len(first) < 650, "about a quarter"
-    caplog.clear()
     for rid in ids:
         sampled.record(_audit(rid))
-    assert [r.audit["request_id"] for r in caplog.records] == first, "the same requests again: both legs agree"  # type: ignore[attr-defined]
-    caplog.clear()
-    AuditLog(0.0).record(_audit("x", outcome="reject"))
-    AuditLog(0.0).record(_audit("y"))
+    assert logged() == first, "the same requests again: both legs agree"
+    AuditLog(0.0, stream=stream).record(_audit("x", outcome="reject"))
+    AuditLog(0.0, stream=stream).record(_audit("y"))
     assert [r.audit["request_id"] for r in caplog.records] == ["x"]  # type: ignore[attr-defined]
+    assert logged() == []
+
+
+def test_audit_lines_are_batched_and_flushed_by_the_event_loop(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="ext_proc.audit")
+    stream = io.StringIO()
+    audit = AuditLog(stream=stream)
+    audit.flush_seconds = 0.01
+
+    async def scenario() -> tuple[str, str]:
+        audit.record(_audit("a"))
+        audit.record(_audit("b"))
+        before = stream.getvalue()
+        await asyncio.sleep(0.05)
+        return before, stream.getvalue()
+
+    before, after = asyncio.run(scenario())
+    assert before == "" and len(after.splitlines()) == 2
 
 
 def test_json_log_format_merges_the_audit_record() -> None:
     decision = decide("egress", "anthropic", HeaderView.of(("x-api-key", "sk-ant-api03-JSONSECRET")), _ctx(), 0)
     record = logging.LogRecord("ext_proc.audit", logging.INFO, __file__, 1, "decision", (), None)
     record.audit = decision.audit.as_dict()
-    line = json.loads(JsonFormatter().format(record))
+    line = json.loads(LineFormatter("json").format(record))
     assert line["level"] == "INFO" and line["source"] == "request-x-api-key" and line["leg"] == "egress"
     assert "JSONSECRET" not in json.dumps(line)
+    plain = logging.LogRecord("ext_proc.server", logging.WARNING, __file__, 1, "hello %s", ("there",), None)
+    assert json.loads(LineFormatter("json").format(plain))["message"] == "hello there"
+    assert LineFormatter("text").format(plain).endswith(" WARNING ext_proc.server hello there")
 
 
 async def _single(message: pb.ProcessingRequest) -> AsyncIterator[pb.ProcessingRequest]:
