@@ -143,3 +143,29 @@ def test_health_serving_then_not_serving_on_drain(tmp_path: Path) -> None:
     serving, draining = asyncio.run(scenario())
     assert serving == health_pb2.HealthCheckResponse.SERVING
     assert draining == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_stream_ends_once_the_request_headers_are_answered(tmp_path: Path) -> None:
+    """Envoy never has to end (cancel) the stream: the server finishes it with OK right after its answer."""
+
+    async def scenario() -> tuple[str | None, grpc.StatusCode]:
+        config = Config.load(env={}, overrides={"listen": f"unix:{tmp_path}/e.sock", "metrics_listen": "off"})
+        server = Server(config)
+        address = await server.start()
+        never = asyncio.Event()
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+
+                async def requests() -> AsyncIterator[pb.ProcessingRequest]:
+                    yield headers_message(("x-api-key", b"sk-ant-api03-K"))
+                    await never.wait()  # the client never half-closes, as Envoy would not before the HTTP stream ends
+
+                call = pb_grpc.ExternalProcessorStub(channel).Process(requests(), metadata=EGRESS)
+                first = await call.read()
+                rest = await asyncio.wait_for(call.read(), 5)
+                code = await call.code()
+                return first.WhichOneof("response") if rest is grpc.aio.EOF else "more", code  # type: ignore[attr-defined]
+        finally:
+            await server.stop()
+
+    assert asyncio.run(scenario()) == ("request_headers", grpc.StatusCode.OK)

@@ -105,6 +105,13 @@ class Proc:
         """From a `serve` ready line: where its /metrics is."""
         return "http://" + self.ready_line.rsplit("metrics=", 1)[1] + "/metrics"
 
+    def metrics_value(self, name: str) -> float | None:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:  # noqa: S310
+            for line in response.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        return None
+
     @property
     def output(self) -> str:
         return "".join(self.lines)
