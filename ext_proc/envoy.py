@@ -18,6 +18,7 @@ import yaml
 from ext_proc.server import LEG_METADATA, POLICY_METADATA
 
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+_HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 # Hour-long SSE responses must not be cut by Envoy's defaults (15 s route timeout, 5 min stream idle).
 STREAM_TIMEOUT = "3600s"
 _ACCESS_LOG_FIELDS = {
@@ -231,125 +232,105 @@ def _listener(
     route: dict[str, Any] = {"cluster": cluster, "timeout": "0s", "idle_timeout": STREAM_TIMEOUT}
     if host_rewrite:
         route["host_rewrite_literal"] = host_rewrite
-    return {
-        "name": name,
-        "address": _address(at),
-        "filter_chains": [
+    hcm = {
+        "@type": _HCM_TYPE,
+        "stat_prefix": name,
+        "stream_idle_timeout": STREAM_TIMEOUT,
+        "request_timeout": "0s",
+        "local_reply_config": _LOCAL_REPLIES,
+        "access_log": [
             {
-                "filters": [
-                    {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-                            ".HttpConnectionManager",
-                            "stat_prefix": name,
-                            "stream_idle_timeout": STREAM_TIMEOUT,
-                            "request_timeout": "0s",
-                            "local_reply_config": _LOCAL_REPLIES,
-                            "access_log": [
-                                {
-                                    "name": "envoy.access_loggers.stdout",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3"
-                                        ".StdoutAccessLog",
-                                        "log_format": {"json_format": {"leg": name, **_ACCESS_LOG_FIELDS}},
-                                    },
-                                }
-                            ],
-                            "route_config": {
-                                "name": name,
-                                "virtual_hosts": [
-                                    {
-                                        "name": name,
-                                        "domains": ["*"],
-                                        "routes": [{"match": {"prefix": "/"}, "route": route}],
-                                    }
-                                ],
-                            },
-                            "http_filters": [
-                                {
-                                    "name": "envoy.filters.http.ext_proc",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3"
-                                        ".ExternalProcessor",
-                                        "grpc_service": {
-                                            "envoy_grpc": {"cluster_name": "ext_proc"},
-                                            "initial_metadata": metadata,
-                                        },
-                                        "failure_mode_allow": False,
-                                        "message_timeout": f"{layout.message_timeout_ms / 1000:g}s",
-                                        "processing_mode": {
-                                            "request_header_mode": "SEND",
-                                            "response_header_mode": "SKIP",
-                                            "request_body_mode": "NONE",
-                                            "response_body_mode": "NONE",
-                                            "request_trailer_mode": "SKIP",
-                                            "response_trailer_mode": "SKIP",
-                                        },
-                                    },
-                                },
-                                {
-                                    "name": "envoy.filters.http.router",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
-                                        # No x-envoy-* headers upstream: Anthropic sees only what the rules let out.
-                                        "suppress_envoy_headers": True,
-                                    },
-                                },
-                            ],
-                        },
-                    }
-                ]
+                "name": "envoy.access_loggers.stdout",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                    "log_format": {"json_format": {"leg": name, **_ACCESS_LOG_FIELDS}},
+                },
             }
         ],
+        "route_config": {
+            "name": name,
+            "virtual_hosts": [
+                {
+                    "name": name,
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": route}],
+                }
+            ],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.ext_proc",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+                    "grpc_service": {
+                        "envoy_grpc": {"cluster_name": "ext_proc"},
+                        "initial_metadata": metadata,
+                    },
+                    "failure_mode_allow": False,
+                    "message_timeout": f"{layout.message_timeout_ms / 1000:g}s",
+                    "processing_mode": {
+                        "request_header_mode": "SEND",
+                        "response_header_mode": "SKIP",
+                        "request_body_mode": "NONE",
+                        "response_body_mode": "NONE",
+                        "request_trailer_mode": "SKIP",
+                        "response_trailer_mode": "SKIP",
+                    },
+                },
+            },
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                    # No x-envoy-* headers upstream: Anthropic sees only what the rules let out.
+                    "suppress_envoy_headers": True,
+                },
+            },
+        ],
     }
+    return _http_listener(name, at, hcm)
 
 
 def _probe_listener(at: HostPort) -> dict[str, Any]:
     """Envoy's health-check filter: 200 on /ready while Envoy is live, 503 once it drains; nothing else."""
+    hcm = {
+        "@type": _HCM_TYPE,
+        "stat_prefix": "probe",
+        "route_config": {
+            "name": "probe",
+            "virtual_hosts": [
+                {
+                    "name": "probe",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 404}}],
+                }
+            ],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.health_check",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck",
+                    "pass_through_mode": False,
+                    "headers": [{"name": ":path", "string_match": {"exact": "/ready"}}],
+                },
+            },
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            },
+        ],
+    }
+    return _http_listener("probe", at, hcm)
+
+
+def _http_listener(name: str, at: HostPort, hcm: dict[str, Any]) -> dict[str, Any]:
+    """A listener whose only filter is an HTTP connection manager with the given config."""
     return {
-        "name": "probe",
+        "name": name,
         "address": _address(at),
         "filter_chains": [
-            {
-                "filters": [
-                    {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-                            ".HttpConnectionManager",
-                            "stat_prefix": "probe",
-                            "route_config": {
-                                "name": "probe",
-                                "virtual_hosts": [
-                                    {
-                                        "name": "probe",
-                                        "domains": ["*"],
-                                        "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 404}}],
-                                    }
-                                ],
-                            },
-                            "http_filters": [
-                                {
-                                    "name": "envoy.filters.http.health_check",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters.http.health_check.v3"
-                                        ".HealthCheck",
-                                        "pass_through_mode": False,
-                                        "headers": [{"name": ":path", "string_match": {"exact": "/ready"}}],
-                                    },
-                                },
-                                {
-                                    "name": "envoy.filters.http.router",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                                    },
-                                },
-                            ],
-                        },
-                    }
-                ]
-            }
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
         ],
     }
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -28,26 +30,32 @@ def headers_message(*pairs: tuple[str, bytes], legacy: bool = False) -> pb.Proce
     return pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=values)))
 
 
-async def exchange(
-    tmp_path: Path, messages: Sequence[pb.ProcessingRequest], metadata: Sequence[tuple[str, str]] = EGRESS
-) -> list[pb.ProcessingResponse]:
+@asynccontextmanager
+async def serving(tmp_path: Path, **overrides: Any) -> AsyncIterator[tuple[Server, pb_grpc.ExternalProcessorStub]]:
+    """A started server (seal key SEAL_KEY, no metrics port) and a stub connected to it."""
     config = Config.load(
         env={"EXT_PROC_SEAL_KEYS": SEAL_KEY},
-        overrides={"listen": f"unix:{tmp_path}/s.sock", "metrics_listen": "off", "grace_seconds": 1},
+        overrides={"listen": f"unix:{tmp_path}/s.sock", "metrics_listen": "off", "grace_seconds": 1, **overrides},
     )
     server = Server(config)
     address = await server.start()
     try:
         async with grpc.aio.insecure_channel(address) as channel:
-            stub = pb_grpc.ExternalProcessorStub(channel)
-
-            async def requests() -> AsyncIterator[pb.ProcessingRequest]:
-                for m in messages:
-                    yield m
-
-            return [r async for r in stub.Process(requests(), metadata=metadata)]
+            yield server, pb_grpc.ExternalProcessorStub(channel)
     finally:
         await server.stop()
+
+
+async def exchange(
+    tmp_path: Path, messages: Sequence[pb.ProcessingRequest], metadata: Sequence[tuple[str, str]] = EGRESS
+) -> list[pb.ProcessingResponse]:
+    async with serving(tmp_path) as (_, stub):
+
+        async def requests() -> AsyncIterator[pb.ProcessingRequest]:
+            for m in messages:
+                yield m
+
+        return [r async for r in stub.Process(requests(), metadata=metadata)]
 
 
 def test_headers_become_a_mutation(tmp_path: Path) -> None:
@@ -87,20 +95,13 @@ def test_every_other_message_gets_an_empty_continue(tmp_path: Path) -> None:
 
 def test_unexpected_messages_are_counted(tmp_path: Path) -> None:
     async def scenario() -> tuple[float | None, float | None]:
-        config = Config.load(env={}, overrides={"listen": f"unix:{tmp_path}/u.sock", "metrics_listen": "off"})
-        server = Server(config)
-        address = await server.start()
-        try:
-            async with grpc.aio.insecure_channel(address) as channel:
-                stub = pb_grpc.ExternalProcessorStub(channel)
+        async with serving(tmp_path) as (server, stub):
 
-                async def requests() -> AsyncIterator[pb.ProcessingRequest]:
-                    yield pb.ProcessingRequest(request_body=pb.HttpBody(body=b"x" * 100))
-                    yield pb.ProcessingRequest(response_body=pb.HttpBody(body=b"y" * 5))
+            async def requests() -> AsyncIterator[pb.ProcessingRequest]:
+                yield pb.ProcessingRequest(request_body=pb.HttpBody(body=b"x" * 100))
+                yield pb.ProcessingRequest(response_body=pb.HttpBody(body=b"y" * 5))
 
-                [r async for r in stub.Process(requests(), metadata=EGRESS)]
-        finally:
-            await server.stop()
+            [r async for r in stub.Process(requests(), metadata=EGRESS)]
         sample = server.metrics.registry.get_sample_value
         return sample("ext_proc_body_bytes_total"), sample(
             "ext_proc_unexpected_messages_total", {"type": "request_body"}
