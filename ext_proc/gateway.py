@@ -77,7 +77,7 @@ async def run(config: Config, layout: Layout, envoy_log_level: str = "warning", 
             stopped.cancel()
             exited.cancel()
             log.info("signal received: draining Envoy for up to %.0fs", config.grace_seconds)
-            await _drain_envoy((work / "admin").read_text().strip(), config.grace_seconds)
+            await _drain_envoy(proc, (work / "admin").read_text().strip(), config.grace_seconds)
             return 0
         finally:
             await _stop_envoy(proc)
@@ -116,8 +116,12 @@ def _ready(admin_file: Path, layout: Layout) -> bool:
     return True
 
 
-async def _drain_envoy(admin: str, grace: float) -> None:
-    """Stop taking new connections, then wait until no request is active on either leg (or the grace runs out)."""
+async def _drain_envoy(envoy: asyncio.subprocess.Process, admin: str, grace: float) -> None:
+    """Stop taking new connections, then wait until no request is active on either leg (or the grace runs out).
+
+    A terminal's Ctrl-C (any signal sent to the process group) reaches Envoy too, which then stops at once and
+    cannot be drained; a service manager signals only this process.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace
     try:
@@ -130,7 +134,12 @@ async def _drain_envoy(admin: str, grace: float) -> None:
             await asyncio.sleep(0.05)
         log.warning("grace period over with requests still active on Envoy")
     except (OSError, ValueError, KeyError) as exc:
-        log.warning("could not drain Envoy through its admin endpoint: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(envoy.wait(), 2)
+        if envoy.returncode is not None:
+            log.info("Envoy received the signal too and stopped without draining")
+        else:
+            log.warning("could not drain Envoy through its admin endpoint: %s", exc)
 
 
 def _admin(admin: str, path: str, method: str = "GET") -> str:
