@@ -126,7 +126,9 @@ class RuleContext:
     allow_prefixes: tuple[str, ...]
     prefixes: Prefixes
     oauth_beta: bytes
-    _verdicts: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+    # A memo of strips_on_egress (a pure function of the fields above), never part of the context's value; each
+    # context, including one rebuilt by a reload, starts its own.
+    _verdicts: dict[str, bool] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, config: Config, keyring: Keyring, server_credential: Credential | None) -> RuleContext:
