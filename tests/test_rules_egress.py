@@ -316,3 +316,25 @@ def test_audit_has_fingerprint_never_value() -> None:
     assert KEY not in json.dumps(audit)
     assert audit["fingerprint"].startswith("api-key:...TKEY:") and audit["request_id"] == "rid-7"
     assert audit["source"] == "request-x-api-key"
+
+
+@pytest.mark.parametrize("value", ["None", "null", "NULL", "undefined", ""])
+def test_e5_nullish_never_emitted_even_when_prefixes_would_match(value: str) -> None:
+    """E5 holds on its own, not only because the default prefixes happen not to match these words."""
+    ctx = context(anthropic_prefix="n", oauth_prefix="nu")
+    lowered = HeaderView.of(("x-api-key", value.lower()), ("authorization", f"Bearer {value.lower()}"))
+    decision, out = run("egress", "anthropic", lowered, ctx)
+    assert decision.audit.source == Source.NONE
+    assert "x-api-key" not in out and "authorization" not in out
+
+
+def test_e2_cookie_litellm_and_foreign_credentials_go_even_when_allowlisted() -> None:
+    """The allowlist widens what may pass; it never lets the headers E2 names explicitly through."""
+    allow = ("cookie", "x-litellm-api-key", "api-key", "x-api-key", "authorization", "content-type")
+    headers = HeaderView.of(
+        ("cookie", "s=1"), ("x-litellm-api-key", "k"), ("api-key", "azure"),
+        ("authorization", "Bearer sk-master-1234"), ("x-api-key", "None"), ("content-type", "application/json"),
+    )  # fmt: skip
+    decision, out = run("egress", "anthropic", headers, context(egress_allowlist=allow))
+    assert [n for n, _ in out] == ["content-type"]
+    assert set(decision.remove) == {"cookie", "x-litellm-api-key", "api-key", "authorization", "x-api-key"}
