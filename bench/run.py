@@ -40,7 +40,6 @@ from ext_proc.seal import Keyring
 from tests.support import fixtures, litellm
 from tests.support.processes import BIN, Proc, free_port, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 ADMIN = HostPort(LOOPBACK, 0)
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -12,10 +12,8 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from ext_proc.rules import Decision, Leg, Policy
+from ext_proc.rules import LEGS, POLICIES, Decision
 
-_LEGS = frozenset(leg.value for leg in Leg)
-_POLICIES = frozenset(p.value for p in Policy)
 # Decisions take microseconds; the top buckets are there to show a stalled event loop.
 _LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 10e-3, 50e-3, 0.25, 1.0)
 
@@ -56,8 +54,8 @@ class Metrics:
         self._thread: threading.Thread | None = None
 
     def observe(self, leg: str, policy: str, decision: Decision, seconds: float) -> None:
-        leg = leg if leg in _LEGS else "unknown"
-        policy = policy if policy in _POLICIES else ("none" if not policy else "unknown")
+        leg = leg if leg in LEGS else "unknown"
+        policy = policy if policy in POLICIES else ("none" if not policy else "unknown")
         latency = self._latency.get(leg)
         if latency is None:
             latency = self._latency[leg] = self.latency.labels(leg)

@@ -41,7 +41,8 @@ class Policy(StrEnum):
     OTHER = "other"
 
 
-_POLICIES = frozenset(p.value for p in Policy)
+LEGS = frozenset(leg.value for leg in Leg)
+POLICIES = frozenset(p.value for p in Policy)
 
 
 class Source(StrEnum):
@@ -178,7 +179,7 @@ def decide(leg: str, policy: str, headers: HeaderView, ctx: RuleContext, now: fl
     base = Audit(leg, policy, "forward", request_ids[0].decode("latin-1") if request_ids else None)
     try:
         if leg == Leg.INGRESS:
-            if policy and policy not in _POLICIES:
+            if policy and policy not in POLICIES:
                 raise _Reject(_misconfigured(f"unknown policy {policy!r}", "config-policy"))
             return _ingress(headers, ctx, now, base)
         if leg == Leg.EGRESS:

@@ -21,7 +21,6 @@ SIDECAR_KEY = "sk-ant-api03-SIDECARKEY"
 HANDOFF = "x-credential-handoff"
 OAUTH_FLAG = "oauth-2025-04-20"
 PROBES = (("Cookie", "session=abc"), ("X-Custom-Probe", "probe1"))
-SECRETS = (CLIENT_KEY, CLIENT_OAUTH, SERVER_KEY, SIDECAR_KEY, MASTER_KEY)
 LABELS = {
     CLIENT_KEY: "client key",
     CLIENT_OAUTH: "client OAuth",
@@ -41,23 +40,19 @@ class Route:
     stream: bool
 
 
-def _anthropic(stream: bool) -> bytes:
-    doc = {"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": "say ok"}]}
-    return json.dumps({**doc, "stream": True} if stream else doc).encode()
-
-
-def _openai(stream: bool) -> bytes:
+def _body(stream: bool) -> bytes:
+    """The smallest request body, valid as Anthropic messages and as OpenAI chat completions alike."""
     doc = {"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": "say ok"}]}
     return json.dumps({**doc, "stream": True} if stream else doc).encode()
 
 
 ROUTES = (
-    Route("pass-through", "/anthropic/v1/messages", _anthropic(False), False),
-    Route("pass-through, stream", "/anthropic/v1/messages", _anthropic(True), True),
-    Route("/v1/messages", "/v1/messages", _anthropic(False), False),
-    Route("/v1/messages, stream", "/v1/messages", _anthropic(True), True),
-    Route("/v1/chat/completions", "/v1/chat/completions", _openai(False), False),
-    Route("/v1/chat/completions, stream", "/v1/chat/completions", _openai(True), True),
+    Route("pass-through", "/anthropic/v1/messages", _body(False), False),
+    Route("pass-through, stream", "/anthropic/v1/messages", _body(True), True),
+    Route("/v1/messages", "/v1/messages", _body(False), False),
+    Route("/v1/messages, stream", "/v1/messages", _body(True), True),
+    Route("/v1/chat/completions", "/v1/chat/completions", _body(False), False),
+    Route("/v1/chat/completions, stream", "/v1/chat/completions", _body(True), True),
     Route("count_tokens", "/anthropic/v1/messages/count_tokens", json.dumps(
         {"model": MODEL, "messages": [{"role": "user", "content": "say ok"}]}).encode(), False),
 )  # fmt: skip
