@@ -1,18 +1,24 @@
-"""Variant (f)'s server: answers every ext_proc message with one prebuilt empty response.
+"""The null ext_proc servers: one prebuilt empty response per message, no rule run.
 
-This is the floor: what Envoy's ext_proc client plus grpc.aio cost before any rule runs.
-Run: python -m bench.null_server unix:/path/to.sock
+Variant (f), the floor as issue 6 defines it: grpc.aio on the standard event loop, the bidirectional handler
+answering every message until Envoy ends the stream. Variant (g), with ``--shipped``: the same null answer on
+the transport as ext-proc ships it (uvloop, served client-streaming: the first message answered, then OK), so
+g/f is what the transport levers took off the floor and c/g is what the rules cost on top of it.
+
+Run: python -m bench.null_server [--shipped] unix:/path/to.sock
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import sys
 from collections.abc import AsyncIterator
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from ext_proc.server import SERVICE
 
 _EMPTY = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
 
@@ -25,9 +31,24 @@ class NullProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             yield _EMPTY
 
 
-async def main(address: str) -> None:
+async def _first_then_ok(
+    _: object, context: grpc.aio.ServicerContext[pb.ProcessingRequest, pb.ProcessingResponse]
+) -> pb.ProcessingResponse:
+    await context.read()
+    return _EMPTY
+
+
+async def main(address: str, shipped: bool) -> None:
     server = grpc.aio.server()
-    pb_grpc.add_ExternalProcessorServicer_to_server(NullProcessor(), server)
+    if shipped:
+        method = grpc.stream_unary_rpc_method_handler(
+            _first_then_ok,
+            request_deserializer=pb.ProcessingRequest.FromString,
+            response_serializer=pb.ProcessingResponse.SerializeToString,
+        )
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Process": method}),))
+    else:
+        pb_grpc.add_ExternalProcessorServicer_to_server(NullProcessor(), server)
     server.add_insecure_port(address)
     await server.start()
     print(f"serving ext_proc on {address}", flush=True)
@@ -35,4 +56,13 @@ async def main(address: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("address")
+    parser.add_argument("--shipped", action="store_true")
+    args = parser.parse_args()
+    if args.shipped:
+        import uvloop
+
+        uvloop.run(main(args.address, shipped=True))
+    else:
+        asyncio.run(main(args.address, shipped=False))

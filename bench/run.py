@@ -2,7 +2,8 @@
 
 Variants (docs/performance.md):
   a  Envoy, no filter                          b  Envoy + the same header rules as a Lua filter
-  f  Envoy + ext_proc to a null grpc.aio server (the transport's floor)
+  f  Envoy + ext_proc to a null grpc.aio server (the transport's floor, as issue 6 defines it)
+  g  the same null server on the transport as shipped (uvloop, one answer per stream): the floor pushed down
   c  Envoy + the egress leg as shipped (ext-proc serve, seal opened on every request)
   d  client -> ingress -> LiteLLM -> egress -> stand-in    e  client -> LiteLLM -> stand-in
 Each Envoy runs one worker; the stand-in upstream is a direct-response Envoy in its own process, left out of the
@@ -263,10 +264,12 @@ def variants(work: Path, keyring: Keyring, with_litellm: bool) -> Iterator[dict[
         stack.callback(upstream.stop)
         anthropic = Upstream("http", "127.0.0.1", upstream_port)
         found: dict[str, Variant] = {}
-        sockets = {"f": work / "null.sock", "c": work / "ext-proc.sock"}
-        null = Proc([sys.executable, "-m", "bench.null_server", f"unix:{sockets['f']}"])
-        null.wait_line("serving ext_proc on")
-        stack.callback(null.stop)
+        sockets = {"f": work / "null.sock", "g": work / "null-shipped.sock", "c": work / "ext-proc.sock"}
+        nulls = {}
+        for name, extra in (("f", []), ("g", ["--shipped"])):
+            nulls[name] = Proc([sys.executable, "-m", "bench.null_server", f"unix:{sockets[name]}", *extra])
+            nulls[name].wait_line("serving ext_proc on")
+            stack.callback(nulls[name].stop)
         server = Proc([str(BIN / "ext-proc"), "serve", "--listen", f"unix:{sockets['c']}", "--seal-key-file", str(keys),
                        "--metrics-listen", f"127.0.0.1:{free_port()}"])  # fmt: skip
         server.ready_line = server.wait_line("serving ext_proc on")
@@ -274,7 +277,8 @@ def variants(work: Path, keyring: Keyring, with_litellm: bool) -> Iterator[dict[
         for name, kind, proc in (
             ("a", "none", None),
             ("b", "lua", None),
-            ("f", "ext_proc", null),
+            ("f", "ext_proc", nulls["f"]),
+            ("g", "ext_proc", nulls["g"]),
             ("c", "ext_proc", server),
         ):
             port = free_port()
@@ -375,7 +379,7 @@ def report(results: list[Result], streams: dict[str, float], body_bytes: float) 
     lines.append("")
     for c in sorted({r.concurrency for r in results}):
         ratios = []
-        for top, bottom in (("c", "f"), ("c", "a"), ("f", "a"), ("b", "a"), ("d", "e")):
+        for top, bottom in (("c", "f"), ("c", "g"), ("g", "f"), ("c", "a"), ("f", "a"), ("b", "a"), ("d", "e")):
             if (top, c) in by and (bottom, c) in by:
                 t, b = by[(top, c)], by[(bottom, c)]
                 cpu = t.cpu_per_request_us / b.cpu_per_request_us
@@ -393,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="1 s per point, c=1 only: proves the command works")
     parser.add_argument("--seconds", type=float, default=8.0, help="duration of each point")
     parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument("--variants", default="a,b,f,c,d,e")
+    parser.add_argument("--variants", default="a,b,f,g,c,d,e")
     parser.add_argument("--soak", type=int, default=0, help="then send this many requests through (c), tracking RSS")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)

@@ -17,9 +17,10 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from ext_proc.audit import configure_logging
 from ext_proc.config import ENV_PREFIX, Config, ConfigError, new_seal_key
@@ -141,11 +142,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if layout is not None:
             from ext_proc import gateway
 
-            return asyncio.run(gateway.run(config, layout, args.envoy_log_level, args.envoy))
-        return asyncio.run(_serve(config))
+            return _run(gateway.run(config, layout, args.envoy_log_level, args.envoy), config.event_loop)
+        return _run(_serve(config), config.event_loop)
     except (EnvoyNotFound, OSError, RuntimeError) as exc:
         print(f"ext-proc: {exc}", file=sys.stderr)
         return 1
+
+
+def _run(main: Coroutine[Any, Any, int], event_loop: str) -> int:
+    """uvloop by default: grpc.aio's per-call machinery runs on the event loop, and costs less on uvloop."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            main.close()
+            raise RuntimeError("event_loop 'uvloop' needs the uvloop package; install it or set 'asyncio'") from None
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
 
 
 def _health(address: str) -> int:

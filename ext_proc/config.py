@@ -65,6 +65,7 @@ class Config:
     metrics_listen: str = "127.0.0.1:9464"
     reload_interval_seconds: float = 2.0
     grace_seconds: float = 20.0
+    event_loop: str = "uvloop"
 
     @classmethod
     def load(
@@ -132,6 +133,8 @@ class Config:
                 raise ConfigError(f"metrics_listen {self.metrics_listen!r}: expected HOST:PORT, or 'off'")
         if self.reload_interval_seconds <= 0 or self.grace_seconds < 0:
             raise ConfigError("reload_interval_seconds must be positive and grace_seconds not negative")
+        if self.event_loop not in ("uvloop", "asyncio"):
+            raise ConfigError("event_loop must be 'uvloop' or 'asyncio'")
         self.keyring()
         self.load_server_credential()
         return self

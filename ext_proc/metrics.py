@@ -10,7 +10,7 @@ import threading
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from ext_proc.rules import LEGS, POLICIES, Decision
 
@@ -38,7 +38,6 @@ class Metrics:
             "ext_proc_decision_seconds", "Time to decide one request's headers.", ["leg"],
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
-        self.streams = Gauge("ext_proc_streams_in_flight", "ext_proc streams open now.", registry=self.registry)
         self.reloads = Counter(
             "ext_proc_reloads", "Secret file reloads, by file and result.", ["file", "result"], registry=self.registry
         )

@@ -20,7 +20,7 @@ def test_bench_smoke_runs_every_variant() -> None:
         [sys.executable, "-m", "bench.run", "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for variant in "abfcde":
+    for variant in "abfgcde":
         assert f"| {variant} | 1 |" in result.stdout
-    assert "c=1: c/f p50" in result.stdout and "d/e p50" in result.stdout
+    assert "c=1: c/f p50" in result.stdout and "c/g p50" in result.stdout and "d/e p50" in result.stdout
     assert "body bytes seen by the server: 0" in result.stdout

@@ -79,6 +79,7 @@ def test_secrets_never_in_repr_or_errors(tmp_path: Path) -> None:
         ('egress_allowlist = ["x-credential-handoff"]', "must not contain the handoff header"),
         ('litellm_headers = ["bad header"]', "header name 'bad header'"),
         ('log_level = "LOUD"', "log_level must be one of"),
+        ('event_loop = "trio"', "event_loop must be 'uvloop' or 'asyncio'"),
         ("listen = [", "not valid TOML"),
         ('seal_key_file = "/nonexistent/keys"', "seal_key_file /nonexistent/keys: No such file"),
     ],

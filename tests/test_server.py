@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
@@ -50,12 +51,12 @@ async def exchange(
     tmp_path: Path, messages: Sequence[pb.ProcessingRequest], metadata: Sequence[tuple[str, str]] = EGRESS
 ) -> list[pb.ProcessingResponse]:
     async with serving(tmp_path) as (_, stub):
+        return [r async for r in stub.Process(message_stream(*messages), metadata=metadata)]
 
-        async def requests() -> AsyncIterator[pb.ProcessingRequest]:
-            for m in messages:
-                yield m
 
-        return [r async for r in stub.Process(requests(), metadata=metadata)]
+async def message_stream(*messages: pb.ProcessingRequest) -> AsyncIterator[pb.ProcessingRequest]:
+    for m in messages:
+        yield m
 
 
 def test_headers_become_a_mutation(tmp_path: Path) -> None:
@@ -78,7 +79,8 @@ def test_value_used_when_raw_value_absent(tmp_path: Path) -> None:
     assert sets == {"authorization": b"Bearer sk-ant-oat01-O", "anthropic-beta": b"oauth-2025-04-20"}
 
 
-def test_every_other_message_gets_an_empty_continue(tmp_path: Path) -> None:
+def test_every_other_message_gets_an_empty_continue_and_ends_the_stream(tmp_path: Path) -> None:
+    """Envoy is configured to send only request headers; anything else is answered so the request goes on."""
     messages = [
         pb.ProcessingRequest(response_headers=pb.HttpHeaders()),
         pb.ProcessingRequest(request_body=pb.HttpBody(body=b"x" * 100)),
@@ -86,28 +88,47 @@ def test_every_other_message_gets_an_empty_continue(tmp_path: Path) -> None:
         pb.ProcessingRequest(request_trailers=pb.HttpTrailers()),
         pb.ProcessingRequest(response_trailers=pb.HttpTrailers()),
     ]
-    responses = asyncio.run(exchange(tmp_path, messages))
-    assert [r.WhichOneof("response") for r in responses] == [
-        "response_headers", "request_body", "response_body", "request_trailers", "response_trailers",
+
+    async def scenario() -> list[list[pb.ProcessingResponse]]:
+        async with serving(tmp_path) as (_, stub):
+            # Each sent first on its own stream, followed by request headers that must go unanswered.
+            then = headers_message(("x-api-key", b"k"))
+            return [[r async for r in stub.Process(message_stream(m, then), metadata=EGRESS)] for m in messages]
+
+    answers = asyncio.run(scenario())
+    assert [[r.WhichOneof("response") for r in rs] for rs in answers] == [
+        ["response_headers"], ["request_body"], ["response_body"], ["request_trailers"], ["response_trailers"],
     ]  # fmt: skip
-    assert all(r.ByteSize() == 2 for r in responses), "each is an empty continue"
+    assert all(rs[0].ByteSize() == 2 for rs in answers), "each is an empty continue"
 
 
 def test_unexpected_messages_are_counted(tmp_path: Path) -> None:
-    async def scenario() -> tuple[float | None, float | None]:
+    async def scenario() -> tuple[float | None, float | None, float | None]:
         async with serving(tmp_path) as (server, stub):
-
-            async def requests() -> AsyncIterator[pb.ProcessingRequest]:
-                yield pb.ProcessingRequest(request_body=pb.HttpBody(body=b"x" * 100))
-                yield pb.ProcessingRequest(response_body=pb.HttpBody(body=b"y" * 5))
-
-            [r async for r in stub.Process(requests(), metadata=EGRESS)]
+            for body in (pb.HttpBody(body=b"x" * 100), pb.HttpBody(body=b"y" * 5)):
+                body_first = message_stream(pb.ProcessingRequest(request_body=body))
+                [r async for r in stub.Process(body_first, metadata=EGRESS)]
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                [r async for r in stub.Process(message_stream(pb.ProcessingRequest()), metadata=EGRESS)]
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         sample = server.metrics.registry.get_sample_value
-        return sample("ext_proc_body_bytes_total"), sample(
-            "ext_proc_unexpected_messages_total", {"type": "request_body"}
+        return (
+            sample("ext_proc_body_bytes_total"),
+            sample("ext_proc_unexpected_messages_total", {"type": "request_body"}),
+            sample("ext_proc_unexpected_messages_total", {"type": "empty"}),
         )
 
-    assert asyncio.run(scenario()) == (105.0, 1.0)
+    assert asyncio.run(scenario()) == (105.0, 2.0, 1.0)
+
+
+def test_a_stream_closed_before_any_message_is_refused_not_left_open(tmp_path: Path) -> None:
+    async def scenario() -> grpc.StatusCode:
+        async with serving(tmp_path) as (_, stub):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                [r async for r in stub.Process(message_stream(), metadata=EGRESS, timeout=10)]
+            return refused.value.code()
+
+    assert asyncio.run(scenario()) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_rejection_is_an_immediate_anthropic_error(tmp_path: Path) -> None:
