@@ -53,7 +53,11 @@ MESSAGE = json.dumps(
 )  # fmt: skip
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-BODY = json.dumps({"model": litellm.MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": "say ok"}]})
+BUFFER = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
+
+
+def body(model: str = litellm.MODEL) -> str:
+    return json.dumps({"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "say ok"}]})
 
 
 @dataclass
@@ -111,9 +115,11 @@ def _us(text: str) -> float:
     return float(value) * {"us": 1, "ms": 1e3, "s": 1e6, "m": 6e7}[unit]
 
 
-def wrk(url: str, headers: list[tuple[str, str]], concurrency: int, seconds: float, work: Path) -> dict[str, float]:
+def wrk(
+    url: str, headers: list[tuple[str, str]], payload: str, concurrency: int, seconds: float, work: Path
+) -> dict[str, float]:
     script = work / "wrk.lua"
-    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(BODY)}"]
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(payload)}"]
     lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers]
     script.write_text("\n".join(lines) + "\n")
     command = [
@@ -176,6 +182,13 @@ def stand_in(port: int, stream_file: Path) -> dict[str, Any]:
          "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}]},
     ]  # fmt: skip
     router = {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}
+    # Like Anthropic, answer once the whole request has arrived. A direct response sent on the request headers
+    # alone leaves the body in flight, and the proxy in front then cannot reuse the connection: every request
+    # would pay a new upstream connection.
+    read_body = {
+        "name": "envoy.filters.http.buffer",
+        "typed_config": {"@type": BUFFER, "max_request_bytes": 1 << 20},
+    }
     hcm = {
         "@type": HCM,
         "stat_prefix": "stand_in",
@@ -183,7 +196,7 @@ def stand_in(port: int, stream_file: Path) -> dict[str, Any]:
             "max_direct_response_body_size_bytes": STREAM_BYTES + 1024,
             "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
         },
-        "http_filters": [router],
+        "http_filters": [read_body, router],
     }
     listener = {
         "name": "stand_in",
@@ -249,6 +262,7 @@ class Variant:
     url: str
     headers: list[tuple[str, str]]
     processes: dict[str, Proc]
+    body: str = field(default_factory=body)
 
 
 @contextmanager
@@ -302,23 +316,28 @@ def variants(work: Path, keyring: Keyring, with_litellm: bool) -> Iterator[dict[
             )
             gateway = start_envoy(bootstrap(layout), work, "d")
             stack.callback(gateway.stop)
-            newest = litellm.RELEASES[-1]
-            behind_setup = litellm.Setup(newest, f"http://{LOOPBACK}:{egress}", litellm.PLACEHOLDER)
-            behind = litellm.start(behind_setup, work / "litellm-d", litellm_port)
-            stack.callback(behind.stop)
-            alone_setup = litellm.Setup(newest, f"http://{anthropic.host}:{anthropic.port}", litellm.PLACEHOLDER)
-            alone = litellm.start(alone_setup, work / "litellm-e")
-            stack.callback(alone.stop)
-            chain = {"envoy": gateway, "server": server, "litellm": behind.proc}
+            # One LiteLLM process for d and e: its model routes through the egress leg, the same model under a
+            # second name goes straight to the stand-in, so both compare the same warmed-up process.
+            setup = litellm.Setup(
+                litellm.RELEASES[-1],
+                f"http://{LOOPBACK}:{egress}",
+                litellm.PLACEHOLDER,
+                direct_base=f"http://{anthropic.host}:{anthropic.port}",
+            )
+            proxy = litellm.start(setup, work / "litellm", litellm_port)
+            stack.callback(proxy.stop)
+            chain = {"envoy": gateway, "server": server, "litellm": proxy.proc}
             found["d"] = Variant("d", f"http://{LOOPBACK}:{ingress}/v1/messages", client_headers(), chain)
-            found["e"] = Variant("e", f"{alone.url}/v1/messages", client_headers(), {"litellm": alone.proc})
+            found["e"] = Variant(
+                "e", f"{proxy.url}/v1/messages", client_headers(), {"litellm": proxy.proc}, body(litellm.DIRECT_MODEL)
+            )
         yield found
 
 
 def measure(variant: Variant, concurrency: int, seconds: float, work: Path) -> Result:
     before = {role: cpu_seconds(p.pid) for role, p in variant.processes.items()}
     started = time.monotonic()
-    stats = wrk(variant.url, variant.headers, concurrency, seconds, work)
+    stats = wrk(variant.url, variant.headers, variant.body, concurrency, seconds, work)
     elapsed = time.monotonic() - started
     after = {role: cpu_seconds(p.pid) for role, p in variant.processes.items()}
     count = max(1, int(stats["requests"]))

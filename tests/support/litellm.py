@@ -25,6 +25,8 @@ REQUIREMENTS = ROOT / "tests" / "e2e"
 RELEASES = ("1.81.14", "1.108.7")
 MASTER_KEY = "sk-master-1234"
 MODEL = "claude-sonnet-4-5"
+# The same model under a second name, routed to `Setup.direct_base` (the benchmark's LiteLLM-alone variant).
+DIRECT_MODEL = f"{MODEL}-direct"
 PLACEHOLDER = "placeholder-sealed-by-sidecar"
 
 
@@ -53,18 +55,20 @@ class Setup:
     anthropic_base: str
     api_key: str | None
     forward_client_headers: bool = True
+    direct_base: str | None = None
 
 
 def config_yaml(setup: Setup) -> str:
     key = f"      api_key: {setup.api_key}\n" if setup.api_key is not None else ""
     forward = "  forward_client_headers_to_llm_api: true\n" if setup.forward_client_headers else ""
+    routes = [(MODEL, setup.anthropic_base)] + ([(DIRECT_MODEL, setup.direct_base)] if setup.direct_base else [])
+    models = "".join(
+        f"  - model_name: {name}\n    litellm_params:\n      model: anthropic/{MODEL}\n      api_base: {base}\n{key}"
+        for name, base in routes
+    )
     return (
         "model_list:\n"
-        f"  - model_name: {MODEL}\n"
-        "    litellm_params:\n"
-        f"      model: anthropic/{MODEL}\n"
-        f"      api_base: {setup.anthropic_base}\n"
-        f"{key}"
+        f"{models}"
         "general_settings:\n"
         f"  master_key: {MASTER_KEY}\n"
         f"{forward}"
