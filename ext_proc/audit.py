@@ -21,6 +21,7 @@ from ext_proc.rules import Audit
 log = logging.getLogger("ext_proc.audit")
 _SCALE = 1 << 32
 _BATCH_BYTES = 64 * 1024
+_BODY_CACHE_SIZE = 1024
 
 
 def format_line(fmt: str, created: float, level: str, logger: str, message: str, audit: dict[str, Any] | None) -> str:
@@ -45,13 +46,14 @@ class AuditLog:
         self._buffer: list[str] = []
         self._size = 0
         self._flush_scheduled = False
+        self._lines = _AuditLines(fmt)
         self.flush_seconds = 0.05
 
     def record(self, audit: Audit) -> None:
         if audit.outcome == "reject":
             log.warning("decision", extra={"audit": audit.as_dict()})
         elif self._enabled and self._sampled(audit.request_id):
-            line = format_line(self._fmt, time.time(), "INFO", "ext_proc.audit", "decision", audit.as_dict())
+            line = self._lines.line(audit, time.time())
             self._buffer.append(line)
             self._size += len(line)
             if self._size >= _BATCH_BYTES:
@@ -85,6 +87,41 @@ class AuditLog:
             self._counter += 1
             request_id = str(self._counter)
         return zlib.crc32(request_id.encode()) < self._threshold
+
+
+class _AuditLines:
+    """``format_line`` for forwarded decisions, byte for byte, at a fraction of the cost.
+
+    A client's requests repeat the same decision apart from the request id (the last field), so each distinct
+    rest is rendered to JSON once, and the timestamp's formatted seconds once per second. Both caches are small
+    and bounded; they hold kinds, names and fingerprints, never a credential.
+    """
+
+    def __init__(self, fmt: str) -> None:
+        self._fmt = fmt
+        self._bodies: dict[tuple[object, ...], str] = {}
+        self._second = -1
+        self._stamp = ""
+
+    def line(self, audit: Audit, created: float) -> str:
+        a = audit
+        key = (a.leg, a.policy, a.outcome, a.reason, a.source, a.kind, a.fingerprint, a.sealed, a.removed)
+        body = self._bodies.get(key)
+        if body is None:
+            if len(self._bodies) >= _BODY_CACHE_SIZE:
+                self._bodies.clear()
+            fields = audit.as_dict()
+            del fields["request_id"]
+            body = self._bodies[key] = json.dumps(fields, separators=(",", ":"))[1:-1]
+        second = int(created)
+        if second != self._second:
+            self._second = second
+            stamp_format = "%Y-%m-%dT%H:%M:%S" if self._fmt == "json" else "%Y-%m-%d %H:%M:%S"
+            self._stamp = time.strftime(stamp_format, time.localtime(created))
+        rest = f'{body},"request_id":{json.dumps(audit.request_id)}'
+        if self._fmt == "json":
+            return f'{{"time":"{self._stamp}","level":"INFO","logger":"ext_proc.audit",{rest}}}'
+        return f"{self._stamp},{int(created * 1000) % 1000:03d} INFO ext_proc.audit decision {{{rest}}}"
 
 
 class LineFormatter(logging.Formatter):

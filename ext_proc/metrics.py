@@ -7,10 +7,13 @@ config might send is counted as ``unknown``, so no request can grow the label sp
 from __future__ import annotations
 
 import threading
-from typing import Any
+from bisect import bisect_left
+from collections.abc import Iterator
+from itertools import accumulate
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from ext_proc.rules import LEGS, POLICIES, Decision
 
@@ -18,15 +21,44 @@ from ext_proc.rules import LEGS, POLICIES, Decision
 _LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 10e-3, 50e-3, 0.25, 1.0)
 
 
+class _PerDecision:
+    """The two metrics updated on every decision, kept as plain numbers and turned into samples only when scraped.
+
+    Only the event loop thread writes them; the scrape thread copies each container in one step (atomic under the
+    GIL). A prometheus_client Counter and Histogram take a lock per update, which costs more than the decision's
+    own bookkeeping should (docs/performance.md).
+    """
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, str], int] = {}
+        # Per leg: one count per bucket (the last is +Inf), then the sum of observed seconds.
+        self.latency: dict[str, list[float]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "ext_proc_requests",
+            "Decisions made, by leg, policy and where the credential that left came from.",
+            labels=["leg", "policy", "source"],
+        )
+        for key, count in list(self.requests.items()):
+            requests.add_metric(key, count)
+        yield requests
+        latency = HistogramMetricFamily(
+            "ext_proc_decision_seconds", "Time to decide one request's headers.", labels=["leg"]
+        )
+        bounds = [*(repr(b) for b in _LATENCY_BUCKETS), "+Inf"]
+        for leg, counts in list(self.latency.items()):
+            snapshot = list(counts)
+            buckets = list(zip(bounds, accumulate(snapshot[:-1]), strict=True))
+            latency.add_metric([leg], buckets, sum_value=snapshot[-1])
+        yield latency
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "ext_proc_requests",
-            "Decisions made, by leg, policy and where the credential that left came from.",
-            ["leg", "policy", "source"],
-            registry=self.registry,
-        )
+        self._per_decision = _PerDecision()
+        self.registry.register(self._per_decision)
         self.rejections = Counter(
             "ext_proc_rejections", "Requests answered by the gateway instead of forwarded.", ["reason"],
             registry=self.registry,
@@ -34,10 +66,6 @@ class Metrics:
         self.seal_failures = Counter(
             "ext_proc_seal_failures", "Handoff headers that could not be opened.", ["reason"], registry=self.registry
         )
-        self.latency = Histogram(
-            "ext_proc_decision_seconds", "Time to decide one request's headers.", ["leg"],
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
         self.reloads = Counter(
             "ext_proc_reloads", "Secret file reloads, by file and result.", ["file", "result"], registry=self.registry
         )
@@ -46,19 +74,17 @@ class Metrics:
             "ext_proc_unexpected_messages", "Messages other than request headers.", ["type"], registry=self.registry
         )
         self.body_bytes = Counter("ext_proc_body_bytes", "Body bytes received (should stay 0).", registry=self.registry)
-        # Label children resolved once: every label value comes from a closed set, so these stay small.
-        self._latency: dict[str, Any] = {}
-        self._requests: dict[tuple[str, str, str], Any] = {}
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     def observe(self, leg: str, policy: str, decision: Decision, seconds: float) -> None:
         leg = leg if leg in LEGS else "unknown"
         policy = policy if policy in POLICIES else ("none" if not policy else "unknown")
-        latency = self._latency.get(leg)
+        latency = self._per_decision.latency.get(leg)
         if latency is None:
-            latency = self._latency[leg] = self.latency.labels(leg)
-        latency.observe(seconds)
+            latency = self._per_decision.latency[leg] = [0] * (len(_LATENCY_BUCKETS) + 1) + [0.0]
+        latency[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        latency[-1] += seconds
         rejection = decision.rejection
         if rejection is not None:
             self.rejections.labels(rejection.reason).inc()
@@ -67,10 +93,8 @@ class Metrics:
             return
         source = decision.audit.source.value if decision.audit.source else "sealed" if decision.audit.sealed else "none"
         key = (leg, policy, source)
-        counter = self._requests.get(key)
-        if counter is None:
-            counter = self._requests[key] = self.requests.labels(*key)
-        counter.inc()
+        requests = self._per_decision.requests
+        requests[key] = requests.get(key, 0) + 1
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics; returns the bound port (0 picks one)."""

@@ -46,6 +46,9 @@ _JSON = base_pb2.HeaderValueOption(
 )
 
 
+_RESPONSE_CACHE_SIZE = 1024
+
+
 def view_of(headers: pb.HttpHeaders) -> HeaderView:
     return HeaderView((h.key, h.raw_value or h.value.encode()) for h in headers.headers.headers)
 
@@ -97,6 +100,10 @@ class CredentialProcessor:
         self._audit = audit
         self._metrics = metrics
         self._clock = clock
+        # A client's requests repeat the same mutation (the same headers to drop, the same credential to write),
+        # so each distinct forwarded one is built once. Bounded; it holds credentials only as the process already
+        # does, and is never logged.
+        self._responses: dict[tuple[tuple[str, ...], tuple[tuple[str, bytes], ...]], pb.ProcessingResponse] = {}
 
     def handler(self) -> grpc.GenericRpcHandler[pb.ProcessingRequest, pb.ProcessingResponse]:
         method = grpc.stream_unary_rpc_method_handler(
@@ -131,7 +138,15 @@ class CredentialProcessor:
         decision = decide(leg, policy, view_of(request.request_headers), self._rules(), self._clock())
         self._metrics.observe(leg, policy, decision, time.perf_counter() - started)
         self._audit.record(decision.audit)
-        return response_of(decision)
+        if decision.rejection is not None:
+            return response_of(decision)
+        edits = (decision.remove, decision.set)
+        response = self._responses.get(edits)
+        if response is None:
+            if len(self._responses) >= _RESPONSE_CACHE_SIZE:
+                self._responses.clear()
+            response = self._responses[edits] = response_of(decision)
+        return response
 
 
 class Server:
