@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -346,6 +347,34 @@ def measure(variant: Variant, concurrency: int, seconds: float, work: Path) -> R
                   int(stats["errors"]), cpu)  # fmt: skip
 
 
+def measure_interleaved(
+    chosen: list[Variant], concurrency: int, seconds: float, slices: int, work: Path
+) -> list[Result]:
+    """Each variant for `seconds` in total, in `slices` turns taken round-robin with the others.
+
+    Machines drift (LiteLLM's own speed moves by a third over tens of seconds), so variants compared in a ratio
+    are measured under the same conditions. A point's p50 and p99 are the medians over its slices; its CPU per
+    request is the total over all of them.
+    """
+    for variant in chosen:
+        measure(variant, concurrency, 1, work)  # warm up: connections, caches
+    parts: dict[str, list[Result]] = {v.name: [] for v in chosen}
+    for _ in range(slices):
+        for variant in chosen:
+            parts[variant.name].append(measure(variant, concurrency, seconds / slices, work))
+    combined = []
+    for name, runs in parts.items():
+        requests = sum(r.requests for r in runs)
+        elapsed = sum(r.seconds for r in runs)
+        cpu = {role: sum(r.cpu_us[role] * r.requests for r in runs) / requests for role in runs[0].cpu_us}
+        combined.append(
+            Result(name, concurrency, requests, elapsed, statistics.mean(r.rps for r in runs),
+                   statistics.median(r.p50_us for r in runs),
+                   statistics.median(r.p99_us for r in runs), sum(r.errors for r in runs), cpu)
+        )  # fmt: skip
+    return combined
+
+
 def stream_throughput(url: str) -> float:
     """MB/s for one 50 MB SSE response, best of three."""
     best = 0.0
@@ -415,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="1 s per point, c=1 only: proves the command works")
     parser.add_argument("--seconds", type=float, default=8.0, help="duration of each point")
+    parser.add_argument("--slices", type=int, default=4, help="each point is measured in this many interleaved slices")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--variants", default="a,b,f,g,c,d,e")
     parser.add_argument("--soak", type=int, default=0, help="then send this many requests through (c), tracking RSS")
@@ -424,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: wrk is needed (apt-get install wrk)", file=sys.stderr)
         return 2
     seconds = 1.0 if args.smoke else args.seconds
+    args.slices = 1 if args.smoke else max(1, args.slices)
     levels = [1] if args.smoke else [int(c) for c in args.concurrency.split(",")]
     wanted = args.variants.split(",")
     keyring = Keyring([SEAL_KEY], 600)
@@ -432,14 +463,10 @@ def main(argv: list[str] | None = None) -> int:
         with variants(work, keyring, with_litellm=bool({"d", "e"} & set(wanted))) as found:
             results = []
             for c in levels:
-                for name in wanted:
-                    if name in found:
-                        # Warm up (connections, caches), then measure.
-                        measure(found[name], c, 1, work)
-                        results.append(measure(found[name], c, seconds, work))
-                        print(
-                            f"  {name} c={c}: {results[-1].rps:.0f} req/s, p50 {results[-1].p50_us:.0f} µs", flush=True
-                        )
+                chosen = [found[name] for name in wanted if name in found]
+                for result in measure_interleaved(chosen, c, seconds, args.slices, work):
+                    results.append(result)
+                    print(f"  {result.variant} c={c}: {result.rps:.0f} req/s, p50 {result.p50_us:.0f} µs", flush=True)
             streams: dict[str, float] = {n: stream_throughput(found[n].url) for n in ("a", "c") if n in found}
             body_bytes = scrape(found["c"].processes["server"], "ext_proc_body_bytes_total") if "c" in found else 0.0
             text = report(results, streams, body_bytes)

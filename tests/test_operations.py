@@ -4,24 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
 import json
 import logging
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from ext_proc.audit import AuditLog, LineFormatter
+from ext_proc.audit import AuditLog, LineFormatter, format_line
 from ext_proc.config import Config
 from ext_proc.credentials import ApiKey
 from ext_proc.headers import HeaderView
 from ext_proc.metrics import Metrics
 from ext_proc.reload import RuleSource
-from ext_proc.rules import Audit, RuleContext, decide
+from ext_proc.rules import Audit, RuleContext, Source, decide
 from ext_proc.server import Server
 from tests.support.processes import BIN, start_server
 from tests.test_server import EGRESS, exchange, headers_message, message_stream
@@ -69,6 +72,53 @@ def test_metrics_by_leg_policy_source_rejection_and_latency(tmp_path: Path) -> N
     assert 'ext_proc_decision_seconds_count{leg="egress"} 3.0' in text
     assert "METRICSECRET" not in text and "sideways" not in text
     assert "ext_proc_body_bytes_total 0.0" in text
+
+
+def test_decision_latency_lands_in_the_right_buckets() -> None:
+    metrics = Metrics()
+    decision = decide("egress", "anthropic", HeaderView.of(("x-api-key", "sk-ant-api03-K")), _ctx(), 0)
+    for seconds in (3e-5, 5e-5, 2.0):
+        metrics.observe("egress", "anthropic", decision, seconds)
+    sample = metrics.registry.get_sample_value
+    bucket = "ext_proc_decision_seconds_bucket"
+    assert sample(bucket, {"leg": "egress", "le": "2.5e-05"}) == 0
+    assert sample(bucket, {"leg": "egress", "le": "5e-05"}) == 2, "a bucket's bound is inclusive"
+    assert sample(bucket, {"leg": "egress", "le": "1.0"}) == 2
+    assert sample(bucket, {"leg": "egress", "le": "+Inf"}) == 3
+    assert sample("ext_proc_decision_seconds_sum", {"leg": "egress"}) == pytest.approx(2.00008)
+    labels = {"leg": "egress", "policy": "anthropic", "source": "request-x-api-key"}
+    assert sample("ext_proc_requests_total", labels) == 3
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_batched_audit_lines_are_exactly_what_the_log_formatter_writes(fmt: str) -> None:
+    """The cached rendering must never serve one decision's line for another: every field takes part."""
+    base = Audit("egress", "anthropic", "forward", "req-1", Source.SEALED_AUTHORIZATION, "oauth", "oauth:...Q:1a2b",
+                 ("authorization=oauth:...Q:1a2b",), ("cookie", "x-litellm-api-key"), None)  # fmt: skip
+    others: dict[str, Any] = {
+        "leg": "ingress", "policy": "other", "outcome": "forward-ish", "request_id": 'r"\u00e9',
+        "source": Source.SERVER, "kind": "api-key", "fingerprint": "api-key:...Z:9f9f", "sealed": (),
+        "removed": ("cookie",), "reason": "why",
+    }  # fmt: skip
+    assert set(others) == {f.name for f in dataclasses.fields(Audit)}, "a new Audit field needs a case here"
+    stream = io.StringIO()
+    audit = AuditLog(fmt=fmt, stream=stream)
+    expected = []
+    for record in (base, *(dataclasses.replace(base, **{name: value}) for name, value in others.items()), base):
+        audit.record(record)
+        expected.append(record)
+    audit.flush()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == len(expected)
+    for line, record in zip(lines, expected, strict=True):
+        if fmt == "json":
+            doc = json.loads(line)
+            assert doc.pop("time") and doc == {"level": "INFO", "logger": "ext_proc.audit", **record.as_dict()}
+        else:
+            stamp, rest = line[:23], line[24:]
+            created = time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")) + int(stamp[20:]) / 1000
+            assert line == format_line("text", created, "INFO", "ext_proc.audit", "decision", record.as_dict())
+            assert rest.startswith("INFO ext_proc.audit decision {")
 
 
 def _audit(request_id: str | None, outcome: str = "forward") -> Audit:

@@ -71,6 +71,24 @@ def test_headers_become_a_mutation(tmp_path: Path) -> None:
     assert option.append_action == base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
+def test_each_request_gets_its_own_credential_whatever_was_answered_before(tmp_path: Path) -> None:
+    """Mutations are built once per distinct edit and reused; past the bound, they are rebuilt, never mixed up."""
+    keys = [f"sk-ant-api03-K{i}".encode() for i in range(1100)]
+
+    async def scenario() -> list[bytes]:
+        async with serving(tmp_path) as (_, stub):
+            got = []
+            for key in [*keys, keys[0], keys[-1], keys[0]]:
+                message = headers_message(("x-api-key", key), ("cookie", b"c"))
+                (answer,) = [r async for r in stub.Process(message_stream(message), metadata=EGRESS)]
+                mutation = answer.request_headers.response.header_mutation
+                assert list(mutation.remove_headers) == ["cookie"]
+                got.append(b"".join(o.header.raw_value for o in mutation.set_headers))
+            return got
+
+    assert asyncio.run(scenario()) == [*keys, keys[0], keys[-1], keys[0]]
+
+
 def test_value_used_when_raw_value_absent(tmp_path: Path) -> None:
     (response,) = asyncio.run(
         exchange(tmp_path, [headers_message(("authorization", b"Bearer sk-ant-oat01-O"), legacy=True)])
