@@ -91,8 +91,11 @@ def test_decision_latency_lands_in_the_right_buckets() -> None:
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
-def test_batched_audit_lines_are_exactly_what_the_log_formatter_writes(fmt: str) -> None:
+def test_batched_audit_lines_are_exactly_what_the_log_formatter_writes(
+    fmt: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """The cached rendering must never serve one decision's line for another: every field takes part."""
+    caplog.set_level(logging.INFO, logger="ext_proc.audit")
     base = Audit("egress", "anthropic", "forward", "req-1", Source.SEALED_AUTHORIZATION, "oauth", "oauth:...Q:1a2b",
                  ("authorization=oauth:...Q:1a2b",), ("cookie", "x-litellm-api-key"), None)  # fmt: skip
     others: dict[str, Any] = {
