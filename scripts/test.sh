@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The benchmark's smoke test needs wrk (Debian's package); install it when we can.
-if ! command -v wrk >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  apt-get update -qq >/dev/null && apt-get install -y -qq wrk >/dev/null
+# The benchmark's smoke test needs wrk and curl (Debian's packages); install them when we can.
+if ! { command -v wrk && command -v curl; } >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  apt-get update -qq >/dev/null && apt-get install -y -qq wrk curl >/dev/null
 fi
 
 VENV="${EXT_PROC_VENV:-.venv}"

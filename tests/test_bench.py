@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.litellm
 def test_bench_smoke_runs_every_variant() -> None:
-    if shutil.which("wrk") is None:
-        pytest.skip("wrk is not installed (scripts/test.sh installs it when run as root: apt-get install wrk)")
+    if shutil.which("wrk") is None or shutil.which("curl") is None:
+        pytest.skip("wrk or curl is missing (scripts/test.sh installs them when run as root: apt-get install wrk curl)")
     result = subprocess.run(
         [sys.executable, "-m", "bench.run", "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=600
     )
