@@ -40,7 +40,6 @@ class AuditLog:
     def __init__(self, sample_rate: float = 1.0, fmt: str = "text", stream: TextIO | None = None) -> None:
         self._threshold = int(sample_rate * _SCALE)
         self._counter = 0
-        self._fmt = fmt
         self._stream = stream
         self._enabled = log.isEnabledFor(logging.INFO)
         self._buffer: list[str] = []

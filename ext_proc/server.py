@@ -44,8 +44,6 @@ _CONTINUE = {
 _JSON = base_pb2.HeaderValueOption(
     header=base_pb2.HeaderValue(key="content-type", raw_value=b"application/json"), append_action=_OVERWRITE
 )
-
-
 _RESPONSE_CACHE_SIZE = 1024
 
 
