@@ -18,7 +18,7 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from ext_proc.server import SERVICE
+from ext_proc.server import process_handler
 
 _EMPTY = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
 
@@ -41,12 +41,7 @@ async def _first_then_ok(
 async def main(address: str, shipped: bool) -> None:
     server = grpc.aio.server()
     if shipped:
-        method = grpc.stream_unary_rpc_method_handler(
-            _first_then_ok,
-            request_deserializer=pb.ProcessingRequest.FromString,
-            response_serializer=pb.ProcessingResponse.SerializeToString,
-        )
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Process": method}),))
+        server.add_generic_rpc_handlers((process_handler(_first_then_ok),))
     else:
         pb_grpc.add_ExternalProcessorServicer_to_server(NullProcessor(), server)
     server.add_insecure_port(address)

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -76,6 +76,22 @@ def response_of(decision: Decision) -> pb.ProcessingResponse:
     )
 
 
+Process = Callable[
+    [object, grpc.aio.ServicerContext[pb.ProcessingRequest, pb.ProcessingResponse]],
+    Awaitable[pb.ProcessingResponse],
+]
+
+
+def process_handler(process: Process) -> grpc.GenericRpcHandler[pb.ProcessingRequest, pb.ProcessingResponse]:
+    """Envoy's ``Process`` method served client-streaming (see CredentialProcessor), by ``process``."""
+    method = grpc.stream_unary_rpc_method_handler(
+        process,
+        request_deserializer=pb.ProcessingRequest.FromString,
+        response_serializer=pb.ProcessingResponse.SerializeToString,
+    )
+    return grpc.method_handlers_generic_handler(SERVICE, {"Process": method})
+
+
 class CredentialProcessor:
     """Answers the first message of each ext_proc stream, then ends the stream with OK.
 
@@ -104,12 +120,7 @@ class CredentialProcessor:
         self._responses: dict[tuple[tuple[str, ...], tuple[tuple[str, bytes], ...]], pb.ProcessingResponse] = {}
 
     def handler(self) -> grpc.GenericRpcHandler[pb.ProcessingRequest, pb.ProcessingResponse]:
-        method = grpc.stream_unary_rpc_method_handler(
-            self.process,
-            request_deserializer=pb.ProcessingRequest.FromString,
-            response_serializer=pb.ProcessingResponse.SerializeToString,
-        )
-        return grpc.method_handlers_generic_handler(SERVICE, {"Process": method})
+        return process_handler(self.process)
 
     async def process(
         self, _: object, context: grpc.aio.ServicerContext[pb.ProcessingRequest, pb.ProcessingResponse]
