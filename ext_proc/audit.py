@@ -104,7 +104,7 @@ class _AuditLines:
 
     def line(self, audit: Audit, created: float) -> str:
         a = audit
-        key = (a.leg, a.policy, a.outcome, a.reason, a.source, a.kind, a.fingerprint, a.sealed, a.removed)
+        key = (a.leg, a.policy, a.outcome, a.reason, a.source, a.kind, a.fingerprint, a.sealed, a.removed, a.scrubbed)
         body = self._bodies.get(key)
         if body is None:
             if len(self._bodies) >= _BODY_CACHE_SIZE:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ext_proc.credentials import Credential, Prefixes
+from ext_proc.credentials import Credential, Prefixes, UnreadableCredential
 from ext_proc.seal import KEY_BYTES, Keyring
 
 ENV_PREFIX = "EXT_PROC_"
@@ -38,6 +38,9 @@ DEFAULT_EGRESS_ALLOWLIST = (
     "tracestate",
     "x-request-id",
 )
+# LiteLLM's own keys: the master key must start with "sk-", and so do the virtual keys it generates. The egress
+# removes any kept header whose value holds one (an OpenAI key has this shape too: the policy `other` skips it).
+DEFAULT_SECRET_PATTERNS = (r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{4,}",)
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 
 
@@ -54,7 +57,9 @@ class Config:
     anthropic_prefix: str = "sk-ant-"
     oauth_prefix: str = "sk-ant-oat"
     oauth_beta: str = "oauth-2025-04-20"
-    seal_ttl_seconds: int = 600
+    seal_ttl_seconds: int = 60
+    seal_max_opens: int = 3
+    secret_patterns: tuple[str, ...] = DEFAULT_SECRET_PATTERNS
     seal_keys: tuple[str, ...] = field(default=(), repr=False)
     seal_key_file: Path | None = None
     server_credential: str | None = field(default=None, repr=False)
@@ -117,6 +122,9 @@ class Config:
             raise ConfigError("oauth_prefix must start with anthropic_prefix, and neither may be empty")
         if self.seal_ttl_seconds <= 0:
             raise ConfigError("seal_ttl_seconds must be a positive number of seconds")
+        if self.seal_max_opens <= 0:
+            raise ConfigError("seal_max_opens must be at least 1 (one open per upstream call LiteLLM makes)")
+        self.secret_pattern()
         if self.server_credential is not None and self.server_credential_file is not None:
             raise ConfigError("set server_credential or server_credential_file, not both")
         if self.seal_keys and self.seal_key_file is not None:
@@ -138,6 +146,16 @@ class Config:
         self.keyring()
         self.load_server_credential()
         return self
+
+    def secret_pattern(self) -> re.Pattern[bytes]:
+        """One pattern for everything the egress never lets out in a kept header: Anthropic's prefix, LiteLLM keys."""
+        for text in self.secret_patterns:
+            try:
+                re.compile(text.encode())
+            except re.error as exc:
+                raise ConfigError(f"secret_patterns {text!r}: not a regular expression ({exc})") from None
+        alternatives = [re.escape(self.anthropic_prefix), *self.secret_patterns]
+        return re.compile("|".join(f"(?:{a})" for a in alternatives).encode())
 
     def keyring(self) -> Keyring | None:
         """The configured seal keys, or None when none is configured (the server then generates one)."""
@@ -161,7 +179,10 @@ class Config:
             text = self.server_credential.strip()
         else:
             return None
-        credential = self.prefixes.classify(text.encode("latin-1", "replace"))
+        try:
+            credential = self.prefixes.classify(text.encode("latin-1", "replace"))
+        except UnreadableCredential:
+            credential = None
         if credential is None:
             raise ConfigError(
                 f"server credential: not an Anthropic credential (expected a value starting with "
@@ -190,10 +211,13 @@ def _coerce(name: str, value: Any) -> Any:
     kind = {f.name: f.type for f in dataclasses.fields(Config)}[name]
     if kind == "tuple[str, ...]":
         if isinstance(value, str):
-            value = [part for part in (p.strip() for p in value.split(",")) if part]
+            # Regular expressions hold commas: in the environment they are one per line.
+            separator = "\n" if name == "secret_patterns" else ","
+            value = [part for part in (p.strip() for p in value.split(separator)) if part]
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{name}: expected a list of strings")
-        return tuple(v.strip().lower() if name != "seal_keys" else v.strip() for v in value)
+        verbatim = name in ("seal_keys", "secret_patterns")
+        return tuple(v.strip() if verbatim else v.strip().lower() for v in value)
     if kind == "int":
         try:
             return int(value)

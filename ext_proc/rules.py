@@ -6,11 +6,15 @@ turns the ``Decision`` back into a header mutation or an immediate response.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from ext_proc import routes
 from ext_proc.config import Config
 from ext_proc.credentials import (
     AUTHORIZATION,
@@ -18,14 +22,16 @@ from ext_proc.credentials import (
     X_API_KEY,
     Credential,
     Prefixes,
-    token_of,
+    Problem,
+    UnreadableCredential,
 )
 from ext_proc.headers import HeaderView
-from ext_proc.seal import Keyring, SealError
+from ext_proc.seal import Keyring, OpenCounter, SealError, SealFailure
 
 ANTHROPIC_BETA = "anthropic-beta"
 COOKIE = "cookie"
 REQUEST_ID = "x-request-id"
+PATH = ":path"
 # Envoy owns these; a filter that touches them breaks framing or routing.
 NEVER_TOUCHED = frozenset({"host", "content-length", "transfer-encoding"})
 _VERDICT_CACHE_SIZE = 4096
@@ -86,6 +92,8 @@ class Audit:
     sealed: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
     reason: str | None = None
+    # Kept headers removed because their value held a credential (an Anthropic one, or a LiteLLM key's shape).
+    scrubbed: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +106,7 @@ class Audit:
             "fingerprint": self.fingerprint,
             "sealed": list(self.sealed),
             "removed": list(self.removed),
+            "scrubbed": list(self.scrubbed),
             "request_id": self.request_id,
         }
 
@@ -127,6 +136,10 @@ class RuleContext:
     allow_prefixes: tuple[str, ...]
     prefixes: Prefixes
     oauth_beta: bytes
+    # Anthropic's prefix or a LiteLLM key's shape: never let out in a header the egress keeps.
+    secrets: re.Pattern[bytes]
+    # The one piece of state the rules are handed: how often each handoff was opened (shared across reloads).
+    opens: OpenCounter
     # A memo of strips_on_egress (a pure function of the fields above), never part of the context's value; each
     # context, including one rebuilt by a reload, starts its own.
     _verdicts: dict[str, bool] = field(default_factory=dict, init=False, compare=False, repr=False)
@@ -142,6 +155,8 @@ class RuleContext:
             allow_prefixes=tuple(n[:-1] for n in config.egress_allowlist if n.endswith("*")),
             prefixes=config.prefixes,
             oauth_beta=config.oauth_beta.encode(),
+            secrets=config.secret_pattern(),
+            opens=OpenCounter(config.seal_max_opens),
         )
 
     def allowed(self, name: str) -> bool:
@@ -168,6 +183,20 @@ class RuleContext:
         return verdict
 
 
+_LOGGABLE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+
+
+def loggable_id(raw: bytes) -> str:
+    """A request id as the audit log may print it: an id's characters and length, else a digest of it.
+
+    The id is client text: it must not forge log lines, flood them, or carry a credential into them. A digest
+    keeps the ingress and egress lines of one request joined (and sampled alike) without printing the text.
+    """
+    if _LOGGABLE_ID.fullmatch(raw) and not raw.startswith(b"sk-") and b"-sk-" not in raw:
+        return raw.decode("ascii")
+    return "sha256:" + hashlib.sha256(raw).hexdigest()[:16]
+
+
 class _Reject(Exception):
     def __init__(self, rejection: Rejection) -> None:
         self.rejection = rejection
@@ -176,7 +205,7 @@ class _Reject(Exception):
 def decide(leg: str, policy: str, headers: HeaderView, ctx: RuleContext, now: float) -> Decision:
     """The whole policy for one request's headers. Never raises: bad input becomes a rejection."""
     request_ids = headers.get_all(REQUEST_ID)
-    base = Audit(leg, policy, "forward", request_ids[0].decode("latin-1") if request_ids else None)
+    base = Audit(leg, policy, "forward", loggable_id(request_ids[0]) if request_ids else None)
     try:
         if leg == Leg.INGRESS:
             if policy and policy not in POLICIES:
@@ -198,16 +227,27 @@ def _ingress(headers: HeaderView, ctx: RuleContext, now: float, base: Audit) -> 
     removed: list[str] = []
     if ctx.handoff_header in headers:
         removed.append(ctx.handoff_header)
+    anthropic = ctx.prefixes.anthropic
+    for name in headers.names():
+        # An Anthropic credential anywhere else (another header, the URL) would reach LiteLLM as it is.
+        skip = name in CREDENTIAL_HEADERS or name == ctx.handoff_header
+        if not skip and any(anthropic in value for value in headers.get_all(name)):
+            raise _Reject(_misplaced(name))
     sealed: list[tuple[str, Credential]] = []
     for name in CREDENTIAL_HEADERS:
         credential = _credential_in(headers, name, ctx.prefixes)
         if credential is not None:
             removed.append(name)
             sealed.append((name, credential))
-    sets: tuple[tuple[str, bytes], ...] = ()
+    sets: list[tuple[str, bytes]] = []
     if sealed:
+        verdict = routes.for_client_credential(b"".join(headers.get_all(PATH)))
+        if verdict.refusal is not None:
+            raise _Reject(Rejection(400, "invalid_request_error", verdict.refusal, "route-drops-credential"))
+        if verdict.path is not None:
+            sets.append((PATH, verdict.path))
         handoff = ctx.keyring.seal([(name, c.token) for name, c in sealed], now)
-        sets = ((ctx.handoff_header, handoff.encode("ascii")),)
+        sets.append((ctx.handoff_header, handoff.encode("ascii")))
     return _decision(removed, sets, base, sealed=tuple(f"{name}={c.fingerprint()}" for name, c in sealed))
 
 
@@ -223,32 +263,36 @@ def _egress_anthropic(headers: HeaderView, ctx: RuleContext, now: float, base: A
     source, chosen = next(((s, c) for s, c in candidates if c is not None), (Source.NONE, None))
 
     sets = list(chosen.headers()) if chosen is not None else []
+    stripped = [name for name in headers.names() if ctx.strips_on_egress(name)]
+    scrubbed = _holding_secrets(headers, (n for n in headers.names() if not ctx.strips_on_egress(n)), ctx.secrets)
     # A header the allowlist drops contributes no flags; the OAuth flag is still added when the credential needs it.
-    beta_in = headers.get_all(ANTHROPIC_BETA) if ctx.allowed(ANTHROPIC_BETA) else ()
+    keep_beta = ctx.allowed(ANTHROPIC_BETA) and ANTHROPIC_BETA not in scrubbed
+    beta_in = headers.get_all(ANTHROPIC_BETA) if keep_beta else ()
     beta = _merge_beta(beta_in, ctx.oauth_beta, chosen is not None and chosen.needs_oauth_beta)
     if beta:
         sets.append((ANTHROPIC_BETA, beta))
-
-    removed = [
-        name for name in headers.names() if ctx.strips_on_egress(name) or (name == ANTHROPIC_BETA and beta == b"")
-    ]
+    if beta == b"" or (ANTHROPIC_BETA in headers and not keep_beta and not beta):
+        stripped.append(ANTHROPIC_BETA)
+    removed = [*stripped, *(n for n in scrubbed if n not in stripped)]
     if chosen is None:
-        return _decision(removed, sets, base, source=source)
-    return _decision(removed, sets, base, source=source, kind=chosen.kind.value, fingerprint=chosen.fingerprint())
+        return _decision(removed, sets, base, source=source, scrubbed=scrubbed)
+    return _decision(
+        removed, sets, base, source=source, kind=chosen.kind.value, fingerprint=chosen.fingerprint(), scrubbed=scrubbed
+    )
 
 
 def _egress_other(headers: HeaderView, ctx: RuleContext, base: Audit) -> Decision:
     """Non-Anthropic upstreams: strip what is ours or Anthropic's, leave the provider auth LiteLLM set."""
+    for name in CREDENTIAL_HEADERS:
+        _credential_in(headers, name, ctx.prefixes)  # refuses a header holding more than one credential
+    anthropic = ctx.prefixes.anthropic
+    holding = [n for n in headers.names() if any(anthropic in v for v in headers.get_all(n))]
+    if PATH in holding:
+        raise _Reject(_misplaced(PATH))
     removed = [
         name
         for name in headers.names()
-        if not name.startswith(":")
-        and name not in NEVER_TOUCHED
-        and (
-            name == ctx.handoff_header
-            or name in ctx.litellm_headers
-            or any(_bearer_or_plain(value, ctx.prefixes) for value in headers.get_all(name))
-        )
+        if not _untouchable(name) and (name == ctx.handoff_header or name in ctx.litellm_headers or name in holding)
     ]
     return _decision(removed, (), base, source=Source.NONE)
 
@@ -262,11 +306,14 @@ def _decision(
     kind: str | None = None,
     fingerprint: str | None = None,
     sealed: tuple[str, ...] = (),
+    scrubbed: tuple[str, ...] = (),
 ) -> Decision:
     """A set replaces every value of its name, so a name that is set is never also removed."""
     set_names = {name for name, _ in sets}
     remove = tuple(n for n in removed if n not in set_names)
-    audit = Audit(base.leg, base.policy, "forward", base.request_id, source, kind, fingerprint, sealed, remove)
+    audit = Audit(
+        base.leg, base.policy, "forward", base.request_id, source, kind, fingerprint, sealed, remove, None, scrubbed
+    )
     return Decision(remove, tuple(sets), audit)
 
 
@@ -278,38 +325,46 @@ def _open_handoff(headers: HeaderView, ctx: RuleContext, now: float) -> dict[str
         raise _Reject(_conflict(ctx.handoff_header))
     try:
         opened = ctx.keyring.open(values[0], now)
+        if not ctx.opens.admit(opened.nonce, opened.issued_at + ctx.keyring.ttl_seconds, now):
+            raise SealError(SealFailure.REPLAYED)
+        found: dict[str, Credential] = {}
+        for origin, token in opened.entries:
+            credential = ctx.prefixes.classify(token, origin)
+            if credential is not None and origin in CREDENTIAL_HEADERS:
+                found.setdefault(origin, credential)
+    except UnreadableCredential:
+        # Only our own ingress seals, and it seals nothing malformed: this handoff is not one of ours.
+        raise _Reject(_unverifiable(SealFailure.MALFORMED)) from None
     except SealError as exc:
-        raise _Reject(
-            Rejection(
-                401,
-                "authentication_error",
-                f"The credential handoff header could not be verified ({exc.reason}).",
-                f"seal-{exc.reason}",
-            )
-        ) from None
-    found: dict[str, Credential] = {}
-    for origin, token in opened.entries:
-        credential = ctx.prefixes.classify(token)
-        if credential is not None and origin in CREDENTIAL_HEADERS:
-            found.setdefault(origin, credential)
+        raise _Reject(_unverifiable(exc.reason)) from None
     return found
 
 
 def _credential_in(headers: HeaderView, name: str, prefixes: Prefixes) -> Credential | None:
     """The Anthropic credential one credential header carries, None if it carries a foreign one or none."""
-    values = headers.get_all(name)
-    if not values:
-        return None
-    token = token_of(name, values[0])
-    # Two values are the same credential only if they parse alike: "Bearer X" and a bare "X" conflict.
-    if any(token_of(name, v) != token or (token is None and v.strip() != values[0].strip()) for v in values[1:]):
-        raise _Reject(_conflict(name))
-    return prefixes.classify(token) if token is not None else None
+    try:
+        return prefixes.read(name, headers.get_all(name))
+    except UnreadableCredential as exc:
+        raise _Reject(_unreadable(exc.header, exc.problem)) from None
 
 
-def _bearer_or_plain(value: bytes, prefixes: Prefixes) -> bool:
-    token = token_of(AUTHORIZATION, value)
-    return prefixes.classify(token if token is not None else value.strip()) is not None
+def _holding_secrets(headers: HeaderView, names: Iterable[str], secrets: re.Pattern[bytes]) -> tuple[str, ...]:
+    """The kept headers whose value holds a credential; a URL that does refuses the request.
+
+    Of the headers no rule may touch, only ``:path`` reaches the upstream as sent: Envoy rewrites the host, and
+    the rest carry framing.
+    """
+    found = []
+    for name in names:
+        if (name == PATH or not _untouchable(name)) and any(secrets.search(v) for v in headers.get_all(name)):
+            if name == PATH:
+                raise _Reject(_misplaced(name))
+            found.append(name)
+    return tuple(found)
+
+
+def _untouchable(name: str) -> bool:
+    return name.startswith(":") or name in NEVER_TOUCHED
 
 
 def _merge_beta(values: tuple[bytes, ...], flag: bytes, want: bool) -> bytes | None:
@@ -338,6 +393,43 @@ def _conflict(name: str) -> Rejection:
         "invalid_request_error",
         f"The request carries conflicting values for the {name} header.",
         f"conflict-{name}",
+    )
+
+
+_PROBLEMS = {
+    Problem.CONFLICT: "conflicting values for",
+    Problem.MULTIPLE: "more than one credential in",
+    Problem.MALFORMED: "a malformed credential in",
+}
+
+
+def _unreadable(name: str, problem: Problem) -> Rejection:
+    if problem == Problem.CONFLICT:
+        return _conflict(name)
+    return Rejection(
+        400,
+        "invalid_request_error",
+        f"The request carries {_PROBLEMS[problem]} the {name} header; send exactly one credential.",
+        f"{problem}-{name}",
+    )
+
+
+def _misplaced(name: str) -> Rejection:
+    where = "URL" if name == PATH else f"{name} header"
+    return Rejection(
+        400,
+        "invalid_request_error",
+        f"The request's {where} carries a credential; send it only as x-api-key or Authorization: Bearer.",
+        f"misplaced-{name.lstrip(':')}",
+    )
+
+
+def _unverifiable(reason: SealFailure) -> Rejection:
+    return Rejection(
+        401,
+        "authentication_error",
+        f"The credential handoff header could not be verified ({reason}).",
+        f"seal-{reason}",
     )
 
 

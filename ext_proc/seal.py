@@ -36,6 +36,7 @@ class SealFailure(StrEnum):
     UNKNOWN_KEY = "unknown-key"
     TAMPERED = "tampered"
     EXPIRED = "expired"
+    REPLAYED = "replayed"
 
 
 class SealError(Exception):
@@ -52,6 +53,8 @@ class Sealed:
 
     entries: tuple[tuple[str, bytes], ...]
     issued_at: int
+    # The seal's random nonce: what tells one handoff from another (for the bound on opens).
+    nonce: bytes = b""
 
 
 def key_id(key: bytes) -> bytes:
@@ -111,10 +114,47 @@ class Keyring:
             plaintext = aead.decrypt(nonce, ciphertext, _AAD + kid)
         except InvalidTag:
             raise SealError(SealFailure.TAMPERED) from None
-        sealed = _parse(plaintext)
+        sealed = _parse(plaintext, nonce)
         if not (now - self.ttl_seconds <= sealed.issued_at <= now + _CLOCK_SKEW_SECONDS):
             raise SealError(SealFailure.EXPIRED)
         return sealed
+
+
+class OpenCounter:
+    """How many times each handoff has been opened by this process, kept until the handoff expires.
+
+    A handoff is a bearer token for its lifetime: whoever holds a copy (LiteLLM's logs, spend logs, callbacks)
+    could send it again. A real request opens its handoff once per upstream call LiteLLM makes for it (the call
+    and its retries), so opens beyond ``max_opens`` are refused. Counted per process: N egress replicas allow up to
+    N times as many. Bounded: past ``capacity`` live handoffs the oldest entry is forgotten.
+    """
+
+    __slots__ = ("_capacity", "_counts", "max_opens")
+
+    def __init__(self, max_opens: int, capacity: int = 200_000) -> None:
+        if max_opens <= 0:
+            raise ValueError("a handoff must be allowed at least one open")
+        self.max_opens = max_opens
+        self._capacity = capacity
+        # nonce -> (opens so far, when it can be forgotten); insertion order is close to expiry order.
+        self._counts: dict[bytes, tuple[int, float]] = {}
+
+    def admit(self, nonce: bytes, forget_at: float, now: float) -> bool:
+        """Count one open; False once this handoff has been opened ``max_opens`` times."""
+        counts = self._counts
+        while counts:
+            oldest = next(iter(counts))
+            if counts[oldest][1] >= now and len(counts) < self._capacity:
+                break
+            del counts[oldest]
+        opened, _ = counts.get(nonce, (0, forget_at))
+        if opened >= self.max_opens:
+            return False
+        counts[nonce] = (opened + 1, forget_at)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._counts)
 
 
 def _decode(value: bytes) -> bytes:
@@ -134,7 +174,7 @@ def _decode(value: bytes) -> bytes:
     return blob
 
 
-def _parse(plaintext: bytes) -> Sealed:
+def _parse(plaintext: bytes, nonce: bytes) -> Sealed:
     # Authenticated, so only our own sealer wrote this; still, a bad shape fails closed rather than raising.
     try:
         doc = json.loads(plaintext)
@@ -144,4 +184,4 @@ def _parse(plaintext: bytes) -> Sealed:
         raise SealError(SealFailure.MALFORMED) from None
     if not isinstance(issued_at, int):
         raise SealError(SealFailure.MALFORMED)
-    return Sealed(entries, issued_at)
+    return Sealed(entries, issued_at, nonce)

@@ -18,7 +18,7 @@ def test_defaults_are_the_documented_ones() -> None:
     config = Config.load(env={})
     assert config.listen == "127.0.0.1:50051"
     assert config.handoff_header == "x-credential-handoff"
-    assert config.seal_ttl_seconds == 600
+    assert (config.seal_ttl_seconds, config.seal_max_opens) == (60, 3)
     assert config.all_litellm_headers == {"x-litellm-api-key", "api-key", "x-goog-api-key", "ocp-apim-subscription-key"}
     assert "x-stainless-*" in config.egress_allowlist
     assert config.keyring() is None and config.load_server_credential() is None

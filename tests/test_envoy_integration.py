@@ -56,7 +56,9 @@ def test_streamed_10mb_response_unchanged_and_no_body_reaches_server(gateway: Ga
     before = gateway.envoy.stats()
     size = 10 * 1024 * 1024 + 17
     conn = http.client.HTTPConnection(gateway.ingress.host, gateway.ingress.port, timeout=120)
-    conn.request("GET", f"/bytes/{size}", headers={"x-api-key": "sk-ant-api03-STREAM", "x-litellm-api-key": "k"})
+    # Under /anthropic, a route that carries a client's credential across LiteLLM (rule I7).
+    headers = {"x-api-key": "sk-ant-api03-STREAM", "x-litellm-api-key": "k"}
+    conn.request("GET", f"/anthropic/bytes/{size}", headers=headers)
     response = conn.getresponse()
     digest, total = hashlib.sha256(), 0
     while chunk := response.read(256 * 1024):

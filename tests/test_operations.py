@@ -52,7 +52,10 @@ def test_metrics_by_leg_policy_source_rejection_and_latency(tmp_path: Path) -> N
                     (egress, headers_message(("x-api-key", b"sk-ant-api03-METRICSECRET"))),
                     (egress, headers_message(("authorization", b"Bearer sk-ant-oat01-METRICSECRET"))),
                     (egress, headers_message(("x-credential-handoff", b"v1.junk"))),
-                    ((("x-ext-proc-leg", "ingress"),), headers_message(("x-api-key", b"sk-ant-api03-METRICSECRET"))),
+                    (
+                        (("x-ext-proc-leg", "ingress"),),
+                        headers_message((":path", b"/v1/messages"), ("x-api-key", b"sk-ant-api03-METRICSECRET")),
+                    ),
                     ((("x-ext-proc-leg", "sideways"),), headers_message()),
                 ]
                 for metadata, message in cases:
@@ -101,7 +104,7 @@ def test_batched_audit_lines_are_exactly_what_the_log_formatter_writes(
     others: dict[str, Any] = {
         "leg": "ingress", "policy": "other", "outcome": "forward-ish", "request_id": 'r"\u00e9',
         "source": Source.SERVER, "kind": "api-key", "fingerprint": "api-key:...Z:9f9f", "sealed": (),
-        "removed": ("cookie",), "reason": "why",
+        "removed": ("cookie",), "reason": "why", "scrubbed": ("user-agent",),
     }  # fmt: skip
     assert set(others) == {f.name for f in dataclasses.fields(Audit)}, "a new Audit field needs a case here"
     stream = io.StringIO()

@@ -302,12 +302,19 @@ def test_conflicting_credential_duplicates_are_400_on_egress(name: str) -> None:
     assert (decision.rejection.status, decision.rejection.error_type) == (400, "invalid_request_error")
 
 
-def test_non_utf8_credential_round_trips_exactly() -> None:
+def test_credential_outside_the_alphabet_is_refused_never_passed_on() -> None:
+    """E6: bytes outside the credential alphabet after the prefix (here not even UTF-8) are no credential."""
     raw = b"sk-ant-api03-\xff\xfe\x80"
-    decision, out = run("egress", "anthropic", HeaderView.of((H, handoff(("x-api-key", raw))), ("x-bin", b"\xc3\x28")))
-    assert out.get_all("x-api-key") == (raw,)
-    assert "x-bin" in decision.remove
-    assert decision.audit.fingerprint is not None and "\\x" in decision.audit.fingerprint
+    decision, _ = run("egress", "anthropic", HeaderView.of(("x-api-key", raw), ("x-bin", b"\xc3\x28")))
+    assert decision.rejection is not None and decision.rejection.reason == "malformed-x-api-key"
+    decision, _ = run("egress", "anthropic", HeaderView.of((H, handoff(("x-api-key", raw)))))
+    assert decision.rejection is not None and decision.rejection.reason == "seal-malformed"
+
+
+def test_non_utf8_header_values_round_trip_exactly() -> None:
+    decision, out = run("ingress", "", HeaderView.of(("x-api-key", KEY), ("x-bin", b"\xc3\x28")))
+    assert out.get_all("x-bin") == (b"\xc3\x28",)
+    assert decision.rejection is None
 
 
 def test_audit_has_fingerprint_never_value() -> None:

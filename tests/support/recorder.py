@@ -4,7 +4,7 @@ Every request is recorded (method, path, headers in wire order, body length) bef
 that has its response also has the record. Answers:
 - ``POST .../count_tokens``: ``{"input_tokens": 7}``;
 - a JSON body with ``"stream": true``: an Anthropic SSE message stream;
-- ``GET /bytes/N``: N bytes of SSE, chunked, the same bytes every time (``expected_stream(N)``);
+- ``GET [/anthropic]/bytes/N``: N bytes of SSE, chunked, the same bytes every time (``expected_stream(N)``);
 - anything else: a minimal Anthropic message.
 """
 
@@ -106,8 +106,9 @@ class Recorder:
                 body = self.rfile.read(length) if length else b""
                 recorder._record(Received(self.command, self.path, tuple(self.headers.items()), body))
                 recorder.gate.wait(timeout=120)
-                if self.command == "GET" and self.path.startswith("/bytes/"):
-                    return self._stream(sse_chunks(int(self.path.split("/")[2])))
+                path = self.path.removeprefix("/anthropic")
+                if self.command == "GET" and path.startswith("/bytes/"):
+                    return self._stream(sse_chunks(int(path.split("/")[2])))
                 if "count_tokens" in self.path:
                     return self._json({"input_tokens": 7})
                 try:

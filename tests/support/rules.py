@@ -23,7 +23,9 @@ def context(server: Credential | None = None, keyring: Keyring = KEYRING, **conf
 def run(
     leg: str, policy: str, headers: HeaderView, ctx: RuleContext | None = None, now: float = NOW
 ) -> tuple[Decision, HeaderView]:
-    decision = decide(leg, policy, headers, ctx or context(), now)
+    """Envoy always sends ``:path``; an ingress case that names none is a request to ``/v1/messages``."""
+    seen = headers if leg != "ingress" or ":path" in headers else HeaderView([(":path", b"/v1/messages"), *headers])
+    decision = decide(leg, policy, seen, ctx or context(), now)
     return decision, decision.apply(headers)
 
 

@@ -1,0 +1,279 @@
+"""Credential paths outside the designed matrix (docs/rules.md E6, E7, I5, I6, O3, S1): each an attack, as a table.
+
+- E6/I5/O3: a credential header holding more than one token (Envoy's comma-joined repeats, HTTP/1 obs-fold, mixed
+  schemes) or a token outside the credential alphabet is refused on every leg and policy, never read in part.
+- E7/I6: an Anthropic credential or a LiteLLM key in any other header (or the URL) never crosses.
+- I7: a client credential is only let through on routes that carry it to the egress.
+- S1: a handoff opens at most ``seal_max_opens`` times.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from ext_proc.config import Config
+from ext_proc.headers import HeaderView
+from ext_proc.metrics import Metrics
+from ext_proc.reload import RuleSource
+from ext_proc.routes import normalise
+from ext_proc.seal import Keyring, OpenCounter
+from tests.support.rules import KEY_A, KEYRING, NOW, context, handoff, run
+
+H = "x-credential-handoff"
+OAUTH = "sk-ant-oat01-CLIENTOAUTH"
+OAUTH_B = "sk-ant-oat01-OTHEROAUTH"
+KEY = "sk-ant-api03-CLIENTKEY"
+LITELLM = "sk-litellm-virtualkey1"
+LEGS = [("ingress", ""), ("egress", "anthropic"), ("egress", "other")]
+
+MORE_THAN_ONE = [
+    # (id, headers, reason)
+    ("oauth+litellm joined", (("authorization", f"Bearer {OAUTH},Bearer {LITELLM}"),), "multiple-authorization"),
+    ("litellm+oauth joined", (("authorization", f"Bearer {LITELLM}, Bearer {OAUTH}"),), "multiple-authorization"),
+    ("two oauth joined", (("authorization", f"Bearer {OAUTH},Bearer {OAUTH_B}"),), "multiple-authorization"),
+    ("oauth+litellm repeated", (("authorization", f"Bearer {OAUTH}"), ("authorization", f"Bearer {LITELLM}")),
+     "conflict-authorization"),
+    ("bearer then bare token", (("authorization", f"Bearer {OAUTH},{LITELLM}"),), "multiple-authorization"),
+    ("basic then bearer", (("authorization", f"Basic abc,Bearer {OAUTH}"),), "multiple-authorization"),
+    ("bearer then basic", (("authorization", f"Bearer {OAUTH}, Basic abc"),), "multiple-authorization"),
+    ("bearer obs-fold", (("authorization", f"Bearer {OAUTH} {LITELLM}"),), "multiple-authorization"),
+    ("key+litellm joined", (("x-api-key", f"{KEY}, {LITELLM}"),), "multiple-x-api-key"),
+    ("litellm+key joined", (("x-api-key", f"{LITELLM},{KEY}"),), "multiple-x-api-key"),
+    ("key obs-fold", (("x-api-key", f"{KEY} {LITELLM}"),), "multiple-x-api-key"),
+    ("key repeated", (("x-api-key", KEY), ("x-api-key", LITELLM)), "conflict-x-api-key"),
+    ("two litellm keys joined", (("x-api-key", f"{LITELLM},sk-litellm-other"),), "multiple-x-api-key"),
+    ("key outside alphabet", (("x-api-key", f"{KEY};{LITELLM}"),), "malformed-x-api-key"),
+    ("oauth outside alphabet", (("authorization", f"Bearer {OAUTH}\u00e9"),), "malformed-authorization"),
+    ("prefix hidden in key", (("x-api-key", f"x{KEY}"),), "malformed-x-api-key"),
+    ("prefix hidden in basic", (("authorization", f"Basic {KEY}"),), "malformed-authorization"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("leg", "policy"), LEGS)
+@pytest.mark.parametrize(("headers", "reason"), [c[1:] for c in MORE_THAN_ONE], ids=[c[0] for c in MORE_THAN_ONE])
+def test_e6_i5_o3_a_credential_header_holds_one_token_or_the_request_is_refused(
+    leg: str, policy: str, headers: tuple[tuple[str, str], ...], reason: str
+) -> None:
+    decision, _ = run(leg, policy, HeaderView.of(*headers, ("x-litellm-api-key", LITELLM)))
+    assert decision.rejection is not None, decision.audit
+    assert (decision.rejection.status, decision.rejection.reason) == (400, reason)
+    body = json.loads(decision.rejection.body())
+    assert body["error"]["type"] == "invalid_request_error"
+    header = reason.split("-", 1)[1]
+    assert header in body["error"]["message"]
+    assert not any(secret in decision.rejection.body().decode() for secret in (KEY, OAUTH, LITELLM))
+    assert decision.set == () and decision.remove == ()
+    assert decision.audit.outcome == "reject" and decision.audit.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "token"),
+    [
+        ("x-api-key", f"{KEY}, {KEY}", KEY),
+        ("x-api-key", f"{KEY},", KEY),
+        ("authorization", f"Bearer {OAUTH},Bearer {OAUTH}", OAUTH),
+        ("authorization", f"bearer {OAUTH}, BEARER  {OAUTH}", OAUTH),
+    ],
+)
+def test_i4_identical_repeats_joined_by_envoy_are_one_value(name: str, value: str, token: str) -> None:
+    _, out = run("ingress", "", HeaderView.of((name, value)))
+    (sealed,) = out.get_all(H)
+    assert list(KEYRING.open(sealed, NOW).entries) == [(name, token.encode())]
+    assert name not in out
+
+
+def test_o3_provider_auth_with_commas_passes_on_other() -> None:
+    """AWS SigV4 is one credential whose parameters hold commas: the other policy leaves it alone."""
+    sigv4 = "AWS4-HMAC-SHA256 Credential=AKIA/20261126/us-east-1/bedrock/aws4_request, SignedHeaders=host, Signature=ab"
+    headers = HeaderView.of(("authorization", sigv4), ("x-stainless-lang", "python"))
+    decision, out = run("egress", "other", headers)
+    assert decision.rejection is None and out.get_all("authorization") == (sigv4.encode(),)
+    openai = HeaderView.of(("authorization", "Bearer sk-proj-openaikey1234"))
+    decision, out = run("egress", "other", openai)
+    assert decision.rejection is None and out.get_all("authorization") == (b"Bearer sk-proj-openaikey1234",)
+
+
+SCRUBBED = [
+    ("x-stainless-foo", LITELLM),
+    ("x-stainless-helper", KEY),
+    ("user-agent", f"my-agent/1.0 (key {OAUTH})"),
+    ("user-agent", "tool sk-master-1234"),
+    ("x-request-id", f"id-{LITELLM}"),
+    ("traceparent", f"00-{KEY}"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), SCRUBBED)
+def test_e7_allowlisted_headers_never_carry_a_second_credential(name: str, value: str) -> None:
+    headers = HeaderView.of(("x-api-key", "placeholder"), (H, handoff(("x-api-key", KEY))), (name, value),
+                            ("x-stainless-os", "Linux"))  # fmt: skip
+    decision, out = run("egress", "anthropic", headers)
+    assert decision.rejection is None
+    assert name not in out and out.get_all("x-stainless-os") == (b"Linux",)
+    assert out.get_all("x-api-key") == (KEY.encode(),)
+    assert decision.audit.scrubbed == (name,) and name in decision.audit.removed
+    assert value not in json.dumps(decision.audit.as_dict())
+
+
+def test_e7_anthropic_beta_holding_a_secret_is_replaced_by_the_flag_alone() -> None:
+    headers = HeaderView.of((H, handoff(("authorization", OAUTH))), ("anthropic-beta", f"a,{LITELLM}"))
+    decision, out = run("egress", "anthropic", headers)
+    assert out.get_all("anthropic-beta") == (b"oauth-2025-04-20",)
+    assert decision.audit.scrubbed == ("anthropic-beta",)
+    _, out = run("egress", "anthropic", HeaderView.of(("x-api-key", KEY), ("anthropic-beta", LITELLM)))
+    assert "anthropic-beta" not in out
+
+
+def test_e7_a_secret_in_the_url_is_refused_since_the_url_cannot_be_removed() -> None:
+    for path in (f"/v1/messages?key={LITELLM}", f"/v1/messages?k={KEY}"):
+        decision, _ = run("egress", "anthropic", HeaderView.of((":path", path), ("x-api-key", KEY)))
+        assert decision.rejection is not None and decision.rejection.reason == "misplaced-path"
+        assert "URL" in decision.rejection.message
+
+
+def test_e7_secret_patterns_are_configurable() -> None:
+    ctx = context(secret_patterns=(r"corp-[0-9]{6}",))
+    headers = HeaderView.of(("x-api-key", KEY), ("x-stainless-a", "corp-123456"), ("x-stainless-b", LITELLM))
+    decision, out = run("egress", "anthropic", headers, ctx)
+    assert "x-stainless-a" not in out and out.get_all("x-stainless-b") == (LITELLM.encode(),)
+    assert decision.audit.scrubbed == ("x-stainless-a",)
+
+
+def test_e7_nothing_scrubbed_from_real_client_header_sets() -> None:
+    """The patterns must not eat what real clients send (user agents, session ids, trace ids, stainless)."""
+    from tests.support import fixtures
+
+    for name in (fixtures.CLAUDE_CODE_API_KEY, fixtures.CLAUDE_CODE_OAUTH):
+        recorded = fixtures.load(name)
+        client = HeaderView.of(*recorded.without("x-litellm-api-key"))
+        _, at_litellm = run("ingress", "", client)
+        decision, _ = run("egress", "anthropic", HeaderView([*at_litellm, ("x-api-key", b"placeholder")]))
+        assert decision.rejection is None and decision.audit.scrubbed == ()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("x-stainless-helper", KEY), ("api-key", KEY), ("x-goog-api-key", OAUTH), ("cookie", f"k={KEY}"),
+     (":path", f"/v1/messages?key={KEY}"), ("x-custom", f"Bearer {OAUTH}")],
+)  # fmt: skip
+def test_i6_an_anthropic_credential_anywhere_else_never_reaches_litellm(name: str, value: str) -> None:
+    decision, _ = run("ingress", "", HeaderView.of(("x-litellm-api-key", LITELLM), (name, value)))
+    assert decision.rejection is not None and decision.rejection.status == 400
+    assert decision.rejection.reason == f"misplaced-{name.lstrip(':')}"
+    assert KEY not in decision.rejection.message and OAUTH not in decision.rejection.message
+
+
+def test_o3_anthropic_credential_inside_any_header_is_removed_on_other() -> None:
+    headers = HeaderView.of(("x-note", f"see {KEY}"), ("x-ok", "1"), ("user-agent", "sk-master-1234 tool"))
+    decision, out = run("egress", "other", headers)
+    assert decision.audit.removed == ("x-note",)
+    assert "x-note" not in out and out.get_all("x-ok") == (b"1",)
+    # LiteLLM's key shape is an OpenAI key's shape too: on `other` only names and Anthropic's prefix decide.
+    assert out.get_all("user-agent") == (b"sk-master-1234 tool",)
+
+
+ROUTES = [
+    # (path as sent, verdict: "carry" | "reroute:<path>" | "refuse")
+    ("/v1/messages?beta=true", "carry"),
+    ("/v1/chat/completions", "carry"),
+    ("/chat/completions", "carry"),
+    ("/anthropic/v1/messages", "carry"),
+    ("/anthropic/v1/messages/count_tokens", "carry"),
+    ("/anthropic/v1/skills", "carry"),
+    ("/anthropic/v1/models", "carry"),
+    ("/anthropic/v1/messages/batches", "carry"),
+    ("/v1/models", "carry"),
+    ("/v1/messages/count_tokens?beta=true", "reroute:/anthropic/v1/messages/count_tokens?beta=true"),
+    ("/v1/messages/count_tokens", "reroute:/anthropic/v1/messages/count_tokens"),
+    ("//v1/messages/count_tokens/", "reroute:/anthropic/v1/messages/count_tokens"),
+    ("/v1/messages/%63ount_tokens", "reroute:/anthropic/v1/messages/count_tokens"),
+    ("/v1/skills", "refuse"),
+    ("/v1/skills/skill_1", "refuse"),
+    ("/v1/%73kills", "refuse"),
+    ("//v1//skills/", "refuse"),
+    ("/v1/messages/../skills", "refuse"),
+    ("/anthropic/v1/files", "refuse"),
+    ("/anthropic/v1/files/file_1/content", "refuse"),
+    ("/anthropic/v1/batches", "refuse"),
+    ("/anthropic/../v1/skills", "refuse"),
+    ("/v1/files", "refuse"),
+    ("/v1/batches", "refuse"),
+    ("/v1/responses", "refuse"),
+    ("/utils/token_counter", "refuse"),
+    ("/v1/messages/batches", "refuse"),
+    ("/V1/MESSAGES", "refuse"),
+    ("", "refuse"),
+]
+
+
+@pytest.mark.parametrize(("path", "verdict"), ROUTES)
+@pytest.mark.parametrize(("name", "value"), [("x-api-key", KEY), ("authorization", f"Bearer {OAUTH}")])
+def test_i7_a_client_credential_only_goes_where_litellm_carries_it(
+    path: str, verdict: str, name: str, value: str
+) -> None:
+    headers = HeaderView.of((":path", path), (name, value), ("x-litellm-api-key", LITELLM))
+    decision, out = run("ingress", "", headers)
+    if verdict == "refuse":
+        assert decision.rejection is not None and decision.rejection.reason == "route-drops-credential"
+        assert decision.rejection.status == 400 and normalise(path.encode()) in decision.rejection.message
+        return
+    assert decision.rejection is None and name not in out and H in out
+    expected = verdict.removeprefix("reroute:") if verdict != "carry" else path
+    assert out.get_all(":path") == (expected.encode(),)
+
+
+def test_i7_refusal_names_the_pass_through_twin() -> None:
+    decision, _ = run("ingress", "", HeaderView.of((":path", "/v1/skills"), ("x-api-key", KEY)))
+    assert decision.rejection is not None and "/anthropic/v1/skills" in decision.rejection.message
+
+
+@pytest.mark.parametrize("path", ["/v1/skills", "/v1/files", "/anthropic/v1/files", "/utils/token_counter"])
+def test_i7_without_a_client_credential_every_route_is_litellm_s_business(path: str) -> None:
+    headers = HeaderView.of((":path", path), ("x-litellm-api-key", LITELLM), ("authorization", f"Bearer {LITELLM}"))
+    decision, out = run("ingress", "", headers)
+    assert decision.rejection is None and decision.set == () and list(out) == list(headers)
+
+
+def test_s1_a_handoff_opens_at_most_max_opens_times() -> None:
+    ctx = context(seal_max_opens=3)
+    sealed = handoff(("x-api-key", KEY))
+    other = handoff(("x-api-key", KEY))
+    headers = HeaderView.of((H, sealed))
+    outcomes = [run("egress", "anthropic", headers, ctx)[0] for _ in range(4)]
+    assert [d.audit.source for d in outcomes[:3]] == ["sealed-x-api-key"] * 3
+    replayed = outcomes[3].rejection
+    assert replayed is not None and (replayed.status, replayed.reason) == (401, "seal-replayed")
+    assert json.loads(replayed.body())["error"]["type"] == "authentication_error"
+    # Another handoff of the same credential is its own count.
+    assert run("egress", "anthropic", HeaderView.of((H, other)), ctx)[0].rejection is None
+
+
+def test_s1_default_window_is_one_minute_and_three_opens() -> None:
+    config = Config()
+    assert (config.seal_ttl_seconds, config.seal_max_opens) == (60, 3)
+    keyring = Keyring([KEY_A], config.seal_ttl_seconds)
+    sealed = handoff(("x-api-key", KEY), keyring=keyring)
+    on_time, _ = run("egress", "anthropic", HeaderView.of((H, sealed)), context(keyring=keyring), now=NOW + 60)
+    assert on_time.rejection is None
+    late, _ = run("egress", "anthropic", HeaderView.of((H, sealed)), context(keyring=keyring), now=NOW + 61)
+    assert late.rejection is not None and late.rejection.reason == "seal-expired"
+
+
+def test_s1_counter_forgets_expired_handoffs_and_stays_bounded() -> None:
+    counter = OpenCounter(max_opens=1, capacity=3)
+    assert counter.admit(b"a", 10.0, 0.0) and not counter.admit(b"a", 10.0, 1.0)
+    assert counter.admit(b"b", 20.0, 1.0) and counter.admit(b"c", 20.0, 1.0)
+    assert counter.admit(b"a", 30.0, 11.0)  # the first "a" expired at 10 and was forgotten
+    for n in range(10):
+        counter.admit(bytes([n]), 100.0, 12.0)
+    assert len(counter) <= 3
+
+
+def test_s1_reload_keeps_the_count(tmp_path: pytest.TempPathFactory) -> None:
+    source = RuleSource(Config(seal_max_opens=1), Metrics())
+    first = source()
+    source.current = replace(first, server_credential=None)
+    assert source().opens is first.opens
