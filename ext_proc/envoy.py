@@ -7,6 +7,7 @@ and the tests, so what users deploy is what CI runs.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,9 @@ import yaml
 from ext_proc.server import LEG_METADATA, POLICY_METADATA
 
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+UPSTREAMS_PREFIX = "/upstreams/"
+DEPLOYED_SOCKET = "unix:/var/run/ext-proc/ext-proc.sock"
+_UPSTREAM_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 _HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 # Hour-long SSE responses must not be cut by Envoy's defaults (15 s route timeout, 5 min stream idle).
 STREAM_TIMEOUT = "3600s"
@@ -34,9 +38,13 @@ _ACCESS_LOG_FIELDS = {
     "bytes_out": "%BYTES_SENT%",
     "duration_ms": "%DURATION%",
     "upstream": "%UPSTREAM_HOST%",
-    "request_id": "%REQ(X-REQUEST-ID)%",
-    "user_agent": "%REQ(USER-AGENT)%",
+    # Envoy's own id on the ingress (it replaces the client's); on the egress whatever LiteLLM sent, cut short.
+    # Values are JSON-escaped, so no client text can start a line of its own. No user agent: it is client text
+    # that may hold anything, and a refused request is logged as it arrived.
+    "request_id": "%REQ(X-REQUEST-ID):64%",
 }
+# Where Envoy's admin API goes when asked for a Unix socket: only the socket's owner may connect.
+ADMIN_SOCKET_MODE = 0o600
 
 
 class EnvoyNotFound(RuntimeError):
@@ -106,6 +114,32 @@ class Upstream:
 
 
 @dataclass(frozen=True, slots=True)
+class NamedUpstream:
+    """A non-Anthropic provider LiteLLM reaches through the egress (policy ``other``), under ``/upstreams/NAME``."""
+
+    name: str
+    upstream: Upstream
+
+    @classmethod
+    def parse(cls, text: str) -> NamedUpstream:
+        name, sep, url = text.partition("=")
+        if not sep or not _UPSTREAM_NAME.fullmatch(name) or name == "anthropic":
+            raise ValueError(
+                f"--upstream: expected NAME=URL with NAME of lower-case letters, digits and '-' (not 'anthropic'), "
+                f"got {text!r}"
+            )
+        return cls(name, Upstream.parse(url, f"--upstream {name}"))
+
+    @property
+    def prefix(self) -> str:
+        return f"{UPSTREAMS_PREFIX}{self.name}/"
+
+    @property
+    def cluster(self) -> str:
+        return f"upstream-{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
 class Layout:
     """Where everything listens and what it reaches. The defaults work on one machine."""
 
@@ -113,25 +147,53 @@ class Layout:
     egress: HostPort = HostPort("127.0.0.1", 10000)
     litellm: Upstream = Upstream("http", "127.0.0.1", 4000)
     anthropic: Upstream = Upstream("https", "api.anthropic.com", 443)
-    ext_proc: str = "127.0.0.1:50051"
-    admin: HostPort = HostPort("127.0.0.1", 9901)
+    # The image's and the Kubernetes forms' socket (an emptyDir only the gateway's containers mount).
+    ext_proc: str = DEPLOYED_SOCKET
+    # None: no admin API at all. Else a Unix socket ("unix:PATH", mode 0600) or, by explicit choice, TCP.
+    admin: HostPort | str | None = None
     message_timeout_ms: int = 1000
     max_connections: int = 10000
     # Kubernetes probes reach the pod IP, never loopback: this listener answers only GET /ready (200 while live).
     probe: HostPort | None = None
     ca_bundle: str = CA_BUNDLE
+    upstreams: tuple[NamedUpstream, ...] = ()
+
+
+# Every Envoy config the repository ships, by path under deploy/: one source for each deployed layout
+# (`ext-proc envoy-config --all deploy/` writes them; tests check they are current and run them).
+POD_ADMIN = "unix:/var/run/ext-proc/envoy-admin.sock"
+DEPLOYED: dict[str, Layout] = {
+    "envoy.yaml": Layout(),
+    "k8s/sidecar/envoy.yaml": Layout(
+        egress=HostPort("127.0.0.1", 10000), litellm=Upstream("http", "127.0.0.1", 4000), admin=POD_ADMIN,
+        probe=HostPort("0.0.0.0", 9902),
+    ),
+    "k8s/gateway/envoy.yaml": Layout(
+        egress=HostPort("0.0.0.0", 10000), litellm=Upstream("http", "litellm", 4000), admin=POD_ADMIN,
+        probe=HostPort("0.0.0.0", 9902),
+    ),
+}  # fmt: skip
+
+
+def write_all(root: Path) -> list[Path]:
+    """Write every shipped Envoy config under ``root`` (the repository's deploy/ directory)."""
+    written = []
+    for relative, layout in DEPLOYED.items():
+        path = root / relative
+        path.write_text(render(layout))
+        written.append(path)
+    return written
 
 
 def bootstrap(layout: Layout) -> dict[str, Any]:
     """Envoy's bootstrap for both legs, as a plain document."""
-    listeners = [
-        _listener("ingress", layout.ingress, "litellm", None, "ingress", "", layout),
-        _listener("egress", layout.egress, "anthropic", layout.anthropic.authority, "egress", "anthropic", layout),
-    ]
+    listeners = [_ingress_listener(layout), _egress_listener(layout)]
     if layout.probe is not None:
         listeners.append(_probe_listener(layout.probe))
-    return {
-        "admin": {"address": _address(layout.admin)},
+    document: dict[str, Any] = {}
+    if layout.admin is not None:
+        document["admin"] = {"address": _address(layout.admin, ADMIN_SOCKET_MODE)}
+    return document | {
         "overload_manager": {
             "resource_monitors": [
                 {
@@ -145,16 +207,12 @@ def bootstrap(layout: Layout) -> dict[str, Any]:
             ]
         },
         "static_resources": {
-            "listeners": [
-                _listener("ingress", layout.ingress, "litellm", None, "ingress", "", layout),
-                _listener(
-                    "egress", layout.egress, "anthropic", layout.anthropic.authority, "egress", "anthropic", layout
-                ),
-            ],
+            "listeners": listeners,
             "clusters": [
                 _ext_proc_cluster(layout.ext_proc),
                 _cluster("litellm", layout.litellm, layout.ca_bundle),
                 _cluster("anthropic", layout.anthropic, layout.ca_bundle),
+                *(_cluster(u.cluster, u.upstream, layout.ca_bundle) for u in layout.upstreams),
             ],
         },
     }
@@ -169,75 +227,123 @@ def render(layout: Layout) -> str:
     return header + yaml.safe_dump(bootstrap(layout), sort_keys=False, width=120)
 
 
-def _address(at: HostPort | str) -> dict[str, Any]:
+def _address(at: HostPort | str, mode: int | None = None) -> dict[str, Any]:
     if isinstance(at, str) and at.startswith("unix:"):
-        return {"pipe": {"path": at.removeprefix("unix:")}}
+        pipe: dict[str, Any] = {"path": at.removeprefix("unix:")}
+        if mode is not None:
+            pipe["mode"] = mode
+        return {"pipe": pipe}
     hp = at if isinstance(at, HostPort) else HostPort.parse(at, "ext_proc address")
     return {"socket_address": {"address": hp.host, "port_value": hp.port}}
 
 
-def _envoy_error(error_type: str, status_filter: dict[str, Any]) -> dict[str, Any]:
-    """A local-reply mapper: Envoy's own errors in Anthropic's JSON shape, ours (already JSON) left alone."""
+def _cel(expression: str) -> dict[str, Any]:
     return {
-        "filter": {
-            "and_filter": {
-                "filters": [
-                    {"status_code_filter": status_filter},
-                    {
-                        "extension_filter": {
-                            "name": "envoy.access_loggers.extension_filters.cel",
-                            "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3"
-                                ".ExpressionFilter",
-                                "expression": "!response.code_details.startsWith('ext_proc_credentials_')",
-                            },
-                        }
-                    },
-                ]
-            }
-        },
-        "body_format_override": {
-            "json_format": {
-                "type": "error",
-                "error": {
-                    "type": error_type,
-                    "message": "The credential gateway could not pass this request on (%RESPONSE_CODE_DETAILS%).",
-                },
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                "expression": expression,
             },
+        }
+    }
+
+
+def _envoy_error(error_type: str, when: list[dict[str, Any]], message: str) -> dict[str, Any]:
+    """A local-reply mapper: one of Envoy's own errors in Anthropic's JSON shape, ours (already JSON) left alone."""
+    ours = _cel("!response.code_details.startsWith('ext_proc_credentials_')")
+    return {
+        "filter": {"and_filter": {"filters": [*when, ours]}},
+        "body_format_override": {
+            "json_format": {"type": "error", "error": {"type": error_type, "message": message}},
             "content_type": "application/json",
         },
     }
 
 
-_LOCAL_REPLIES = {
-    "mappers": [
-        _envoy_error(
-            "invalid_request_error",
-            {"comparison": {"op": "LE", "value": {"default_value": 499, "runtime_key": "ext_proc.local_reply_4xx"}}},
-        ),
-        _envoy_error(
-            "api_error",
-            {"comparison": {"op": "GE", "value": {"default_value": 500, "runtime_key": "ext_proc.local_reply_5xx"}}},
-        ),
+def _local_replies(hop: str) -> dict[str, Any]:
+    """Envoy's errors say which hop failed: the credential server, the listener's upstream, or the request."""
+    details = "(%RESPONSE_CODE_DETAILS%)"
+    return {
+        "mappers": [
+            _envoy_error(
+                "api_error",
+                [_cel("response.code_details.startsWith('ext_proc')")],
+                f"The credential gateway's ext_proc server is unavailable {details}.",
+            ),
+            _envoy_error(
+                "api_error",
+                [{"response_flag_filter": {"flags": ["UF", "UH", "URX", "UC", "UT", "UO"]}}],
+                f"The credential gateway could not reach {hop} {details}.",
+            ),
+            _envoy_error(
+                "invalid_request_error",
+                [{"status_code_filter": {"comparison": {"op": "LE", "value": _status(499, "4xx")}}}],
+                f"The credential gateway could not pass this request on {details}.",
+            ),
+            _envoy_error(
+                "api_error",
+                [{"status_code_filter": {"comparison": {"op": "GE", "value": _status(500, "5xx")}}}],
+                f"The credential gateway could not pass this request on {details}.",
+            ),
+        ]
+    }
+
+
+def _status(code: int, name: str) -> dict[str, Any]:
+    return {"default_value": code, "runtime_key": f"ext_proc.local_reply_{name}"}
+
+
+def _ingress_listener(layout: Layout) -> dict[str, Any]:
+    route = _route("litellm", None)
+    hcm = _hcm("ingress", layout, [{"match": {"prefix": "/"}, "route": route}], "LiteLLM", [_leg("ingress")])
+    # The ingress is the edge: Envoy replaces any client-sent x-request-id with its own.
+    hcm["use_remote_address"] = True
+    hcm["internal_address_config"] = {"cidr_ranges": []}
+    return _http_listener("ingress", layout.ingress, hcm)
+
+
+def _egress_listener(layout: Layout) -> dict[str, Any]:
+    routes = [
+        {
+            "match": {"prefix": u.prefix},
+            "route": {**_route(u.cluster, u.upstream.authority), "prefix_rewrite": "/"},
+            "typed_per_filter_config": {
+                "envoy.filters.http.ext_proc": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+                    "overrides": {"grpc_initial_metadata": [{"key": POLICY_METADATA, "value": "other"}]},
+                }
+            },
+        }
+        for u in layout.upstreams
     ]
-}
+    routes.append({"match": {"prefix": "/"}, "route": _route("anthropic", layout.anthropic.authority)})
+    hop = "the upstream API"
+    metadata = [_leg("egress"), {"key": POLICY_METADATA, "value": "anthropic"}]
+    return _http_listener("egress", layout.egress, _hcm("egress", layout, routes, hop, metadata))
 
 
-def _listener(
-    name: str, at: HostPort, cluster: str, host_rewrite: str | None, leg: str, policy: str, layout: Layout
-) -> dict[str, Any]:
-    metadata = [{"key": LEG_METADATA, "value": leg}]
-    if policy:
-        metadata.append({"key": POLICY_METADATA, "value": policy})
+def _leg(leg: str) -> dict[str, str]:
+    return {"key": LEG_METADATA, "value": leg}
+
+
+def _route(cluster: str, host_rewrite: str | None) -> dict[str, Any]:
     route: dict[str, Any] = {"cluster": cluster, "timeout": "0s", "idle_timeout": STREAM_TIMEOUT}
     if host_rewrite:
         route["host_rewrite_literal"] = host_rewrite
-    hcm = {
+    return route
+
+
+def _hcm(
+    name: str, layout: Layout, routes: list[dict[str, Any]], hop: str, metadata: list[dict[str, str]]
+) -> dict[str, Any]:
+    """One leg's HTTP connection manager: the ext_proc filter (fail closed), then the router."""
+    return {
         "@type": _HCM_TYPE,
         "stat_prefix": name,
         "stream_idle_timeout": STREAM_TIMEOUT,
         "request_timeout": "0s",
-        "local_reply_config": _LOCAL_REPLIES,
+        "local_reply_config": _local_replies(hop),
         "access_log": [
             {
                 "name": "envoy.access_loggers.stdout",
@@ -249,13 +355,7 @@ def _listener(
         ],
         "route_config": {
             "name": name,
-            "virtual_hosts": [
-                {
-                    "name": name,
-                    "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "route": route}],
-                }
-            ],
+            "virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}],
         },
         "http_filters": [
             {
@@ -267,6 +367,10 @@ def _listener(
                         "initial_metadata": metadata,
                     },
                     "failure_mode_allow": False,
+                    # A header change Envoy refuses fails the request: never forwarded half-edited.
+                    "mutation_rules": {"disallow_is_error": True},
+                    "status_on_error": {"code": "ServiceUnavailable"},
+                    "allow_mode_override": False,
                     "message_timeout": f"{layout.message_timeout_ms / 1000:g}s",
                     "processing_mode": {
                         "request_header_mode": "SEND",
@@ -288,7 +392,6 @@ def _listener(
             },
         ],
     }
-    return _http_listener(name, at, hcm)
 
 
 def _probe_listener(at: HostPort) -> dict[str, Any]:

@@ -1,29 +1,36 @@
 """``ext-proc up``: the ext_proc server and Envoy run together as one gateway, started and stopped as one.
 
-The server runs in this process on a private Unix socket; Envoy is a child process. Ready means both legs accept
-connections. On SIGTERM/SIGINT Envoy drains first (its listeners stop taking new work while requests in flight,
-which still need the egress leg and this server, finish, up to ``grace_seconds``), then Envoy stops, then the server.
+The server runs in this process on a private Unix socket; Envoy is a child process that dies with this process,
+however it ends (its parent-death signal is SIGTERM). Envoy's admin API is a Unix socket in the same private
+directory (0700) unless ``--admin-listen`` asks for TCP. Ready means both legs accept connections; the ready line
+says whether LiteLLM answers, and a change in that is logged while running. On SIGTERM/SIGINT Envoy drains first
+(its listeners stop taking new work while requests in flight, which still need the egress leg and this server,
+finish, up to ``grace_seconds``), then Envoy stops, then the server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import http.client
 import json
 import logging
+import os
 import signal
 import socket
 import tempfile
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
-from ext_proc.config import Config
+from ext_proc.config import Config, new_egress_token
 from ext_proc.envoy import HostPort, Layout, find_envoy, render
 from ext_proc.server import Server
 
 log = logging.getLogger("ext_proc.gateway")
 READY_TIMEOUT_SECONDS = 60.0
+LITELLM_CHECK_SECONDS = 5.0
+_PR_SET_PDEATHSIG = 1
 ACTIVE_REQUEST_STATS = frozenset({"http.ingress.downstream_rq_active", "http.egress.downstream_rq_active"})
 
 
@@ -32,6 +39,7 @@ class GatewayError(RuntimeError):
 
 
 def ensure_free(at: HostPort, what: str) -> None:
+    """Fail at start, naming the process that holds the port, rather than let Envoy fail later."""
     if at.port == 0:
         return
     with socket.socket(socket.AF_INET6 if ":" in at.host else socket.AF_INET) as probe:
@@ -39,36 +47,101 @@ def ensure_free(at: HostPort, what: str) -> None:
         try:
             probe.bind((at.host, at.port))
         except OSError as exc:
-            raise GatewayError(f"cannot listen on {at} ({what}): {exc.strerror}") from None
+            holder = port_holder(at.port)
+            held = f"; held by {holder}" if holder else ""
+            raise GatewayError(f"cannot listen on {at} ({what}): {exc.strerror}{held}") from None
+
+
+def port_holder(port: int) -> str | None:
+    """The process listening on a TCP port, as ``pid N (name)``, from /proc; None where it cannot be seen."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()) if inodes else ():
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    name = Path(f"/proc/{pid}/comm").read_text().strip()
+                    return f"pid {pid} ({name})"
+    return None
+
+
+def egress_token_file() -> Path:
+    """`up`'s egress token, kept across runs so LiteLLM's configuration stays valid; made (0600) on first use."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    path = Path(base) / "ext-proc" / "egress-token"
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(new_egress_token() + "\n")
+        log.info("generated the egress token in %s", path)
+    return path
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when `ext-proc up` dies, even by SIGKILL (Linux prctl)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 async def run(config: Config, layout: Layout, envoy_log_level: str = "warning", envoy: str | None = None) -> int:
     envoy_bin = find_envoy(envoy)
     for at, what in ((layout.ingress, "ingress"), (layout.egress, "egress"), (layout.admin, "Envoy admin")):
-        ensure_free(at, what)
+        if isinstance(at, HostPort):
+            ensure_free(at, what)
+    # Private to this user (0700): the server's socket and Envoy's admin socket live here.
     with tempfile.TemporaryDirectory(prefix="ext-proc-") as workdir:
         work = Path(workdir)
         socket_path = f"unix:{work / 'ext-proc.sock'}"
+        if layout.admin is None:
+            layout = replace(layout, admin=f"unix:{work / 'envoy-admin.sock'}")
+        else:
+            log.warning(
+                "Envoy's admin API listens on %s: any process that can reach it can stop Envoy or raise its log "
+                "level (which prints credentials); leave --admin-listen unset for a private Unix socket",
+                layout.admin,
+            )
         server = Server(replace(config, listen=socket_path))
         await server.start()
         if server.metrics_port is not None and config.metrics_address is not None:
             log.info("metrics on http://%s:%d/metrics", config.metrics_address[0], server.metrics_port)
         layout = replace(layout, ext_proc=socket_path)
         (work / "envoy.yaml").write_text(render(layout))
+        admin = Admin(str(layout.admin), work / "admin")
         proc = await asyncio.create_subprocess_exec(
             str(envoy_bin), "-c", str(work / "envoy.yaml"), "--log-level", envoy_log_level,
             "--admin-address-path", str(work / "admin"), "--disable-hot-restart",
             "--drain-time-s", str(max(1, int(config.grace_seconds))), "--drain-strategy", "immediate",
+            preexec_fn=_die_with_parent,
         )  # fmt: skip
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        watcher: asyncio.Task[None] | None = None
         try:
-            await _wait_ready(proc, work / "admin", layout, stop)
+            await _wait_ready(proc, admin, layout, stop)
             if stop.is_set():
                 return 0
-            print(f"ready ingress={layout.ingress} egress={layout.egress}", flush=True)
+            litellm = await asyncio.to_thread(_answers, layout.litellm.host, layout.litellm.port)
+            print(
+                f"ready ingress={layout.ingress} egress={layout.egress} "
+                f"litellm={'up' if litellm else 'down'} ({layout.litellm.host}:{layout.litellm.port})",
+                flush=True,
+            )
+            if config.egress_token_file is not None:
+                print(
+                    f"litellm: send the egress token as the Anthropic key: ANTHROPIC_API_KEY="
+                    f'"$(cat {config.egress_token_file})" and api_key: os.environ/ANTHROPIC_API_KEY; '
+                    f"ANTHROPIC_API_BASE=http://{layout.egress}",
+                    flush=True,
+                )
+            watcher = asyncio.create_task(_watch_litellm(layout, litellm))
             exited = asyncio.create_task(proc.wait())
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({exited, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -77,20 +150,59 @@ async def run(config: Config, layout: Layout, envoy_log_level: str = "warning", 
             stopped.cancel()
             exited.cancel()
             log.info("signal received: draining Envoy for up to %.0fs", config.grace_seconds)
-            await _drain_envoy(proc, (work / "admin").read_text().strip(), config.grace_seconds)
+            await _drain_envoy(proc, admin, config.grace_seconds)
             return 0
         finally:
+            if watcher is not None:
+                watcher.cancel()
             await _stop_envoy(proc)
             await server.stop()
 
 
-async def _wait_ready(envoy: asyncio.subprocess.Process, admin_file: Path, layout: Layout, stop: asyncio.Event) -> None:
+class Admin:
+    """Envoy's admin API, over its Unix socket or, when the operator asked for one, TCP."""
+
+    def __init__(self, address: str, address_file: Path) -> None:
+        self._socket = address.removeprefix("unix:") if address.startswith("unix:") else None
+        self._address_file = address_file
+
+    def request(self, path: str, method: str = "GET", timeout: float = 2.0) -> tuple[int, str]:
+        if self._socket is not None:
+            conn: http.client.HTTPConnection = _UnixHTTPConnection(self._socket, timeout)
+        else:
+            host, _, port = self._address_file.read_text().strip().rpartition(":")
+            conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+        try:
+            conn.request(method, path)
+            response = conn.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            conn.close()
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+async def _wait_ready(envoy: asyncio.subprocess.Process, admin: Admin, layout: Layout, stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + READY_TIMEOUT_SECONDS
     while not stop.is_set():
         if envoy.returncode is not None:
             raise GatewayError(f"Envoy exited during start-up with status {envoy.returncode} (see its log above)")
-        if await asyncio.to_thread(_ready, admin_file, layout):
+        if await asyncio.to_thread(_ready, admin, layout):
             return
         if loop.time() > deadline:
             raise GatewayError(f"Envoy was not ready after {READY_TIMEOUT_SECONDS:.0f}s")
@@ -98,25 +210,44 @@ async def _wait_ready(envoy: asyncio.subprocess.Process, admin_file: Path, layou
             await asyncio.wait_for(stop.wait(), 0.05)
 
 
-def _ready(admin_file: Path, layout: Layout) -> bool:
+def _ready(admin: Admin, layout: Layout) -> bool:
     """Envoy's own readiness, then each listener accepting a connection."""
     try:
-        admin = admin_file.read_text().strip()
-        if not admin:
+        if admin.request("/ready", timeout=1)[0] != 200:
             return False
-        with urllib.request.urlopen(f"http://{admin}/ready", timeout=1) as response:
-            if response.status != 200:
-                return False
         for at in (layout.ingress, layout.egress):
-            host = "127.0.0.1" if at.host in ("0.0.0.0", "::") else at.host
-            with socket.create_connection((host, at.port), timeout=1):
-                pass
-    except OSError:
+            if not _answers(at.host, at.port):
+                return False
+    except (OSError, ValueError):
         return False
     return True
 
 
-async def _drain_envoy(envoy: asyncio.subprocess.Process, admin: str, grace: float) -> None:
+def _answers(host: str, port: int) -> bool:
+    """Something accepts TCP connections there."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+async def _watch_litellm(layout: Layout, up: bool) -> None:
+    """Log each change in whether LiteLLM accepts connections: the ingress leg's 503s then name it too."""
+    while True:
+        await asyncio.sleep(LITELLM_CHECK_SECONDS)
+        now = await asyncio.to_thread(_answers, layout.litellm.host, layout.litellm.port)
+        if now != up:
+            up = now
+            where = f"{layout.litellm.host}:{layout.litellm.port}"
+            if up:
+                log.info("LiteLLM at %s answers again", where)
+            else:
+                log.warning("LiteLLM at %s does not answer: the ingress leg answers 503 until it does", where)
+
+
+async def _drain_envoy(envoy: asyncio.subprocess.Process, admin: Admin, grace: float) -> None:
     """Stop taking new connections, then wait until no request is active on either leg (or the grace runs out).
 
     A terminal's Ctrl-C (any signal sent to the process group) reaches Envoy too, which then stops at once and
@@ -125,9 +256,10 @@ async def _drain_envoy(envoy: asyncio.subprocess.Process, admin: str, grace: flo
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace
     try:
-        await asyncio.to_thread(_admin, admin, "/drain_listeners?graceful", "POST")
+        await asyncio.to_thread(admin.request, "/drain_listeners?graceful", "POST")
         while loop.time() < deadline:
-            stats = json.loads(await asyncio.to_thread(_admin, admin, "/stats?format=json&filter=downstream_rq_active"))
+            _, text = await asyncio.to_thread(admin.request, "/stats?format=json&filter=downstream_rq_active")
+            stats = json.loads(text)
             active = sum(s.get("value", 0) for s in stats["stats"] if s["name"] in ACTIVE_REQUEST_STATS)
             if active == 0:
                 return
@@ -140,12 +272,6 @@ async def _drain_envoy(envoy: asyncio.subprocess.Process, admin: str, grace: flo
             log.info("Envoy received the signal too and stopped without draining")
         else:
             log.warning("could not drain Envoy through its admin endpoint: %s", exc)
-
-
-def _admin(admin: str, path: str, method: str = "GET") -> str:
-    request = urllib.request.Request(f"http://{admin}{path}", method=method)
-    with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
-        return str(response.read().decode())
 
 
 async def _stop_envoy(envoy: asyncio.subprocess.Process) -> None:

@@ -52,10 +52,17 @@ class RuleSource:
         credential = config.load_server_credential()
         if credential is not None:
             log.info("server credential loaded: %s", credential.fingerprint())
-        self.current = RuleContext.from_config(config, keyring, credential)
+        token = config.load_egress_token()
+        if token is None:
+            log.warning(
+                "no egress token configured: the egress leg attaches the server credential and sealed "
+                "credentials to whatever reaches it, not only to LiteLLM (docs/rules.md E0)"
+            )
+        self.current = RuleContext.from_config(config, keyring, credential, token)
         self._stamps = {
             "seal_key_file": _stamp(config.seal_key_file),
             "server_credential_file": _stamp(config.server_credential_file),
+            "egress_token_file": _stamp(config.egress_token_file),
         }
 
     def __call__(self) -> RuleContext:
@@ -63,13 +70,15 @@ class RuleSource:
 
     @property
     def watched(self) -> bool:
-        return self._config.seal_key_file is not None or self._config.server_credential_file is not None
+        files = (self._config.seal_key_file, self._config.server_credential_file, self._config.egress_token_file)
+        return any(path is not None for path in files)
 
     def check(self) -> None:
         """Reload whichever secret file changed since the last look."""
         for setting, path in (
             ("seal_key_file", self._config.seal_key_file),
             ("server_credential_file", self._config.server_credential_file),
+            ("egress_token_file", self._config.egress_token_file),
         ):
             stamp = _stamp(path)
             if path is None or stamp == self._stamps[setting]:
@@ -82,6 +91,12 @@ class RuleSource:
                         raise ConfigError(f"{setting} {path}: holds no key")
                     self.current = replace(self.current, keyring=keyring)
                     log.info("reloaded %s: key ids %s", setting, ", ".join(keyring.key_ids))
+                elif setting == "egress_token_file":
+                    token = self._config.load_egress_token()
+                    if token is None:
+                        raise ConfigError(f"{setting} {path}: holds no token")
+                    self.current = replace(self.current, egress_token=token)
+                    log.info("reloaded %s", setting)
                 else:
                     credential = self._config.load_server_credential()
                     self.current = replace(self.current, server_credential=credential)

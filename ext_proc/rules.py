@@ -7,6 +7,7 @@ turns the ``Decision`` back into a header mutation or an immediate response.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 from collections.abc import Iterable
@@ -138,6 +139,8 @@ class RuleContext:
     oauth_beta: bytes
     # Anthropic's prefix or a LiteLLM key's shape: never let out in a header the egress keeps.
     secrets: re.Pattern[bytes]
+    # What LiteLLM sends as its Anthropic key; None when no proof of the sender is asked for (E0).
+    egress_token: bytes | None
     # The one piece of state the rules are handed: how often each handoff was opened (shared across reloads).
     opens: OpenCounter
     # A memo of strips_on_egress (a pure function of the fields above), never part of the context's value; each
@@ -145,7 +148,13 @@ class RuleContext:
     _verdicts: dict[str, bool] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @classmethod
-    def from_config(cls, config: Config, keyring: Keyring, server_credential: Credential | None) -> RuleContext:
+    def from_config(
+        cls,
+        config: Config,
+        keyring: Keyring,
+        server_credential: Credential | None,
+        egress_token: bytes | None = None,
+    ) -> RuleContext:
         return cls(
             keyring=keyring,
             server_credential=server_credential,
@@ -156,6 +165,7 @@ class RuleContext:
             prefixes=config.prefixes,
             oauth_beta=config.oauth_beta.encode(),
             secrets=config.secret_pattern(),
+            egress_token=egress_token,
             opens=OpenCounter(config.seal_max_opens),
         )
 
@@ -252,13 +262,16 @@ def _ingress(headers: HeaderView, ctx: RuleContext, now: float, base: Audit) -> 
 
 
 def _egress_anthropic(headers: HeaderView, ctx: RuleContext, now: float, base: Audit) -> Decision:
+    from_litellm = _from_litellm(headers, ctx.egress_token)
+    if not from_litellm and ctx.handoff_header in headers:
+        raise _Reject(_unproven())
     sealed = _open_handoff(headers, ctx, now)
     candidates: tuple[tuple[Source, Credential | None], ...] = (
         (Source.SEALED_X_API_KEY, sealed.get(X_API_KEY)),
         (Source.SEALED_AUTHORIZATION, sealed.get(AUTHORIZATION)),
         (Source.REQUEST_X_API_KEY, _credential_in(headers, X_API_KEY, ctx.prefixes)),
         (Source.REQUEST_AUTHORIZATION, _credential_in(headers, AUTHORIZATION, ctx.prefixes)),
-        (Source.SERVER, ctx.server_credential),
+        (Source.SERVER, ctx.server_credential if from_litellm else None),
     )
     source, chosen = next(((s, c) for s, c in candidates if c is not None), (Source.NONE, None))
 
@@ -338,6 +351,14 @@ def _open_handoff(headers: HeaderView, ctx: RuleContext, now: float) -> dict[str
     except SealError as exc:
         raise _Reject(_unverifiable(exc.reason)) from None
     return found
+
+
+def _from_litellm(headers: HeaderView, token: bytes | None) -> bool:
+    """E0: LiteLLM proves itself by sending the egress token as its Anthropic key (compared in constant time)."""
+    if token is None:
+        return True
+    values = headers.get_all(X_API_KEY)
+    return len(values) == 1 and hmac.compare_digest(values[0].strip(), token)
 
 
 def _credential_in(headers: HeaderView, name: str, prefixes: Prefixes) -> Credential | None:
@@ -430,6 +451,16 @@ def _unverifiable(reason: SealFailure) -> Rejection:
         "authentication_error",
         f"The credential handoff header could not be verified ({reason}).",
         f"seal-{reason}",
+    )
+
+
+def _unproven() -> Rejection:
+    return Rejection(
+        401,
+        "authentication_error",
+        "The egress leg releases a sealed credential only to LiteLLM, and this request did not carry LiteLLM's "
+        "egress token as its Anthropic key (set LiteLLM's Anthropic api_key to the gateway's egress token).",
+        "egress-unproven",
     )
 
 

@@ -7,10 +7,13 @@ It only converts. Leg and policy come from the gRPC metadata Envoy's filter conf
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -20,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from ext_proc.audit import AuditLog
-from ext_proc.config import Config
+from ext_proc.config import Config, default_socket
 from ext_proc.headers import HeaderView
 from ext_proc.metrics import Metrics
 from ext_proc.reload import RuleSource
@@ -158,6 +161,23 @@ class CredentialProcessor:
         return response
 
 
+def _private_socket_dir(path: Path, default: bool) -> None:
+    """The socket's directory: made 0700 when missing; the default one must be ours and closed to others."""
+    directory = path.parent
+    if not directory.exists():
+        directory.mkdir(mode=0o700, parents=True)
+    if default:
+        st = directory.stat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise OSError(
+                f"{directory} must belong to this user with mode 0700 (it is mode {st.st_mode & 0o777:o}, uid "
+                f"{st.st_uid}): the server's answers hold credentials"
+            )
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_socket():
+            path.unlink()
+
+
 class Server:
     """The server's explicit lifecycle: start (NOT_SERVING until ready), serve, drain, stop.
 
@@ -179,12 +199,22 @@ class Server:
         self.metrics_port: int | None = None
 
     async def start(self) -> str:
-        listen = self.config.listen
+        listen = self.config.listen or default_socket()
         await self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        if listen.startswith("unix:"):
+            _private_socket_dir(Path(listen.removeprefix("unix:")), default=not self.config.listen)
+        else:
+            log.warning(
+                "listening on TCP %s: any process that can reach it can open an egress stream and read the server "
+                "credential and any sealed credential from the answers; prefer unix:PATH",
+                listen,
+            )
         try:
             port = self._server.add_insecure_port(listen)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {listen}: {exc}") from None
+        if listen.startswith("unix:"):
+            os.chmod(listen.removeprefix("unix:"), 0o600)
         metrics_at = self.config.metrics_address
         if metrics_at is not None:
             try:

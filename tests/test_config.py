@@ -16,7 +16,7 @@ KEY2 = new_seal_key()
 
 def test_defaults_are_the_documented_ones() -> None:
     config = Config.load(env={})
-    assert config.listen == "127.0.0.1:50051"
+    assert config.listen == ""  # the default Unix socket, see test_server_listen_default
     assert config.handoff_header == "x-credential-handoff"
     assert (config.seal_ttl_seconds, config.seal_max_opens) == (60, 3)
     assert config.all_litellm_headers == {"x-litellm-api-key", "api-key", "x-goog-api-key", "ocp-apim-subscription-key"}

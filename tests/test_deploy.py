@@ -5,15 +5,23 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from ext_proc.envoy import Layout, find_envoy, render
+from ext_proc.envoy import DEPLOYED, bootstrap, find_envoy, render
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_deploy_envoy_yaml_is_current() -> None:
-    assert (ROOT / "deploy" / "envoy.yaml").read_text() == render(Layout()), (
-        "deploy/envoy.yaml is stale: run `ext-proc envoy-config > deploy/envoy.yaml`"
-    )
+def test_every_shipped_envoy_config_is_current() -> None:
+    for relative, layout in DEPLOYED.items():
+        assert (ROOT / "deploy" / relative).read_text() == render(layout), (
+            f"deploy/{relative} is stale: run `ext-proc envoy-config --all deploy/`"
+        )
+
+
+def test_shipped_configs_have_no_admin_on_tcp() -> None:
+    """Envoy's admin API can stop Envoy and raise its log level: never on a port in a shipped config."""
+    for relative, layout in DEPLOYED.items():
+        admin = bootstrap(layout).get("admin")
+        assert admin is None or admin["address"]["pipe"]["mode"] == 0o600, relative
 
 
 def test_envoy_validates_deploy_config() -> None:

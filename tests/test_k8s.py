@@ -25,7 +25,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
 
 from ext_proc.config import Config
-from ext_proc.envoy import HostPort, Layout, Upstream, bootstrap, find_envoy, render
+from ext_proc.envoy import DEPLOYED, DEPLOYED_SOCKET, HostPort, Layout, Upstream, bootstrap, find_envoy, render
 from tests.support.http import send
 from tests.support.processes import Proc, free_port, start_envoy, start_server
 from tests.support.recorder import Recorder
@@ -34,17 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("sidecar", "gateway", "mesh")
 KUBERNETES_VERSION = "1.33.0"
-SOCKET = "unix:/var/run/ext-proc/ext-proc.sock"
-LAYOUTS = {
-    "sidecar": Layout(
-        egress=HostPort("127.0.0.1", 10000), litellm=Upstream("http", "127.0.0.1", 4000), ext_proc=SOCKET,
-        probe=HostPort("0.0.0.0", 9902),
-    ),
-    "gateway": Layout(
-        egress=HostPort("0.0.0.0", 10000), litellm=Upstream("http", "litellm", 4000), ext_proc=SOCKET,
-        probe=HostPort("0.0.0.0", 9902),
-    ),
-}  # fmt: skip
+LAYOUTS = {name: DEPLOYED[f"k8s/{name}/envoy.yaml"] for name in ("sidecar", "gateway")}
 
 
 def render_overlay(name: str) -> list[dict[str, Any]]:
@@ -91,7 +81,7 @@ def test_pods_are_hardened_and_probed(overlay: tuple[str, list[dict[str, Any]]])
             assert "readinessProbe" in container, container["name"]
         server = next(c for c in sidecars if c["name"] == "ext-proc")
         assert server["readinessProbe"]["exec"]["command"][:2] == ["ext-proc", "health"]
-        assert SOCKET in server["args"], "the server listens only on a Unix socket, never on the pod network"
+        assert DEPLOYED_SOCKET in server["args"], "the server listens only on a Unix socket, never on the pod network"
         assert not any("secret" in str(e).lower() and "value:" in str(e) for e in server.get("env", []))
 
 
@@ -110,9 +100,7 @@ def test_embedded_envoy_config_is_generated_and_valid(name: str, tmp_path: Path)
     docs = render_overlay(name)
     (envoy_cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("envoy-config")]
     text = envoy_cm["data"]["envoy.yaml"]
-    assert text == render(LAYOUTS[name]), (
-        f"deploy/k8s/{name}/envoy.yaml is stale: regenerate it (docs/kubernetes-{name}.md)"
-    )
+    assert text == render(LAYOUTS[name]), f"deploy/k8s/{name}/envoy.yaml is stale: ext-proc envoy-config --all deploy/"
     path = tmp_path / "envoy.yaml"
     path.write_text(text)
     result = subprocess.run([str(find_envoy()), "--mode", "validate", "-c", str(path)], capture_output=True, text=True)

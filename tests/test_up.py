@@ -1,63 +1,234 @@
-"""``ext-proc up`` as users run it: its console script, the real Envoy, signals and clear start-up errors."""
+"""``ext-proc up`` as users run it: its console script, the real Envoy, signals and clear start-up errors.
+
+Control surfaces (docs/operations.md, "Who can reach what"): Envoy's admin API is a Unix socket only the gateway's
+user can open; the egress attaches the server credential and sealed credentials only to requests that carry
+LiteLLM's egress token; Envoy never outlives `up`; the ready line and the gateway's errors say which hop is down.
+"""
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
 import signal
 import socket
+import stat
 import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from ext_proc.envoy import HostPort
+from ext_proc.gateway import port_holder
 from tests.support.http import send
-from tests.support.processes import BIN, Proc, free_port
+from tests.support.processes import BIN, Proc, free_port, wait_for
 from tests.support.recorder import Recorder
+
+TOKEN = "egress-test-token-0123456789abcdefghij"
+SERVER_KEY = "sk-ant-api03-UPSERVERKEY"
 
 
 def _up(*args: str, env: dict[str, str] | None = None) -> Proc:
     return Proc([str(BIN / "ext-proc"), "up", *args], env)
 
 
+@contextmanager
+def running_up(
+    tmp_path: Path, recorder: Recorder, *extra: str, litellm: str | None = None
+) -> Iterator[tuple[Proc, HostPort, HostPort]]:
+    """`up` whose ingress goes straight to its egress (a client plays LiteLLM's part), with a token and server key."""
+    ingress, egress = free_port(), free_port()
+    token, key = tmp_path / "egress-token", tmp_path / "server-key"
+    token.write_text(TOKEN + "\n")
+    key.write_text(SERVER_KEY + "\n")
+    up = _up(
+        "--listen", f"127.0.0.1:{ingress}", "--egress-listen", f"127.0.0.1:{egress}",
+        "--litellm", litellm or f"http://127.0.0.1:{egress}", "--anthropic", recorder.url,
+        "--metrics-listen", "off", "--egress-token-file", str(token), "--server-key-file", str(key), *extra,
+    )  # fmt: skip
+    try:
+        up.ready_line = up.wait_line("ready ")
+        yield up, HostPort("127.0.0.1", ingress), HostPort("127.0.0.1", egress)
+    finally:
+        up.stop()
+
+
 def test_up_serves_both_legs_and_stops_cleanly_on_sigterm() -> None:
-    ingress, egress, admin = free_port(), free_port(), free_port()
+    ingress, egress = free_port(), free_port()
     with Recorder() as recorder:
         # Options from the environment, as a container would set them; the ingress goes straight to the egress leg.
         env = {
             "EXT_PROC_LISTEN": f"127.0.0.1:{ingress}",
             "EXT_PROC_EGRESS_LISTEN": f"127.0.0.1:{egress}",
-            "EXT_PROC_ADMIN_LISTEN": f"127.0.0.1:{admin}",
             "EXT_PROC_LITELLM": f"http://127.0.0.1:{egress}",
             "EXT_PROC_ANTHROPIC": recorder.url,
             "EXT_PROC_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
+            "EXT_PROC_EGRESS_TOKEN": TOKEN,
         }
         up = _up(env=env)
         try:
-            assert up.wait_line("ready ") == f"ready ingress=127.0.0.1:{ingress} egress=127.0.0.1:{egress}"
+            ready = up.wait_line("ready ")
+            where = f"ingress=127.0.0.1:{ingress} egress=127.0.0.1:{egress}"
+            assert ready == f"ready {where} litellm=up (127.0.0.1:{egress})"
             status, _, _ = send(
                 HostPort("127.0.0.1", ingress), "POST", "/v1/messages",
-                [("authorization", "Bearer sk-ant-oat01-UP"), ("x-litellm-api-key", "sk-litellm-1")], b"{}",
+                [("authorization", "Bearer sk-ant-oat01-UP"), ("x-litellm-api-key", "sk-litellm-1"),
+                 ("x-api-key", TOKEN)], b"{}",
             )  # fmt: skip
             assert status == 200
             (got,) = recorder.take()
             assert got.get("authorization") == ["Bearer sk-ant-oat01-UP"] and "x-litellm-api-key" not in got.names
+            assert got.get("x-api-key") == []
         finally:
             up.signal(signal.SIGTERM)
             code = up.stop()
         assert code == 0, up.output
-        for port in (ingress, egress, admin):
+        for port in (ingress, egress):
             with socket.socket() as s:
                 assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open after exit"
-        assert "sk-ant-oat01-UP" not in up.output
+        assert "sk-ant-oat01-UP" not in up.output and TOKEN not in up.output
 
 
-def test_up_refuses_a_taken_port_clearly() -> None:
+def _envoy_pid(up: Proc) -> int:
+    children = Path(f"/proc/{up.pid}/task/{up.pid}/children").read_text().split()
+    (pid,) = [int(c) for c in children if Path(f"/proc/{c}/comm").read_text().strip() == "envoy"]
+    return pid
+
+
+def _tcp_listening_ports(pid: int) -> set[int]:
+    inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and f"socket:[{f[9]}]" in inodes:
+                ports.add(int(f[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_envoy_admin_is_a_unix_socket_no_other_user_can_open(tmp_path: Path) -> None:
+    with Recorder() as recorder, running_up(tmp_path, recorder) as (up, ingress, egress):
+        envoy = _envoy_pid(up)
+        assert _tcp_listening_ports(envoy) == {ingress.port, egress.port}, "no admin (or any other) TCP port"
+        cmdline = Path(f"/proc/{envoy}/cmdline").read_bytes().split(b"\0")
+        workdir = Path(cmdline[cmdline.index(b"-c") + 1].decode()).parent
+        admin = workdir / "envoy-admin.sock"
+        assert stat.S_ISSOCK(admin.stat().st_mode) and stat.S_IMODE(admin.stat().st_mode) == 0o600
+        assert stat.S_IMODE(workdir.stat().st_mode) == 0o700
+        if os.geteuid() == 0:
+            # Another local user tries to raise Envoy's log level (which would print credentials).
+            attempt = subprocess.run(
+                ["python3", "-c", f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(admin)!r})"],
+                user="nobody", capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            assert attempt.returncode != 0 and "PermissionError" in attempt.stderr, attempt.stderr
+
+
+def test_egress_attaches_no_server_key_or_sealed_credential_without_litellm_s_token(tmp_path: Path) -> None:
+    with (
+        Recorder() as recorder,
+        Recorder() as litellm,
+        running_up(tmp_path, recorder, litellm=litellm.url) as (_, ingress, egress),
+    ):
+        # A local process at the egress, no token: the server key is not attached.
+        status, _, _ = send(egress, "POST", "/v1/messages", [("content-type", "application/json")], b"{}")
+        (got,) = recorder.take()
+        assert status == 200 and got.get("x-api-key") == [] and got.get("authorization") == []
+        # With the token (as LiteLLM sends it): the server key.
+        send(egress, "POST", "/v1/messages", [("x-api-key", TOKEN)], b"{}")
+        (got,) = recorder.take()
+        assert got.get("x-api-key") == [SERVER_KEY]
+        # A wrong token is no token.
+        send(egress, "POST", "/v1/messages", [("x-api-key", TOKEN[:-1] + "X")], b"{}")
+        (got,) = recorder.take()
+        assert got.get("x-api-key") == []
+        # A handoff as LiteLLM sees (and may log) it, replayed straight at the egress: refused, nothing sent.
+        send(ingress, "POST", "/v1/messages", [("authorization", "Bearer sk-ant-oat01-VICTIM")], b"{}")
+        (seen,) = litellm.take()
+        (handoff,) = seen.get("x-credential-handoff")
+        status, body, _ = send(egress, "POST", "/v1/messages", [("x-credential-handoff", handoff)], b"{}")
+        assert status == 401 and json.loads(body)["error"]["type"] == "authentication_error"
+        assert "egress token" in json.loads(body)["error"]["message"]
+        # Replayed with the token (through LiteLLM's extra_headers, say): three opens, then refused.
+        replay = [("x-credential-handoff", handoff), ("x-api-key", TOKEN)]
+        statuses = [send(egress, "POST", "/v1/messages", replay, b"{}")[0] for _ in range(4)]
+        assert statuses == [200, 200, 200, 401]
+        assert [g.get("authorization") for g in recorder.take()] == [["Bearer sk-ant-oat01-VICTIM"]] * 3
+
+
+def test_sigkill_of_up_takes_envoy_with_it_and_the_ports_are_free_again(tmp_path: Path) -> None:
+    with Recorder() as recorder:
+        with running_up(tmp_path, recorder) as (up, ingress, egress):
+            envoy = _envoy_pid(up)
+            stop = threading.Event()
+            statuses: list[int] = []
+
+            def load() -> None:
+                while not stop.is_set() and len(statuses) < 5000:
+                    try:
+                        statuses.append(send(ingress, "POST", "/v1/messages", [("x-api-key", TOKEN)], b"{}")[0])
+                    except (OSError, http.client.HTTPException):
+                        statuses.append(0)
+
+            threads = [threading.Thread(target=load, daemon=True) for _ in range(2)]
+            for t in threads:
+                t.start()
+            wait_for(lambda: len(statuses) >= 50, "traffic before the kill")
+            up.signal(signal.SIGKILL)
+            wait_for(lambda: not Path(f"/proc/{envoy}").exists() or _zombie(envoy), "Envoy to die with `up`", 15)
+            stop.set()
+            for t in threads:
+                t.join(30)
+        again = _up(
+            "--listen", f"127.0.0.1:{ingress.port}", "--egress-listen", f"127.0.0.1:{egress.port}",
+            "--litellm", f"http://127.0.0.1:{egress.port}", "--anthropic", recorder.url, "--metrics-listen", "off",
+            "--egress-token-file", str(tmp_path / "egress-token"),
+        )  # fmt: skip
+        try:
+            again.wait_line("ready ", timeout=15)
+            assert send(ingress, "POST", "/v1/messages", [("x-api-key", TOKEN)], b"{}")[0] == 200
+        finally:
+            again.stop()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except OSError:
+        return True
+
+
+def test_up_refuses_a_taken_port_and_names_the_holder() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        assert port_holder(port) == f"pid {os.getpid()} ({Path('/proc/self/comm').read_text().strip()})"
         args = ["up", "--listen", f"127.0.0.1:{port}", "--egress-listen", f"127.0.0.1:{free_port()}"]
         result = subprocess.run([str(BIN / "ext-proc"), *args], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
-    assert f"cannot listen on 127.0.0.1:{port} (ingress)" in result.stderr
+    assert f"cannot listen on 127.0.0.1:{port} (ingress): Address already in use; held by pid {os.getpid()}" in (
+        result.stderr
+    )
+
+
+def test_ready_line_and_errors_say_which_hop_is_down(tmp_path: Path) -> None:
+    dead = free_port()
+    with Recorder() as recorder, running_up(tmp_path, recorder, litellm=f"http://127.0.0.1:{dead}") as (up, ingress, _):
+        assert up.ready_line.endswith(f"litellm=down (127.0.0.1:{dead})")
+        status, body, response = send(ingress, "POST", "/v1/messages", [("x-api-key", TOKEN)], b"{}")
+        error = json.loads(body)
+        assert status == 503 and response.getheader("content-type") == "application/json"
+        assert error["type"] == "error" and error["error"]["type"] == "api_error"
+        assert "could not reach LiteLLM" in error["error"]["message"]
+    with Recorder() as recorder:
+        upstream_dead = f"http://127.0.0.1:{free_port()}"
+        with running_up(tmp_path, recorder, "--anthropic", upstream_dead) as (_, _, egress):
+            status, body, _ = send(egress, "POST", "/v1/messages", [("x-api-key", TOKEN)], b"{}")
+            assert status == 503 and "could not reach the upstream API" in json.loads(body)["error"]["message"]
 
 
 def test_up_says_when_envoy_is_missing() -> None:
@@ -68,13 +239,54 @@ def test_up_says_when_envoy_is_missing() -> None:
 
 
 def test_up_rejects_bad_options_before_starting() -> None:
-    result = subprocess.run(
-        [str(BIN / "ext-proc"), "up", "--litellm", "ftp://x"], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 2 and "--litellm: expected an http:// or https:// URL" in result.stderr
+    for args, message in (
+        (["--litellm", "ftp://x"], "--litellm: expected an http:// or https:// URL"),
+        (["--upstream", "anthropic=http://x"], "--upstream: expected NAME=URL"),
+        (["--upstream", "a=http://x", "--upstream", "a=http://y"], "--upstream: each NAME once"),
+    ):
+        result = subprocess.run([str(BIN / "ext-proc"), "up", *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
-def test_envoy_config_command_prints_what_deploy_ships() -> None:
+def test_envoy_config_command_prints_what_deploy_ships(tmp_path: Path) -> None:
     result = subprocess.run([str(BIN / "ext-proc"), "envoy-config"], capture_output=True, text=True, timeout=60, env={})
     assert result.returncode == 0
-    assert result.stdout == (Path(__file__).resolve().parent.parent / "deploy" / "envoy.yaml").read_text()
+    deploy = Path(__file__).resolve().parent.parent / "deploy"
+    assert result.stdout == (deploy / "envoy.yaml").read_text()
+    (tmp_path / "k8s" / "sidecar").mkdir(parents=True)
+    (tmp_path / "k8s" / "gateway").mkdir(parents=True)
+    result = subprocess.run([str(BIN / "ext-proc"), "envoy-config", "--all", str(tmp_path)], capture_output=True,
+                            text=True, timeout=60, env={})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for written in tmp_path.rglob("*.yaml"):
+        assert written.read_text() == (deploy / written.relative_to(tmp_path)).read_text()
+
+
+@pytest.mark.parametrize("listen", ["default", "tcp"])
+def test_serve_listens_on_a_private_unix_socket_unless_told_otherwise(listen: str, tmp_path: Path) -> None:
+    env = {"XDG_RUNTIME_DIR": str(tmp_path / "run"), "EXT_PROC_METRICS_LISTEN": "off"}
+    args = [] if listen == "default" else ["--listen", f"127.0.0.1:{free_port()}"]
+    serve = Proc([str(BIN / "ext-proc"), "serve", *args], env)
+    try:
+        line = serve.wait_line("serving ext_proc on")
+    finally:
+        serve.stop()
+    if listen == "default":
+        sock = tmp_path / "run" / "ext-proc" / "ext-proc.sock"
+        assert line == f"serving ext_proc on unix:{sock}"
+        assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+        assert "TCP" not in serve.output
+    else:
+        assert "any process that can reach it can open an egress stream and read the server credential" in (
+            serve.output
+        )
+
+
+def test_serve_refuses_a_default_socket_directory_others_can_enter(tmp_path: Path) -> None:
+    run = tmp_path / "run" / "ext-proc"
+    run.mkdir(parents=True)
+    run.chmod(0o755)
+    env = {"XDG_RUNTIME_DIR": str(tmp_path / "run"), "EXT_PROC_METRICS_LISTEN": "off"}
+    result = subprocess.run([str(BIN / "ext-proc"), "serve"], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, **env})  # fmt: skip
+    assert result.returncode == 1 and "must belong to this user with mode 0700" in result.stderr
