@@ -297,9 +297,18 @@ def _status(code: int, name: str) -> dict[str, Any]:
 def _ingress_listener(layout: Layout) -> dict[str, Any]:
     route = _route("litellm", None)
     hcm = _hcm("ingress", layout, [{"match": {"prefix": "/"}, "route": route}], "LiteLLM", [_leg("ingress")])
-    # The ingress is the edge: Envoy replaces any client-sent x-request-id with its own.
-    hcm["use_remote_address"] = True
-    hcm["internal_address_config"] = {"cidr_ranges": []}
+    # The ingress is the edge: a client's x-request-id is dropped before Envoy makes its own, so ids in the logs
+    # (and the audit's sampling) are Envoy's, never client text.
+    hcm["early_header_mutation_extensions"] = [
+        {
+            "name": "envoy.http.early_header_mutation.header_mutation",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3"
+                ".HeaderMutation",
+                "mutations": [{"remove": "x-request-id"}],
+            },
+        }
+    ]
     return _http_listener("ingress", layout.ingress, hcm)
 
 

@@ -119,14 +119,16 @@ def test_no_credential_value_in_any_log(gateway: Gateway) -> None:
         gateway.ingress,
         "POST",
         "/v1/messages",
-        [("authorization", "Bearer sk-ant-oat01-LOGSECRET"), ("cookie", "c=COOKIESECRET")],
+        [("authorization", "Bearer sk-ant-oat01-LOGSECRET"), ("cookie", "c=COOKIESECRET"),
+         ("user-agent", "agent sk-litellm-UASECRET"), ("x-request-id", "id\\u2028FORGEDLINE")],
         b"{}",
-    )
+    )  # fmt: skip
     gateway.recorder.take()
     # Audit lines are written in batches, at most 50 ms after the decision.
     wait_for(lambda: '"source":"sealed-authorization"' in gateway.server.output, "the egress audit line")
     logs = gateway.server.output + gateway.envoy.proc.output
-    for secret in ("LOGSECRET", "COOKIESECRET", "FAKEKEY", "FAKEOAUTH", "sk-litellm-1234", "STREAM"):
+    for secret in ("LOGSECRET", "COOKIESECRET", "FAKEKEY", "FAKEOAUTH", "sk-litellm-1234", "STREAM", "UASECRET",
+                   "FORGEDLINE"):  # fmt: skip
         assert secret not in logs
 
 

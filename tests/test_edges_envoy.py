@@ -1,0 +1,156 @@
+"""The credential edges (docs/rules.md E6, E7, I5-I7, O3) through the real Envoy, as clients put them on the wire.
+
+Envoy decides what the server sees: repeated headers arrive as separate values or joined with commas, obs-fold
+is joined or refused, a client's request id is replaced. Each case asserts what the recording upstream got.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ext_proc.envoy import HostPort, Layout, NamedUpstream, Upstream
+from tests.conftest import SEAL_KEY, Gateway
+from tests.support.http import send
+from tests.support.processes import free_port, start_envoy, start_server
+from tests.support.recorder import Recorder
+
+OAUTH = "sk-ant-oat01-EDGEOAUTH"
+KEY = "sk-ant-api03-EDGEKEY"
+LITELLM = "sk-litellm-EDGEVIRTUAL"
+
+
+def raw_request(at: HostPort, head: bytes) -> tuple[int, bytes]:
+    """Bytes exactly as given (repeats, folds), which http.client would not send."""
+    with socket.create_connection((at.host, at.port), timeout=30) as conn:
+        conn.sendall(head + b"content-length: 2\r\nconnection: close\r\n\r\n{}")
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, data.split(b"\r\n\r\n", 1)[1]
+
+
+REPEATS = [
+    ("oauth then litellm bearer", [("Authorization", f"Bearer {OAUTH}"), ("Authorization", f"Bearer {LITELLM}")]),
+    ("litellm then oauth bearer", [("Authorization", f"Bearer {LITELLM}"), ("Authorization", f"Bearer {OAUTH}")]),
+    ("two oauth tokens", [("Authorization", f"Bearer {OAUTH}"), ("Authorization", "Bearer sk-ant-oat01-SECOND")]),
+    ("key and litellm key joined", [("x-api-key", f"{KEY}, {LITELLM}")]),
+    ("key and litellm key repeated", [("x-api-key", KEY), ("x-api-key", LITELLM)]),
+    ("oauth with a trailing token", [("Authorization", f"Bearer {OAUTH} {LITELLM}")]),
+]
+
+
+@pytest.mark.parametrize("leg", ["ingress", "egress"])
+@pytest.mark.parametrize("headers", [r[1] for r in REPEATS], ids=[r[0] for r in REPEATS])
+def test_a_credential_header_with_more_than_one_token_is_refused_on_both_legs(
+    gateway: Gateway, leg: str, headers: list[tuple[str, str]]
+) -> None:
+    at = gateway.ingress if leg == "ingress" else gateway.egress
+    head = b"POST /v1/messages HTTP/1.1\r\nhost: x\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers)
+    status, body = raw_request(at, head)
+    error = json.loads(body)
+    assert status == 400 and error["error"]["type"] == "invalid_request_error"
+    header = headers[0][0].lower()
+    assert header in error["error"]["message"]
+    assert not any(secret in body.decode() for secret in (OAUTH, KEY, LITELLM))
+    assert gateway.recorder.take() == [], "nothing sealed in part, nothing passed on"
+
+
+def test_obs_fold_never_carries_a_second_token(gateway: Gateway) -> None:
+    head = f"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\n {LITELLM}\r\n".encode()
+    status, _ = raw_request(gateway.ingress, head)
+    assert status == 400, "Envoy refuses obs-fold, or the rules refuse the joined value"
+    assert gateway.recorder.take() == []
+
+
+def test_identical_repeats_are_one_credential(gateway: Gateway) -> None:
+    twice = f"Authorization: Bearer {OAUTH}\r\n" * 2
+    status, _ = raw_request(gateway.ingress, f"POST /v1/messages HTTP/1.1\r\nhost: x\r\n{twice}".encode())
+    assert status == 200
+    (got,) = gateway.recorder.take()
+    assert got.get("authorization") == [f"Bearer {OAUTH}"]
+
+
+def test_allowlisted_headers_carry_no_second_credential_upstream(gateway: Gateway) -> None:
+    headers = [("x-api-key", KEY), ("x-stainless-foo", LITELLM), ("x-stainless-lang", "python"),
+               ("user-agent", "agent sk-master-1234")]  # fmt: skip
+    assert send(gateway.egress, "POST", "/v1/messages", headers, b"{}")[0] == 200
+    (got,) = gateway.recorder.take()
+    assert got.get("x-api-key") == [KEY] and got.get("x-stainless-lang") == ["python"]
+    assert "x-stainless-foo" not in got.names and "user-agent" not in got.names
+
+
+def test_an_anthropic_credential_in_another_header_never_reaches_litellm(gateway: Gateway) -> None:
+    headers = [("x-litellm-api-key", LITELLM), ("x-stainless-helper", KEY)]
+    status, body, _ = send(gateway.ingress, "POST", "/v1/messages", headers, b"{}")
+    assert status == 400 and "x-stainless-helper" in json.loads(body)["error"]["message"]
+    assert gateway.recorder.take() == []
+
+
+def test_routes_that_drop_the_handoff_are_refused_or_rerouted(gateway: Gateway) -> None:
+    headers = [("x-api-key", KEY), ("x-litellm-api-key", LITELLM)]
+    status, body, _ = send(gateway.ingress, "GET", "/v1/%73kills", headers)
+    error = json.loads(body)["error"]
+    assert status == 400 and error["type"] == "invalid_request_error" and "/anthropic/v1/skills" in error["message"]
+    assert gateway.recorder.take() == []
+    status, _, _ = send(gateway.ingress, "POST", "/v1/messages/count_tokens?beta=true", headers, b"{}")
+    (got,) = gateway.recorder.take()
+    assert status == 200 and got.path == "/anthropic/v1/messages/count_tokens?beta=true"
+    assert got.get("x-api-key") == [KEY]
+
+
+def test_a_client_request_id_is_replaced_at_the_ingress(gateway: Gateway) -> None:
+    headers = [("x-api-key", KEY), ("x-request-id", "client-chosen-id")]
+    assert send(gateway.ingress, "POST", "/v1/messages", headers, b"{}")[0] == 200
+    (got,) = gateway.recorder.take()
+    assert got.get("x-request-id") != ["client-chosen-id"] and len(got.get("x-request-id")) == 1
+    assert "client-chosen-id" not in gateway.envoy.proc.output
+
+
+@pytest.fixture
+def with_openai(tmp_path: Path) -> Iterator[tuple[Recorder, Recorder, HostPort]]:
+    """A gateway whose egress also routes /upstreams/openai/ to a second recorder, under policy `other`."""
+    keys = tmp_path / "seal-keys"
+    keys.write_text(SEAL_KEY + "\n")
+    socket_path = tmp_path / "ext-proc.sock"
+    server = start_server(socket_path, None, "--seal-key-file", str(keys))
+    with Recorder() as anthropic, Recorder() as openai:
+        egress = HostPort("127.0.0.1", free_port())
+        layout = Layout(
+            ingress=HostPort("127.0.0.1", free_port()), egress=egress, litellm=Upstream("http", "127.0.0.1", 1),
+            anthropic=Upstream.parse(anthropic.url, "stand-in"), ext_proc=f"unix:{socket_path}",
+            admin=HostPort("127.0.0.1", 0), upstreams=(NamedUpstream.parse(f"openai={openai.url}"),),
+        )  # fmt: skip
+        envoy = start_envoy(layout, tmp_path)
+        try:
+            yield anthropic, openai, egress
+        finally:
+            envoy.stop()
+            server.stop()
+
+
+def test_other_providers_go_through_the_egress_under_policy_other(
+    with_openai: tuple[Recorder, Recorder, HostPort],
+) -> None:
+    anthropic, openai, egress = with_openai
+    handoff = "v1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    headers = [("authorization", "Bearer sk-proj-OPENAIKEY"), ("x-credential-handoff", handoff),
+               ("x-litellm-api-key", LITELLM), ("x-stainless-helper", KEY), ("x-stainless-lang", "python")]  # fmt: skip
+    status, _, _ = send(egress, "POST", "/upstreams/openai/v1/chat/completions", headers, b"{}")
+    assert status == 200
+    (got,) = openai.take()
+    assert got.path == "/v1/chat/completions"
+    # The provider's own auth, untouched (policy `anthropic` would have removed it); ours and Anthropic's gone.
+    assert got.get("authorization") == ["Bearer sk-proj-OPENAIKEY"]
+    assert not got.names & {"x-credential-handoff", "x-litellm-api-key", "x-stainless-helper"}
+    assert got.get("x-stainless-lang") == ["python"]
+    assert anthropic.take() == []
+    # Everything else on the egress is still Anthropic's, under policy `anthropic`.
+    send(egress, "POST", "/v1/messages", [("authorization", "Bearer sk-proj-OPENAIKEY")], b"{}")
+    (got,) = anthropic.take()
+    assert "authorization" not in got.names
