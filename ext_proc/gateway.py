@@ -70,10 +70,14 @@ def port_holder(port: int) -> str | None:
     return None
 
 
+def default_egress_token_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "ext-proc" / "egress-token"
+
+
 def egress_token_file() -> Path:
     """`up`'s egress token, kept across runs so LiteLLM's configuration stays valid; made (0600) on first use."""
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    path = Path(base) / "ext-proc" / "egress-token"
+    path = default_egress_token_path()
     if not path.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

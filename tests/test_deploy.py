@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 import subprocess
 from pathlib import Path
 
-from ext_proc.envoy import DEPLOYED, bootstrap, find_envoy, render
+from ext_proc.envoy import DEPLOYED, MESH_FILTER, bootstrap, find_envoy, render, render_envoyfilter
+from tests.support.processes import BIN
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_every_shipped_envoy_config_is_current() -> None:
-    for relative, layout in DEPLOYED.items():
-        assert (ROOT / "deploy" / relative).read_text() == render(layout), (
+    """One source for every form: the Istio patches come from the same filter and cluster builders."""
+    shipped = {relative: render(layout) for relative, layout in DEPLOYED.items()} | {MESH_FILTER: render_envoyfilter()}
+    for relative, text in shipped.items():
+        assert (ROOT / "deploy" / relative).read_text() == text, (
             f"deploy/{relative} is stale: run `ext-proc envoy-config --all deploy/`"
         )
 
@@ -33,3 +38,18 @@ def test_envoy_validates_deploy_config() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout + result.stderr
+
+
+def test_regeneration_commands_in_the_docs_write_what_is_shipped() -> None:
+    """Each `ext-proc envoy-config ... > deploy/...` in docs/ produces exactly the file it names."""
+    found = 0
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        text = doc.read_text().replace("\\\n", " ")
+        for command, target in re.findall(r"^(ext-proc envoy-config --listen[^>\n]*)> (\S+)$", text, re.MULTILINE):
+            result = subprocess.run(
+                [str(BIN / "ext-proc"), *shlex.split(command)[1:]], capture_output=True, text=True, timeout=60, env={}
+            )
+            assert result.returncode == 0, result.stderr
+            assert result.stdout == (ROOT / target).read_text(), f"{doc.name}: {command.strip()} != {target}"
+            found += 1
+    assert found >= 2

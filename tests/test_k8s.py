@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -116,7 +118,10 @@ def test_embedded_ext_proc_config_is_valid(tmp_path: Path) -> None:
         keys = tmp_path / "seal-keys"
         keys.write_text("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n")
         path = tmp_path / "config.toml"
-        path.write_text(cm["data"]["config.toml"].replace(settings["seal_key_file"], str(keys)))
+        token = tmp_path / "egress-token"
+        token.write_text("egress-" + "k" * 43 + "\n")
+        text = cm["data"]["config.toml"].replace(settings["seal_key_file"], str(keys))
+        path.write_text(text.replace(settings["egress_token_file"], str(token)))
         assert Config.load(path, {}).log_format == "json"
 
 
@@ -222,5 +227,46 @@ def test_litellm_patch_merges_into_a_deployment_and_validates(tmp_path: Path) ->
     kubernetes_validate.validate(merged, KUBERNETES_VERSION, strict=True)
     pod = merged["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["initContainers"]] == ["ext-proc"]
-    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["containers"][0]["env"]}
     assert env["ANTHROPIC_API_BASE"] == "http://api.anthropic.com"
+    assert env["ANTHROPIC_API_KEY"] == {"secretKeyRef": {"name": "ext-proc-secrets", "key": "egress-token"}}
+
+
+def _dockerfile() -> dict[str, str]:
+    """The final stage's instructions of the image recipe, by keyword."""
+    final = (ROOT / "Dockerfile").read_text().split("\nFROM ")[-1]
+    return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in final.splitlines() if line[:1].isupper()}
+
+
+@pytest.mark.parametrize("name", ["sidecar", "gateway"])
+def test_image_recipe_matches_what_the_manifests_assume(name: str) -> None:
+    """Entrypoint, user and writable paths: what a pod asks of the image is what the image does."""
+    recipe = _dockerfile()
+    assert json.loads(recipe["ENTRYPOINT"]) == ["ext-proc"]
+    uid, gid = recipe["USER"].split(":")
+    entry_points = subprocess.run(
+        [sys.executable, "-c", "from importlib.metadata import entry_points as e; "
+         "print(sorted(p.name for p in e(group='console_scripts')))"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "'envoy'" in entry_points and "'ext-proc'" in entry_points, "the image's pip install puts both on PATH"
+    docs = render_overlay(name)
+    (pod,) = _pods(docs)
+    assert (str(pod["securityContext"]["runAsUser"]), str(pod["securityContext"]["runAsGroup"])) == (uid, gid)
+    (envoy_cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("envoy-config")]
+    envoy = yaml.safe_load(envoy_cm["data"]["envoy.yaml"])
+    for container in [*pod.get("initContainers", []), *pod["containers"]]:
+        if not container["image"].startswith("ext-proc-credentials"):
+            continue
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        writable = {
+            m["mountPath"] for m in container["volumeMounts"]
+            if "emptyDir" in next(v for v in pod["volumes"] if v["name"] == m["name"])
+        }  # fmt: skip
+        # Every file it creates: the server's socket (--listen), Envoy's admin socket; Python writes nothing else.
+        writes = [a.removeprefix("unix:") for a in container.get("args", []) if a.startswith("unix:")]
+        if container.get("command") == ["envoy"]:
+            writes.append(envoy["admin"]["address"]["pipe"]["path"])
+        assert writes, container["name"]
+        for path in writes:
+            assert any(path.startswith(w + "/") for w in writable), f"{container['name']} writes {path} read-only"

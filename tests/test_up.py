@@ -253,8 +253,6 @@ def test_envoy_config_command_prints_what_deploy_ships(tmp_path: Path) -> None:
     assert result.returncode == 0
     deploy = Path(__file__).resolve().parent.parent / "deploy"
     assert result.stdout == (deploy / "envoy.yaml").read_text()
-    (tmp_path / "k8s" / "sidecar").mkdir(parents=True)
-    (tmp_path / "k8s" / "gateway").mkdir(parents=True)
     result = subprocess.run([str(BIN / "ext-proc"), "envoy-config", "--all", str(tmp_path)], capture_output=True,
                             text=True, timeout=60, env={})  # fmt: skip
     assert result.returncode == 0, result.stderr

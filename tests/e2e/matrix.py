@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 
 from tests.support import fixtures
-from tests.support.litellm import MASTER_KEY, MODEL, PLACEHOLDER
+from tests.support.litellm import EGRESS_TOKEN, MASTER_KEY, MODEL
 from tests.support.recorder import Received
 
 CLIENT_KEY = "sk-ant-api03-FAKEKEY"
@@ -27,7 +27,7 @@ LABELS = {
     SERVER_KEY: "LiteLLM's server key",
     SIDECAR_KEY: "sidecar's server key",
     MASTER_KEY: "LiteLLM key",
-    PLACEHOLDER: "placeholder",
+    EGRESS_TOKEN: "egress token",
     "None": "None",
 }
 
@@ -38,6 +38,12 @@ class Route:
     path: str
     body: bytes
     stream: bool
+    method: str = "POST"
+    # Rule I7 for a client that brings its own Anthropic credential: "carry" (one upstream call with it, or, for
+    # routes LiteLLM answers itself, none) or "refuse" (a 400 from the gateway, nothing sent).
+    own: str = "carry"
+    # LiteLLM may answer without calling upstream (its own model list; 1.81.14 counts tokens locally).
+    local: bool = False
 
 
 def _body(stream: bool) -> bytes:
@@ -46,6 +52,7 @@ def _body(stream: bool) -> bytes:
     return json.dumps({**doc, "stream": True} if stream else doc).encode()
 
 
+_COUNT = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "say ok"}]}).encode()
 ROUTES = (
     Route("pass-through", "/anthropic/v1/messages", _body(False), False),
     Route("pass-through, stream", "/anthropic/v1/messages", _body(True), True),
@@ -53,8 +60,14 @@ ROUTES = (
     Route("/v1/messages, stream", "/v1/messages", _body(True), True),
     Route("/v1/chat/completions", "/v1/chat/completions", _body(False), False),
     Route("/v1/chat/completions, stream", "/v1/chat/completions", _body(True), True),
-    Route("count_tokens", "/anthropic/v1/messages/count_tokens", json.dumps(
-        {"model": MODEL, "messages": [{"role": "user", "content": "say ok"}]}).encode(), False),
+    Route("count_tokens", "/anthropic/v1/messages/count_tokens", _COUNT, False),
+    # The SDKs' default for token counts: sent to its pass-through twin for clients with their own credential.
+    Route("/v1/messages/count_tokens", "/v1/messages/count_tokens?beta=true", _COUNT, False, local=True),
+    Route("/v1/models", "/v1/models", b"", False, "GET", local=True),
+    Route("pass-through /v1/skills", "/anthropic/v1/skills", b"", False, "GET"),
+    # LiteLLM's own calls: the client's credential would not go, the operator's would.
+    Route("/v1/skills", "/v1/skills", b"", False, "GET", own="refuse", local=True),
+    Route("pass-through /v1/files", "/anthropic/v1/files", b"", False, "GET", own="refuse", local=True),
 )  # fmt: skip
 
 

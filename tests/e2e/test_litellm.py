@@ -7,18 +7,24 @@ headline never goes stale (UPDATE_DOCS=1 rewrites the sections after a deliberat
 
 from __future__ import annotations
 
+import base64
 import difflib
+import json
 import os
+import re
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
 from ext_proc.config import DEFAULT_EGRESS_ALLOWLIST
 from ext_proc.envoy import HostPort
+from ext_proc.seal import Keyring
+from tests.conftest import SEAL_KEY
 from tests.e2e.matrix import (
     CLIENT_OAUTH,
     CLIENTS,
@@ -28,12 +34,13 @@ from tests.e2e.matrix import (
     SERVER_KEY,
     SIDECAR_KEY,
     Client,
+    Route,
     describe,
     table,
 )  # fmt: skip
 from tests.support import claude_code, litellm
 from tests.support.http import send
-from tests.support.litellm import MASTER_KEY, MODEL, PLACEHOLDER, RELEASES, Setup
+from tests.support.litellm import EGRESS_TOKEN, MASTER_KEY, MODEL, OPENAI_KEY, OPENAI_MODEL, RELEASES, Setup
 from tests.support.processes import BIN, Proc, free_port
 from tests.support.recorder import Received, Recorder
 
@@ -47,18 +54,17 @@ ALLOWED = {n for n in DEFAULT_EGRESS_ALLOWLIST if not n.endswith("*")} | {
 @dataclass(frozen=True)
 class GatewaySetup:
     name: str
-    litellm_key: str
+    litellm_key: str | None
     sidecar_key: str | None
 
 
 AFTER = (
-    GatewaySetup("LiteLLM holds the real server key", SERVER_KEY, None),
-    GatewaySetup("placeholder key in LiteLLM, no server key anywhere", PLACEHOLDER, None),
-    GatewaySetup("placeholder key in LiteLLM, server key in the sidecar", PLACEHOLDER, SIDECAR_KEY),
+    GatewaySetup("egress token in LiteLLM, no server key anywhere", EGRESS_TOKEN, None),
+    GatewaySetup("egress token in LiteLLM, server key in the sidecar", EGRESS_TOKEN, SIDECAR_KEY),
 )
 BEFORE = (("LiteLLM holds the server key", SERVER_KEY), ("no key in LiteLLM", None))
 # What the rules would have chosen in each "before" setup, to count the requests that broke them.
-RULES_FOR_BEFORE = {SERVER_KEY: AFTER[0], None: AFTER[1]}
+RULES_FOR_BEFORE = {key: GatewaySetup(name, key, None) for name, key in BEFORE}
 
 
 @pytest.fixture(scope="module")
@@ -69,32 +75,46 @@ def recorder() -> Iterator[Recorder]:
 
 @contextmanager
 def gateway(
-    version: str, setup: GatewaySetup, recorder: Recorder, work: Path, forward: bool = True
+    version: str,
+    setup: GatewaySetup,
+    recorder: Recorder,
+    work: Path,
+    forward: bool = True,
+    *extra: str,
+    openai: Recorder | None = None,
 ) -> Iterator[HostPort]:
     """`ext-proc up` around a real LiteLLM whose Anthropic base URL is the gateway's egress listener."""
-    ingress, egress, admin, litellm_port = free_port(), free_port(), free_port(), free_port()
+    ingress, egress, litellm_port = free_port(), free_port(), free_port()
+    token = work / "egress-token"
+    token.write_text(EGRESS_TOKEN + "\n")
     args = [
         "--listen", f"127.0.0.1:{ingress}", "--egress-listen", f"127.0.0.1:{egress}",
-        "--admin-listen", f"127.0.0.1:{admin}", "--litellm", f"http://127.0.0.1:{litellm_port}",
-        "--anthropic", recorder.url, "--metrics-listen", f"127.0.0.1:{free_port()}",
+        "--litellm", f"http://127.0.0.1:{litellm_port}", "--egress-token-file", str(token),
+        "--anthropic", recorder.url, "--metrics-listen", f"127.0.0.1:{free_port()}", *extra,
     ]  # fmt: skip
     if setup.sidecar_key:
         key_file = work / "server-key"
         key_file.write_text(setup.sidecar_key + "\n")
         args += ["--server-key-file", str(key_file)]
+    if openai is not None:
+        args += ["--upstream", f"openai={openai.url}"]
     up = Proc([str(BIN / "ext-proc"), "up", *args])
     try:
         up.wait_line("ready ")
-        proxy = litellm.start(
-            Setup(version, f"http://127.0.0.1:{egress}", setup.litellm_key, forward), work, litellm_port
-        )
+        config = Setup(version, f"http://127.0.0.1:{egress}", setup.litellm_key, forward)
+        if openai is not None:
+            # The worst case for other providers: forwarding for every model group.
+            base = f"http://127.0.0.1:{egress}/upstreams/openai/v1"
+            config = replace(config, openai_base=base, forward_globally=True)
+        proxy = litellm.start(config, work, litellm_port)
         try:
             yield HostPort("127.0.0.1", ingress)
         finally:
             proxy.stop()
     finally:
         up.stop()
-        leaked = [s for s in (MASTER_KEY, SERVER_KEY, SIDECAR_KEY, "FAKEKEY", "FAKEOAUTH") if s in up.output]
+        secrets = (MASTER_KEY, SERVER_KEY, SIDECAR_KEY, EGRESS_TOKEN, "FAKEKEY", "FAKEOAUTH")
+        leaked = [s for s in secrets if s in up.output]
         assert not leaked, f"credential values in the gateway's output: {leaked}"
 
 
@@ -103,7 +123,7 @@ def run_matrix(at: HostPort, recorder: Recorder) -> dict[tuple[str, str], tuple[
     results = {}
     for client in CLIENTS:
         for route in ROUTES:
-            status, _, _ = send(at, "POST", route.path, [*client.headers, *PROBES], route.body)
+            status, _, _ = send(at, route.method, route.path, [*client.headers, *PROBES], route.body)
             results[(client.name, route.name)] = (status, recorder.take())
     return results
 
@@ -119,13 +139,22 @@ def expected(client: Client, setup: GatewaySetup) -> tuple[str, str] | None:
     return None
 
 
-def violations(client: Client, setup: GatewaySetup, status: int, received: list[Received]) -> list[str]:
+def violations(client: Client, route: Route, setup: GatewaySetup, status: int, received: list[Received]) -> list[str]:
+    """What broke a rule: one call with the chosen credential, or a refusal (I7), or LiteLLM's own answer."""
     want = expected(client, setup)
+    if client.own is not None and route.own == "refuse":
+        # I7: refused by the gateway, nothing sent; anything else is a credential swapped or lost.
+        if received or status != 400:
+            return [f"credentials not refused: client got {status}, {len(received)} upstream calls"]
+        return []
+    if not received and route.local and (200 <= status < 300 or client.own is None):
+        return []  # LiteLLM answered (or failed) on its own: nothing went upstream
     if len(received) != 1:
         return [f"expected one upstream call, got {len(received)} (client got {status})"]
     (got,) = received
     problems = []
-    if want is not None and not 200 <= status < 300:
+    # (The stand-in answers every route like /v1/messages, so LiteLLM may fail to read its answer elsewhere.)
+    if want is not None and not 200 <= status < 300 and not route.local:
         problems.append(f"client got {status}")
     unexpected = sorted(n for n in got.names if n not in ALLOWED and not n.startswith("x-stainless-"))
     if unexpected:
@@ -144,9 +173,10 @@ def violations(client: Client, setup: GatewaySetup, status: int, received: list[
 def tally(results: dict[tuple[str, str], tuple[int, list[Received]]], setup: GatewaySetup) -> str:
     """How many requests broke a rule, and how: the headline of each table."""
     clients = {c.name: c for c in CLIENTS}
+    routes = {r.name: r for r in ROUTES}
     broken = credential = litellm_key = 0
-    for (client, _), (status, got) in results.items():
-        problems = violations(clients[client], setup, status, got)
+    for (client, route), (status, got) in results.items():
+        problems = violations(clients[client], routes[route], setup, status, got)
         broken += bool(problems)
         credential += any(p.startswith(("credentials", "client got", "expected one")) for p in problems)
         litellm_key += any("x-litellm-api-key" in r.names or any(MASTER_KEY in v for _, v in r.headers) for r in got)
@@ -191,7 +221,7 @@ def test_before(version: str, setup_name: str, key: str | None, recorder: Record
 
 
 @pytest.mark.parametrize("version", RELEASES)
-@pytest.mark.parametrize("setup", AFTER, ids=["litellm-server-key", "placeholder", "placeholder-sidecar-key"])
+@pytest.mark.parametrize("setup", AFTER, ids=["token", "token-sidecar-key"])
 def test_after(version: str, setup: GatewaySetup, recorder: Recorder, tmp_path: Path) -> None:
     with gateway(version, setup, recorder, tmp_path) as at:
         results = run_matrix(at, recorder)
@@ -199,22 +229,31 @@ def test_after(version: str, setup: GatewaySetup, recorder: Recorder, tmp_path: 
     for client in CLIENTS:
         for route in ROUTES:
             status, received = results[(client.name, route.name)]
-            failures += [f"{client.name} / {route.name}: {p}" for p in violations(client, setup, status, received)]
+            problems = violations(client, route, setup, status, received)
+            failures += [f"{client.name} / {route.name}: {p}" for p in problems]
     assert not failures, "\n".join(failures)
     cells = {case: describe(status, received) for case, (status, received) in results.items()}
     title = f"LiteLLM {version} behind the gateway, {setup.name}: {tally(results, setup)}"
     check_section(f"after {version} {setup.name}", table(title, cells))
 
 
+def test_before_after_holds_only_what_the_matrix_measures() -> None:
+    """A setup dropped from the matrix must not leave its old table behind."""
+    measured = {f"before {v} {name}" for v in RELEASES for name, _ in BEFORE}
+    measured |= {f"after {v} {setup.name}" for v in RELEASES for setup in AFTER}
+    found = set(re.findall(r"<!-- ((?:before|after) [^>/]*?) -->", DOC.read_text()))
+    assert found == measured, f"stale: {sorted(found - measured)}; missing: {sorted(measured - found)}"
+
+
 def test_flag_off_unified_routes_lose_the_client_credential(recorder: Recorder, tmp_path: Path) -> None:
     """Documented limit: without forward_client_headers_to_llm_api the handoff only crosses pass-through routes."""
-    setup = AFTER[1]
+    setup = AFTER[0]
     oauth = next(c for c in CLIENTS if c.name.startswith("OAuth"))
     with gateway(RELEASES[-1], setup, recorder, tmp_path, forward=False) as at:
         recorder.take()
         by_route = {}
-        for route in ROUTES:
-            send(at, "POST", route.path, [*oauth.headers, *PROBES], route.body)
+        for route in ROUTES[:6]:
+            send(at, route.method, route.path, [*oauth.headers, *PROBES], route.body)
             (got,) = recorder.take()
             by_route[route.name] = got.get("authorization")
     assert oauth.own is not None
@@ -229,7 +268,7 @@ def test_real_claude_code_cli_with_oauth_through_litellm(recorder: Recorder, tmp
         pytest.skip(binary)
     home = tmp_path / "home"
     home.mkdir()
-    with gateway(RELEASES[-1], AFTER[1], recorder, tmp_path) as at:
+    with gateway(RELEASES[-1], AFTER[0], recorder, tmp_path) as at:
         recorder.take()
         env = {
             "HOME": str(home),
@@ -258,3 +297,72 @@ def test_real_claude_code_cli_with_oauth_through_litellm(recorder: Recorder, tmp
         assert got.get("x-api-key") == [] and "x-litellm-api-key" not in got.names
         assert OAUTH_FLAG in got.get("anthropic-beta")[0].split(",")
         assert not any(MASTER_KEY in v for _, v in got.headers)
+
+
+@pytest.mark.parametrize("version", RELEASES)
+def test_other_providers_get_no_handoff_no_anthropic_credential_no_litellm_key(
+    version: str, recorder: Recorder, tmp_path: Path
+) -> None:
+    """An OpenAI deployment routed through the egress (policy `other`), with forwarding on for every group."""
+    oauth = next(c for c in CLIENTS if c.name.startswith("OAuth"))
+    body = json.dumps({"model": OPENAI_MODEL, "messages": [{"role": "user", "content": "say ok"}]}).encode()
+    with Recorder() as openai, gateway(version, AFTER[1], recorder, tmp_path, openai=openai) as at:
+        recorder.take()
+        send(at, "POST", "/v1/chat/completions", [*oauth.headers, *PROBES], body)
+        received = openai.take()
+    assert received, "LiteLLM's call to the OpenAI stand-in did not go through the egress"
+    assert recorder.take() == []
+    # 1.108.7 also asks the provider for its model list, with the provider's key.
+    assert "/v1/chat/completions" in {got.path for got in received}
+    for got in received:
+        assert got.path.startswith("/v1/")
+        assert got.get("authorization") == [f"Bearer {OPENAI_KEY}"]
+        assert not got.names & {"x-credential-handoff", "x-litellm-api-key", "x-api-key", "cookie"}
+        assert not any("sk-ant-" in v or MASTER_KEY in v or EGRESS_TOKEN in v for _, v in got.headers)
+
+
+def test_without_the_egress_token_no_sealed_credential_is_released(recorder: Recorder, tmp_path: Path) -> None:
+    """LiteLLM holding a real key (or an old fixed placeholder) cannot prove itself: clients' own credentials
+    are refused at the egress (never swapped), clients with only a LiteLLM key get LiteLLM's key."""
+    oauth = next(c for c in CLIENTS if c.name.startswith("OAuth"))
+    plain = next(c for c in CLIENTS if c.name == "LiteLLM key as x-litellm-api-key")
+    real_key = GatewaySetup("real key in LiteLLM", SERVER_KEY, SIDECAR_KEY)
+    messages = next(r for r in ROUTES if r.name == "/v1/messages")
+    with gateway(RELEASES[-1], real_key, recorder, tmp_path) as at:
+        recorder.take()
+        status, _, _ = send(at, "POST", messages.path, [*oauth.headers, *PROBES], messages.body)
+        refused = recorder.take()
+        send(at, "POST", messages.path, [*plain.headers, *PROBES], messages.body)
+        (served,) = recorder.take()
+    assert refused == [] and not 200 <= status < 300
+    assert served.get("x-api-key") == [SERVER_KEY], "no proof, so not the sidecar's key: LiteLLM's own"
+
+
+@pytest.mark.parametrize("version", RELEASES)
+def test_a_handoff_replayed_through_litellm_opens_at_most_three_times_within_a_minute(
+    version: str, recorder: Recorder, tmp_path: Path
+) -> None:
+    """S1: a handoff read from LiteLLM's records and sent again in a body's extra_headers."""
+    keys = tmp_path / "seal-keys"
+    keys.write_text(SEAL_KEY + "\n")
+    keyring = Keyring([base64.urlsafe_b64decode(SEAL_KEY)], 60)
+    attacker = [("x-litellm-api-key", MASTER_KEY), ("content-type", "application/json"),
+                ("anthropic-version", "2023-06-01")]  # fmt: skip
+
+    def replay(handoff: str) -> None:
+        doc = {"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}],
+               "extra_headers": {"x-credential-handoff": handoff}}  # fmt: skip
+        send(at, "POST", "/v1/messages", attacker, json.dumps(doc).encode())
+
+    with gateway(version, AFTER[1], recorder, tmp_path, True, "--seal-key-file", str(keys)) as at:
+        recorder.take()
+        fresh = keyring.seal([("authorization", CLIENT_OAUTH.encode())], time.time())
+        for _ in range(5):
+            replay(fresh)
+        victim = [g for g in recorder.take() if g.get("authorization") == [f"Bearer {CLIENT_OAUTH}"]]
+        old = keyring.seal([("authorization", CLIENT_OAUTH.encode())], time.time() - 61)
+        replay(old)
+        late = [g for g in recorder.take() if g.get("authorization") == [f"Bearer {CLIENT_OAUTH}"]]
+    print(f"\nLiteLLM {version}: a replayed handoff reached the upstream {len(victim)} times in 5 tries")
+    assert len(victim) == 3, "extra_headers carries the handoff; the bound stops it after three opens"
+    assert late == []

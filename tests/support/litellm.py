@@ -27,7 +27,8 @@ MASTER_KEY = "sk-master-1234"
 MODEL = "claude-sonnet-4-5"
 # The same model under a second name, routed to `Setup.direct_base` (the benchmark's LiteLLM-alone variant).
 DIRECT_MODEL = f"{MODEL}-direct"
-PLACEHOLDER = "placeholder-sealed-by-sidecar"
+# What LiteLLM sends as its Anthropic key behind the gateway: the egress token (docs/rules.md E0).
+EGRESS_TOKEN = "egress-test-token-0123456789abcdefghij"
 
 
 def venv(version: str) -> Path:
@@ -56,26 +57,39 @@ class Setup:
     api_key: str | None
     forward_client_headers: bool = True
     direct_base: str | None = None
+    # An OpenAI deployment (OPENAI_MODEL) at this base URL, e.g. the egress's /upstreams/openai/v1.
+    openai_base: str | None = None
+    # Forwarding for every provider (general_settings), as the earlier guide said, instead of per model group.
+    forward_globally: bool = False
+
+
+OPENAI_MODEL = "gpt-4o"
+OPENAI_KEY = "sk-proj-FAKEOPENAIKEY"
 
 
 def config_yaml(setup: Setup) -> str:
     key = f"      api_key: {setup.api_key}\n" if setup.api_key is not None else ""
-    forward = "  forward_client_headers_to_llm_api: true\n" if setup.forward_client_headers else ""
     routes = [(MODEL, setup.anthropic_base)] + ([(DIRECT_MODEL, setup.direct_base)] if setup.direct_base else [])
     models = "".join(
         f"  - model_name: {name}\n    litellm_params:\n      model: anthropic/{MODEL}\n      api_base: {base}\n{key}"
         for name, base in routes
     )
-    return (
-        "model_list:\n"
-        f"{models}"
-        "general_settings:\n"
-        f"  master_key: {MASTER_KEY}\n"
-        f"{forward}"
-        # Cooldowns would turn a failed call into 429s for the calls after it: each cell must stand alone.
-        "router_settings:\n"
-        "  disable_cooldowns: true\n"
-    )
+    if setup.openai_base:
+        models += (
+            f"  - model_name: {OPENAI_MODEL}\n    litellm_params:\n      model: openai/{OPENAI_MODEL}\n"
+            f"      api_base: {setup.openai_base}\n      api_key: {OPENAI_KEY}\n"
+        )
+    # The recommended form: forwarding for the Anthropic model groups only (docs/litellm.md).
+    groups = ", ".join(name for name, _ in routes)
+    forward = ""
+    if setup.forward_client_headers and not setup.forward_globally:
+        forward = f"litellm_settings:\n  model_group_settings:\n    forward_client_headers_to_llm_api: [{groups}]\n"
+    general = f"general_settings:\n  master_key: {MASTER_KEY}\n"
+    if setup.forward_client_headers and setup.forward_globally:
+        general += "  forward_client_headers_to_llm_api: true\n"
+    # Cooldowns would turn a failed call into 429s for the calls after it: each cell must stand alone.
+    router = "router_settings:\n  disable_cooldowns: true\n"
+    return f"model_list:\n{models}{forward}{general}{router}"
 
 
 @dataclass

@@ -1,0 +1,110 @@
+"""Reading a LiteLLM config for what would break the gateway's guarantees (`ext-proc check --litellm-config`).
+
+LiteLLM is configured by its operator, not by us; a setting there can route Anthropic traffic around the egress,
+keep a key the egress cannot trust, or drop the handoff. Each finding names the line to change. Errors break a
+guarantee; warnings are worth a look.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+OLD_PLACEHOLDER = "placeholder-sealed-by-sidecar"
+_ENV = "os.environ/"
+_FORWARD = ("litellm_settings", "model_group_settings", "forward_client_headers_to_llm_api")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    error: bool
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{'error' if self.error else 'warning'}: line {self.line}: {self.message}"
+
+
+def _lines(node: yaml.Node, path: tuple[str | int, ...]) -> int:
+    """1-based line of the value at ``path`` (keys and list indexes), or of the deepest part that exists."""
+    for step in path:
+        if isinstance(node, yaml.MappingNode):
+            found = next((v for k, v in node.value if k.value == step), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
+            found = node.value[step]
+        else:
+            found = None
+        if found is None:
+            break
+        node = found
+    return int(node.start_mark.line) + 1
+
+
+def check(path: Path, egress_token: bytes | None, anthropic_prefix: str, env: Mapping[str, str]) -> list[Finding]:
+    """Every problem with one LiteLLM config file, in file order."""
+    text = path.read_text()
+    doc: Any = yaml.safe_load(text) or {}
+    root = yaml.compose(text)
+    findings: list[Finding] = []
+
+    def add(error: bool, where: tuple[str | int, ...], message: str) -> None:
+        findings.append(Finding(error, _lines(root, where) if root is not None else 1, message))
+
+    models = doc.get("model_list") or []
+    general = doc.get("general_settings") or {}
+    groups_forwarded = set(
+        ((doc.get("litellm_settings") or {}).get("model_group_settings") or {}).get("forward_client_headers_to_llm_api")
+        or []
+    )
+    forward_all = general.get("forward_client_headers_to_llm_api") is True
+    others = []
+    for index, model in enumerate(models):
+        params = model.get("litellm_params") or {}
+        name = model.get("model_name", f"#{index + 1}")
+        at: tuple[str | int, ...] = ("model_list", index, "litellm_params")
+        if not str(params.get("model", "")).startswith("anthropic/"):
+            others.append(name)
+            continue
+        base = params.get("api_base")
+        if not base or "api.anthropic.com" in str(base):
+            add(True, (*at, "api_base"), f"{name}: calls Anthropic directly, around the egress; set api_base to "
+                "the egress listener (http://127.0.0.1:10000 with `ext-proc up`)")  # fmt: skip
+        key = params.get("api_key")
+        problem = _key_problem(key, egress_token, anthropic_prefix, env)
+        if problem:
+            add(True, (*at, "api_key"), f"{name}: {problem}")
+        if not forward_all and name not in groups_forwarded:
+            add(True, _FORWARD, f"{name}: client headers are not forwarded for this group, so clients' "
+                "own credentials are lost on /v1/messages and /v1/chat/completions; add it to litellm_settings."
+                "model_group_settings.forward_client_headers_to_llm_api")  # fmt: skip
+    if forward_all and others:
+        add(False, ("general_settings", "forward_client_headers_to_llm_api"),
+            f"client x-* headers, the sealed handoff among them, are forwarded to every provider ({', '.join(others)}"
+            "); forward per model group instead, or route those providers through the egress (--upstream)")  # fmt: skip
+    return sorted(findings, key=lambda f: f.line)
+
+
+def _key_problem(key: Any, token: bytes | None, prefix: str, env: Mapping[str, str]) -> str | None:
+    if key is None:
+        return "no api_key: LiteLLM must send the egress token as its Anthropic key (docs/litellm.md)"
+    text = str(key)
+    if text.startswith(_ENV):
+        variable = text.removeprefix(_ENV)
+        if variable not in env:
+            return None  # LiteLLM's environment is not this one: nothing to compare
+        text = env[variable]
+    if text == OLD_PLACEHOLDER:
+        return (
+            "api_key is the old fixed placeholder; the egress releases sealed credentials only to the egress token "
+            '(ANTHROPIC_API_KEY="$(cat ~/.config/ext-proc/egress-token)", api_key: os.environ/ANTHROPIC_API_KEY)'
+        )
+    if text.startswith(prefix):
+        return "api_key is a real Anthropic key: keep it in the sidecar (--server-key-file); LiteLLM sends the token"
+    if token is not None and not hmac.compare_digest(text.strip().encode(), token):
+        return "api_key is not the gateway's egress token"
+    return None

@@ -1,0 +1,77 @@
+"""`ext-proc check --litellm-config`: each LiteLLM setting that breaks a guarantee is named, with its line."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import BIN
+
+TOKEN = "egress-test-token-0123456789abcdefghij"
+GOOD = f"""model_list:
+  - model_name: claude-sonnet-4-5
+    litellm_params:
+      model: anthropic/claude-sonnet-4-5
+      api_base: http://127.0.0.1:10000
+      api_key: {TOKEN}
+litellm_settings:
+  model_group_settings:
+    forward_client_headers_to_llm_api: [claude-sonnet-4-5]
+general_settings:
+  master_key: sk-master-1234
+"""
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def check(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    (tmp_path / "litellm.yaml").write_text(text)
+    result = subprocess.run(
+        [str(BIN / "ext-proc"), "check", "--egress-token-file", str(tmp_path / "token"),
+         "--litellm-config", str(tmp_path / "litellm.yaml")],
+        capture_output=True, text=True, timeout=60, env={"HOME": str(tmp_path), **(env or {})},
+    )  # fmt: skip
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_a_config_as_docs_litellm_md_says_is_ok(tmp_path: Path) -> None:
+    code, out = check(tmp_path, GOOD)
+    assert code == 0 and "litellm config OK" in out, out
+    code, out = check(tmp_path, GOOD.replace(TOKEN, "os.environ/ANTHROPIC_API_KEY"), {"ANTHROPIC_API_KEY": TOKEN})
+    assert code == 0, out
+
+
+BROKEN = [
+    ("no api_base", GOOD.replace("      api_base: http://127.0.0.1:10000\n", ""), 4, "around the egress"),
+    ("direct api_base", GOOD.replace("http://127.0.0.1:10000", "https://api.anthropic.com"), 5, "around the egress"),
+    ("old placeholder", GOOD.replace(TOKEN, "placeholder-sealed-by-sidecar"), 6, "old fixed placeholder"),
+    ("real key", GOOD.replace(TOKEN, "sk-ant-api03-REALKEY"), 6, "real Anthropic key"),
+    ("wrong token", GOOD.replace(TOKEN, "egress-some-other-token-0123456789abcdef"), 6, "not the gateway's egress"),
+    ("no key", GOOD.replace(f"      api_key: {TOKEN}\n", ""), 4, "no api_key"),
+    ("no forwarding", GOOD.replace("[claude-sonnet-4-5]", "[other-group]"), 9, "not forwarded"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "message"), [b[1:] for b in BROKEN], ids=[b[0] for b in BROKEN])
+def test_each_broken_setting_is_an_error_naming_its_line(tmp_path: Path, text: str, line: int, message: str) -> None:
+    code, out = check(tmp_path, text)
+    assert code == 1, out
+    assert f"error: line {line}: claude-sonnet-4-5: " in out and message in out, out
+    assert "sk-ant-api03-REALKEY" not in out and TOKEN not in out
+
+
+def test_global_forwarding_with_other_providers_is_a_warning(tmp_path: Path) -> None:
+    text = GOOD.replace("litellm_settings:\n  model_group_settings:\n    forward_client_headers_to_llm_api: "
+                        "[claude-sonnet-4-5]\n", "") + "  forward_client_headers_to_llm_api: true\n"  # fmt: skip
+    text = text.replace("model_list:\n", "model_list:\n  - model_name: gpt-4o\n    litellm_params:\n"
+                        "      model: openai/gpt-4o\n")  # fmt: skip
+    code, out = check(tmp_path, text)
+    assert code == 0 and "warning: line 12: client x-* headers" in out and "gpt-4o" in out, out
+
+
+def test_the_shipped_sidecar_litellm_config_passes(tmp_path: Path) -> None:
+    text = (ROOT / "deploy" / "k8s" / "sidecar" / "litellm.yaml").read_text()
+    code, out = check(tmp_path, text, {"ANTHROPIC_API_KEY": TOKEN})
+    assert code == 0, out
