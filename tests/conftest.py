@@ -19,6 +19,7 @@ SEAL_KEY = base64.urlsafe_b64encode(bytes(range(100, 132))).decode()
 # Any fake credential the tests use, in any of the forms they use it.
 CREDENTIAL_SHAPED = re.compile(
     r"sk-(?:ant-(?:api|oat)\d\d-|litellm-|master-)\w+|LOADSECRET|session=abc|egress-(?:test-)?[A-Za-z0-9_-]{30,}"
+    r"|VIRTUALKEY"
 )
 
 

@@ -26,6 +26,7 @@ from ext_proc.envoy import HostPort
 from ext_proc.seal import Keyring
 from tests.conftest import SEAL_KEY
 from tests.e2e.matrix import (
+    CLIENT_KEY,
     CLIENT_OAUTH,
     CLIENTS,
     OAUTH_FLAG,
@@ -41,7 +42,7 @@ from tests.e2e.matrix import (
 from tests.support import claude_code, litellm
 from tests.support.http import send
 from tests.support.litellm import EGRESS_TOKEN, MASTER_KEY, MODEL, OPENAI_KEY, OPENAI_MODEL, RELEASES, Setup
-from tests.support.processes import BIN, Proc, free_port
+from tests.support.processes import BIN, Proc, free_port, wait_for
 from tests.support.recorder import Received, Recorder
 
 pytestmark = pytest.mark.litellm
@@ -82,6 +83,7 @@ def gateway(
     forward: bool = True,
     *extra: str,
     openai: Recorder | None = None,
+    started: list[Proc] | None = None,
 ) -> Iterator[HostPort]:
     """`ext-proc up` around a real LiteLLM whose Anthropic base URL is the gateway's egress listener."""
     ingress, egress, litellm_port = free_port(), free_port(), free_port()
@@ -99,6 +101,8 @@ def gateway(
     if openai is not None:
         args += ["--upstream", f"openai={openai.url}"]
     up = Proc([str(BIN / "ext-proc"), "up", *args])
+    if started is not None:
+        started.append(up)
     try:
         up.wait_line("ready ")
         config = Setup(version, f"http://127.0.0.1:{egress}", setup.litellm_key, forward)
@@ -366,3 +370,52 @@ def test_a_handoff_replayed_through_litellm_opens_at_most_three_times_within_a_m
     print(f"\nLiteLLM {version}: a replayed handoff reached the upstream {len(victim)} times in 5 tries")
     assert len(victim) == 3, "extra_headers carries the handoff; the bound stops it after three opens"
     assert late == []
+
+
+OTHER_VIRTUAL_KEY = "sk-Xb3kR9VIRTUALKEYofanotheruser"
+
+
+@pytest.mark.parametrize("version", RELEASES)
+def test_credential_edges_through_litellm(version: str, recorder: Recorder, tmp_path: Path) -> None:
+    """Rules I5, I6, E6, E7 with LiteLLM in the chain: each attack is refused, or crosses without what it carried."""
+    litellm_key = [("x-litellm-api-key", MASTER_KEY), ("content-type", "application/json"),
+                   ("anthropic-version", "2023-06-01")]  # fmt: skip
+    body = json.dumps({"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    refused = {
+        "OAuth and a LiteLLM key in two Authorization headers": [
+            ("authorization", f"Bearer {CLIENT_OAUTH}"), ("authorization", f"Bearer {MASTER_KEY}"),
+            ("content-type", "application/json")],
+        "a key and a LiteLLM key in one x-api-key": [("x-api-key", f"{CLIENT_KEY}, {MASTER_KEY}"), *litellm_key],
+        "an Anthropic key in an allowlisted header": [("x-stainless-helper", CLIENT_KEY), *litellm_key],
+    }  # fmt: skip
+    processes: list[Proc] = []
+    with gateway(version, AFTER[1], recorder, tmp_path, started=processes) as at:
+        recorder.take()
+        for what, headers in refused.items():
+            status, answer, _ = send(at, "POST", "/anthropic/v1/messages", headers, body)
+            assert status == 400 and json.loads(answer)["error"]["type"] == "invalid_request_error", what
+            assert recorder.take() == [], what
+        # A LiteLLM key in an allowlisted header, sent by the client (pass-through forwards x-app; 1.108.7 drops a
+        # header holding the caller's own key, so another key of LiteLLM's shape) and by LiteLLM itself from a
+        # body's extra_headers: both reach the egress, neither reaches Anthropic.
+        send(
+            at,
+            "POST",
+            "/anthropic/v1/messages",
+            [("authorization", f"Bearer {CLIENT_OAUTH}"), ("x-app", OTHER_VIRTUAL_KEY), *litellm_key],
+            body,
+        )
+        doc = {**json.loads(body), "extra_headers": {"x-stainless-bar": MASTER_KEY}}
+        send(at, "POST", "/v1/messages", [("authorization", f"Bearer {CLIENT_OAUTH}"), *litellm_key],
+             json.dumps(doc).encode())  # fmt: skip
+        received = recorder.take()
+        (up,) = processes
+        # The audit line names what the egress removed: both headers did reach it.
+        wait_for(lambda: '"scrubbed":["x-stainless-bar"]' in up.output, "the egress to scrub extra_headers")
+        egress = [line for line in up.lines if '"leg":"egress"' in line]
+        assert any('"scrubbed":["x-app"]' in line for line in egress), egress
+    assert len(received) == 2
+    for got in received:
+        assert got.get("authorization") == [f"Bearer {CLIENT_OAUTH}"]
+        assert not got.names & {"x-app", "x-stainless-bar"}
+        assert not any(MASTER_KEY in v or EGRESS_TOKEN in v or OTHER_VIRTUAL_KEY in v for _, v in got.headers)
