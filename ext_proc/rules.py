@@ -36,6 +36,7 @@ PATH = ":path"
 # Envoy owns these; a filter that touches them breaks framing or routing.
 NEVER_TOUCHED = frozenset({"host", "content-length", "transfer-encoding"})
 _VERDICT_CACHE_SIZE = 4096
+_MEMO_VALUE_BYTES = 256
 
 
 class Leg(StrEnum):
@@ -146,6 +147,8 @@ class RuleContext:
     # A memo of strips_on_egress (a pure function of the fields above), never part of the context's value; each
     # context, including one rebuilt by a reload, starts its own.
     _verdicts: dict[str, bool] = field(default_factory=dict, init=False, compare=False, repr=False)
+    # The same for holds_secret, on short values only (a client's user agent and x-stainless-* repeat).
+    _secret_verdicts: dict[bytes, bool] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @classmethod
     def from_config(
@@ -171,6 +174,17 @@ class RuleContext:
 
     def allowed(self, name: str) -> bool:
         return name in self.allow_exact or name.startswith(self.allow_prefixes)
+
+    def holds_secret(self, value: bytes) -> bool:
+        """Whether a header value holds Anthropic's prefix or a LiteLLM key's shape (rule E7)."""
+        verdict = self._secret_verdicts.get(value)
+        if verdict is None:
+            verdict = self.secrets.search(value) is not None
+            if len(value) <= _MEMO_VALUE_BYTES:
+                if len(self._secret_verdicts) >= _VERDICT_CACHE_SIZE:
+                    self._secret_verdicts.clear()
+                self._secret_verdicts[value] = verdict
+        return verdict
 
     def strips_on_egress(self, name: str) -> bool:
         """Whether the egress leg removes this header whatever its value (anthropic-beta is decided apart)."""
@@ -238,10 +252,10 @@ def _ingress(headers: HeaderView, ctx: RuleContext, now: float, base: Audit) -> 
     if ctx.handoff_header in headers:
         removed.append(ctx.handoff_header)
     anthropic = ctx.prefixes.anthropic
-    for name in headers.names():
+    handoff = ctx.handoff_header
+    for name, value in headers:
         # An Anthropic credential anywhere else (another header, the URL) would reach LiteLLM as it is.
-        skip = name in CREDENTIAL_HEADERS or name == ctx.handoff_header
-        if not skip and any(anthropic in value for value in headers.get_all(name)):
+        if anthropic in value and name not in CREDENTIAL_HEADERS and name != handoff:
             raise _Reject(_misplaced(name))
     sealed: list[tuple[str, Credential]] = []
     for name in CREDENTIAL_HEADERS:
@@ -276,8 +290,11 @@ def _egress_anthropic(headers: HeaderView, ctx: RuleContext, now: float, base: A
     source, chosen = next(((s, c) for s, c in candidates if c is not None), (Source.NONE, None))
 
     sets = list(chosen.headers()) if chosen is not None else []
-    stripped = [name for name in headers.names() if ctx.strips_on_egress(name)]
-    scrubbed = _holding_secrets(headers, (n for n in headers.names() if not ctx.strips_on_egress(n)), ctx.secrets)
+    stripped: list[str] = []
+    kept: list[str] = []
+    for name in headers.names():
+        (stripped if ctx.strips_on_egress(name) else kept).append(name)
+    scrubbed = _holding_secrets(headers, kept, ctx)
     # A header the allowlist drops contributes no flags; the OAuth flag is still added when the credential needs it.
     keep_beta = ctx.allowed(ANTHROPIC_BETA) and ANTHROPIC_BETA not in scrubbed
     beta_in = headers.get_all(ANTHROPIC_BETA) if keep_beta else ()
@@ -369,7 +386,7 @@ def _credential_in(headers: HeaderView, name: str, prefixes: Prefixes) -> Creden
         raise _Reject(_unreadable(exc.header, exc.problem)) from None
 
 
-def _holding_secrets(headers: HeaderView, names: Iterable[str], secrets: re.Pattern[bytes]) -> tuple[str, ...]:
+def _holding_secrets(headers: HeaderView, names: Iterable[str], ctx: RuleContext) -> tuple[str, ...]:
     """The kept headers whose value holds a credential; a URL that does refuses the request.
 
     Of the headers no rule may touch, only ``:path`` reaches the upstream as sent: Envoy rewrites the host, and
@@ -377,10 +394,14 @@ def _holding_secrets(headers: HeaderView, names: Iterable[str], secrets: re.Patt
     """
     found = []
     for name in names:
-        if (name == PATH or not _untouchable(name)) and any(secrets.search(v) for v in headers.get_all(name)):
-            if name == PATH:
-                raise _Reject(_misplaced(name))
-            found.append(name)
+        if name != PATH and _untouchable(name):
+            continue
+        for value in headers.get_all(name):
+            if ctx.holds_secret(value):
+                if name == PATH:
+                    raise _Reject(_misplaced(name))
+                found.append(name)
+                break
     return tuple(found)
 
 
