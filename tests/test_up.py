@@ -10,10 +10,12 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -261,18 +263,30 @@ def test_envoy_config_command_prints_what_deploy_ships(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("listen", ["default", "tcp"])
-def test_serve_listens_on_a_private_unix_socket_unless_told_otherwise(listen: str, tmp_path: Path) -> None:
-    env = {"XDG_RUNTIME_DIR": str(tmp_path / "run"), "EXT_PROC_METRICS_LISTEN": "off"}
+def test_serve_listens_on_a_private_unix_socket_unless_told_otherwise(listen: str) -> None:
+    # A runtime directory other users may enter, as /run/user/UID is to the system: the server's own is not.
+    run = Path(tempfile.mkdtemp(prefix="run-", dir="/tmp"))
+    run.chmod(0o755)
+    env = {"XDG_RUNTIME_DIR": str(run), "EXT_PROC_METRICS_LISTEN": "off"}
     args = [] if listen == "default" else ["--listen", f"127.0.0.1:{free_port()}"]
     serve = Proc([str(BIN / "ext-proc"), "serve", *args], env)
     try:
         line = serve.wait_line("serving ext_proc on")
+        sock = run / "ext-proc" / "ext-proc.sock"
+        modes = (stat.S_IMODE(sock.parent.stat().st_mode), stat.S_IMODE(sock.stat().st_mode)) if sock.exists() else ()
+        if listen == "default" and os.geteuid() == 0:
+            # Another local user tries to open an egress stream (whose answer would hold credentials).
+            attempt = subprocess.run(
+                ["python3", "-c", f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(sock)!r})"],
+                user="nobody", capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            assert attempt.returncode != 0 and "PermissionError" in attempt.stderr, attempt.stderr
     finally:
         serve.stop()
+        shutil.rmtree(run)
     if listen == "default":
-        sock = tmp_path / "run" / "ext-proc" / "ext-proc.sock"
         assert line == f"serving ext_proc on unix:{sock}"
-        assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+        assert modes == (0o700, 0o600)
         assert "TCP" not in serve.output
     else:
         assert "any process that can reach it can open an egress stream and read the server credential" in (

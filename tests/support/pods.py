@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -215,6 +216,7 @@ class Pod:
         finally:
             for proc in reversed(self.running):
                 proc.stop()
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def service_port(self, service: str) -> int:
         """The container port a Service's first port targets (by name or number)."""
