@@ -158,14 +158,8 @@ class Config:
 
     def load_egress_token(self) -> bytes | None:
         """The secret LiteLLM sends as its Anthropic key, read now; long, and no credential of any kind."""
-        if self.egress_token_file is not None:
-            lines = _read_lines(self.egress_token_file, "egress_token_file")
-            if len(lines) != 1:
-                raise ConfigError(f"egress_token_file {self.egress_token_file}: must hold one line")
-            text = lines[0]
-        elif self.egress_token is not None:
-            text = self.egress_token.strip()
-        else:
+        text = _one_secret(self.egress_token, self.egress_token_file, "egress_token_file")
+        if text is None:
             return None
         token = text.encode("latin-1", "replace")
         if len(token) < EGRESS_TOKEN_MIN or not re.fullmatch(rb"[A-Za-z0-9._~+/=-]+", token):
@@ -200,14 +194,8 @@ class Config:
 
     def load_server_credential(self) -> Credential | None:
         """The sidecar's own Anthropic credential (priority 5), read now; it must look like one."""
-        if self.server_credential_file is not None:
-            lines = _read_lines(self.server_credential_file, "server_credential_file")
-            if len(lines) != 1:
-                raise ConfigError(f"server_credential_file {self.server_credential_file}: must hold one line")
-            text = lines[0]
-        elif self.server_credential is not None:
-            text = self.server_credential.strip()
-        else:
+        text = _one_secret(self.server_credential, self.server_credential_file, "server_credential_file")
+        if text is None:
             return None
         try:
             credential = self.prefixes.classify(text.encode("latin-1", "replace"))
@@ -265,6 +253,16 @@ def _coerce(name: str, value: Any) -> Any:
     if not isinstance(value, str):
         raise ConfigError(f"{name}: expected a string")
     return value.strip().lower() if name == "handoff_header" else value
+
+
+def _one_secret(inline: str | None, file: Path | None, setting: str) -> str | None:
+    """A secret given inline or as a one-line file (a Kubernetes secret mount), trimmed; None if neither."""
+    if file is not None:
+        lines = _read_lines(file, setting)
+        if len(lines) != 1:
+            raise ConfigError(f"{setting} {file}: must hold one line")
+        return lines[0]
+    return inline.strip() if inline is not None else None
 
 
 def _read_lines(path: Path, setting: str) -> list[str]:

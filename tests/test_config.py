@@ -82,6 +82,11 @@ def test_secrets_never_in_repr_or_errors(tmp_path: Path) -> None:
         ('event_loop = "trio"', "event_loop must be 'uvloop' or 'asyncio'"),
         ("listen = [", "not valid TOML"),
         ('seal_key_file = "/nonexistent/keys"', "seal_key_file /nonexistent/keys: No such file"),
+        ("seal_max_opens = 0", "seal_max_opens must be at least 1"),
+        ('egress_token = "short"', "egress token: must be at least 32 characters"),
+        ('egress_token = "sk-' + "a" * 40 + '"', "must not look like an Anthropic or LiteLLM key"),
+        ('egress_token = "x' + "a" * 40 + '"\negress_token_file = "/t"', "set egress_token or egress_token_file"),
+        ('secret_patterns = ["(unclosed"]', "secret_patterns '(unclosed': not a regular expression"),
     ],
 )
 def test_bad_config_is_reported_clearly(tmp_path: Path, text: str, message: str) -> None:
@@ -95,3 +100,9 @@ def test_bad_config_is_reported_clearly(tmp_path: Path, text: str, message: str)
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"config file .*missing\.toml: No such file"):
         Config.load(tmp_path / "missing.toml", {})
+
+
+def test_secret_patterns_from_the_environment_are_one_per_line() -> None:
+    config = Config.load(env={"EXT_PROC_SECRET_PATTERNS": "corp-[0-9]{4,}\nkey_[a-z]{2,3}"})
+    assert config.secret_patterns == ("corp-[0-9]{4,}", "key_[a-z]{2,3}")
+    assert config.secret_pattern().search(b"x corp-12345") and not config.secret_pattern().search(b"sk-abcdef")
