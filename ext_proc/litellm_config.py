@@ -7,6 +7,7 @@ guarantee; warnings are worth a look.
 
 from __future__ import annotations
 
+import fnmatch
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ import yaml
 
 OLD_PLACEHOLDER = "placeholder-sealed-by-sidecar"
 _ENV = "os.environ/"
+# What Claude Code (2.1.332) asks for by default, measured (shared/notes/litellm-behaviour.md).
+CLAUDE_CODE_MODELS = ("claude-opus-5-5", "claude-sonnet-5-5")
 _FORWARD = ("litellm_settings", "model_group_settings", "forward_client_headers_to_llm_api")
 
 
@@ -62,7 +65,8 @@ def check(path: Path, egress_token: bytes | None, anthropic_prefix: str, env: Ma
         or []
     )
     forward_all = general.get("forward_client_headers_to_llm_api") is True
-    others = []
+    others: list[str] = []
+    anthropic_groups: list[str] = []
     for index, model in enumerate(models):
         params = model.get("litellm_params") or {}
         name = model.get("model_name", f"#{index + 1}")
@@ -70,6 +74,7 @@ def check(path: Path, egress_token: bytes | None, anthropic_prefix: str, env: Ma
         if not str(params.get("model", "")).startswith("anthropic/"):
             others.append(name)
             continue
+        anthropic_groups.append(str(name))
         base = params.get("api_base")
         if not base or "api.anthropic.com" in str(base):
             add(True, (*at, "api_base"), f"{name}: calls Anthropic directly, around the egress; set api_base to "
@@ -82,6 +87,10 @@ def check(path: Path, egress_token: bytes | None, anthropic_prefix: str, env: Ma
             add(True, _FORWARD, f"{name}: client headers are not forwarded for this group, so clients' "
                 "own credentials are lost on /v1/messages and /v1/chat/completions; add it to litellm_settings."
                 "model_group_settings.forward_client_headers_to_llm_api")  # fmt: skip
+    missing = [m for m in CLAUDE_CODE_MODELS if not any(fnmatch.fnmatchcase(m, g) for g in anthropic_groups)]
+    if anthropic_groups and missing:
+        add(False, ("model_list",), f"no Anthropic model group matches {', '.join(missing)}, which Claude Code "
+            "asks for by default (LiteLLM answers 400 'Invalid model name'); a claude-* group matches")  # fmt: skip
     if forward_all and others:
         add(False, ("general_settings", "forward_client_headers_to_llm_api"),
             f"client x-* headers, the sealed handoff among them, are forwarded to every provider ({', '.join(others)}"

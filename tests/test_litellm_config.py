@@ -75,3 +75,13 @@ def test_the_shipped_sidecar_litellm_config_passes(tmp_path: Path) -> None:
     text = (ROOT / "deploy" / "k8s" / "sidecar" / "litellm.yaml").read_text()
     code, out = check(tmp_path, text, {"ANTHROPIC_API_KEY": TOKEN})
     assert code == 0, out
+
+
+def test_a_config_claude_code_s_models_do_not_match_gets_a_warning(tmp_path: Path) -> None:
+    code, out = check(tmp_path, GOOD)
+    assert code == 0 and "no Anthropic model group matches claude-opus-5-5, claude-sonnet-5-5" in out, out
+    wildcard = GOOD.replace("model_name: claude-sonnet-4-5", "model_name: claude-*").replace(
+        "[claude-sonnet-4-5]", '["claude-*"]'
+    )
+    code, out = check(tmp_path, wildcard)
+    assert code == 0 and "warning" not in out, out

@@ -123,6 +123,10 @@ class Proc:
     def poll(self) -> int | None:
         return self._popen.poll()
 
+    def wait(self, timeout: float) -> int:
+        """Its exit status, once it exits by itself."""
+        return self._popen.wait(timeout)
+
     def signal(self, sig: int) -> None:
         if self._popen.poll() is None:
             self._popen.send_signal(sig)

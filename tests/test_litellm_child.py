@@ -1,0 +1,79 @@
+"""`up --litellm-config`: the derived LiteLLM config and environment, and the refusals, without running LiteLLM."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ext_proc import litellm
+from tests.support.processes import BIN
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_derived_config_routes_every_anthropic_deployment_through_the_egress() -> None:
+    source: dict[str, Any] = {
+        "model_list": [
+            {"model_name": "claude-*", "litellm_params": {"model": "anthropic/claude-*", "api_key": "sk-ant-api03-X"}},
+            {"model_name": "gpt-4o", "litellm_params": {"model": "openai/gpt-4o", "api_key": "os.environ/OPENAI"}},
+        ],
+        "litellm_settings": {"model_group_settings": {"forward_client_headers_to_llm_api": ["mine"]}},
+        "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"},
+    }
+    before = yaml.safe_dump(source)
+    derived = litellm.derive(source, "127.0.0.1:10000")
+    assert yaml.safe_dump(source) == before, "the user's config is never edited"
+    claude, gpt = derived["model_list"]
+    assert claude["litellm_params"] == {"model": "anthropic/claude-*", "api_key": "os.environ/ANTHROPIC_API_KEY",
+                                        "api_base": "http://127.0.0.1:10000"}  # fmt: skip
+    assert gpt == source["model_list"][1]
+    groups = derived["litellm_settings"]["model_group_settings"]["forward_client_headers_to_llm_api"]
+    assert groups == ["mine", "claude-*"]
+    assert "forward_client_headers_to_llm_api" not in derived["general_settings"]
+
+
+def test_the_example_config_derives_and_has_a_claude_wildcard() -> None:
+    source = litellm.load(ROOT / "examples" / "litellm.yaml")
+    derived = litellm.derive(source, "127.0.0.1:10000")
+    assert [m["model_name"] for m in derived["model_list"]] == ["claude-*"]
+
+
+@pytest.mark.parametrize(
+    ("master", "env", "loopback", "message"),
+    [
+        ("os.environ/LITELLM_MASTER_KEY", {}, False, "is not set and the ingress listens beyond loopback"),
+        ("os.environ/LITELLM_MASTER_KEY", {"LITELLM_MASTER_KEY": litellm.DEV_MASTER_KEY}, False, "development"),
+        (None, {}, False, "no general_settings.master_key"),
+    ],
+)
+def test_a_master_key_is_required_beyond_loopback(
+    master: str | None, env: dict[str, str], loopback: bool, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LITELLM_MASTER_KEY", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    source = {"general_settings": {"master_key": master}} if master else {}
+    with pytest.raises(litellm.LiteLLMError, match=message):
+        litellm.environment(source, "egress-token", "127.0.0.1:10000", loopback)
+
+
+def test_on_loopback_the_development_master_key_is_filled_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LITELLM_MASTER_KEY", raising=False)
+    source = {"general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"}}
+    env = litellm.environment(source, "egress-token", "127.0.0.1:10000", True)
+    assert env["LITELLM_MASTER_KEY"] == litellm.DEV_MASTER_KEY
+    assert (env["ANTHROPIC_API_KEY"], env["ANTHROPIC_API_BASE"]) == ("egress-token", "http://127.0.0.1:10000")
+
+
+def test_up_says_when_litellm_is_not_installed(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(BIN / "ext-proc"), "up", "--litellm-config", str(ROOT / "examples" / "litellm.yaml")],
+        capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 1 and "LiteLLM not found: pip install 'ext-proc-credentials[litellm]'" in (
+        result.stderr
+    )
