@@ -252,10 +252,9 @@ def _ingress(headers: HeaderView, ctx: RuleContext, now: float, base: Audit) -> 
     if ctx.handoff_header in headers:
         removed.append(ctx.handoff_header)
     anthropic = ctx.prefixes.anthropic
-    handoff = ctx.handoff_header
     for name, value in headers:
         # An Anthropic credential anywhere else (another header, the URL) would reach LiteLLM as it is.
-        if anthropic in value and name not in CREDENTIAL_HEADERS and name != handoff:
+        if anthropic in value and name not in CREDENTIAL_HEADERS and name != ctx.handoff_header:
             raise _Reject(_misplaced(name))
     sealed: list[tuple[str, Credential]] = []
     for name in CREDENTIAL_HEADERS:
@@ -301,7 +300,8 @@ def _egress_anthropic(headers: HeaderView, ctx: RuleContext, now: float, base: A
     beta = _merge_beta(beta_in, ctx.oauth_beta, chosen is not None and chosen.needs_oauth_beta)
     if beta:
         sets.append((ANTHROPIC_BETA, beta))
-    if beta == b"" or (ANTHROPIC_BETA in headers and not keep_beta and not beta):
+    dropped = beta == b"" or (ANTHROPIC_BETA in headers and not keep_beta and not beta)
+    if dropped and ANTHROPIC_BETA not in stripped:
         stripped.append(ANTHROPIC_BETA)
     removed = [*stripped, *(n for n in scrubbed if n not in stripped)]
     if chosen is None:

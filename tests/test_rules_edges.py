@@ -277,3 +277,10 @@ def test_s1_reload_keeps_the_count(tmp_path: pytest.TempPathFactory) -> None:
     first = source()
     source.current = replace(first, server_credential=None)
     assert source().opens is first.opens
+
+
+def test_each_removed_header_is_named_once() -> None:
+    ctx = context(egress_allowlist=("content-type",))
+    headers = HeaderView.of(("x-api-key", KEY), ("anthropic-beta", f"a,{LITELLM}"), ("x-junk", "1"))
+    decision, _ = run("egress", "anthropic", headers, ctx)
+    assert sorted(decision.remove) == ["anthropic-beta", "x-junk"]
