@@ -47,6 +47,16 @@ _ACCESS_LOG_FIELDS = {
 ADMIN_SOCKET_MODE = 0o600
 
 
+# Envoy's components that print header values (credentials among them) at debug or trace: always capped at info,
+# whatever level the rest of Envoy logs at (`ext-proc up --envoy-log-level`, the Kubernetes forms' args).
+HEADER_LOGGERS = ("http", "http2", "router", "ext_proc", "grpc")
+
+
+def log_caps() -> list[str]:
+    """Envoy command-line arguments that keep header values out of its log at any --log-level."""
+    return ["--component-log-level", ",".join(f"{name}:info" for name in HEADER_LOGGERS)]
+
+
 class EnvoyNotFound(RuntimeError):
     pass
 

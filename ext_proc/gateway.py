@@ -30,7 +30,7 @@ import yaml
 
 from ext_proc import litellm as litellm_child
 from ext_proc.config import Config, new_egress_token
-from ext_proc.envoy import HostPort, Layout, find_envoy, render
+from ext_proc.envoy import HostPort, Layout, find_envoy, log_caps, render
 from ext_proc.litellm_config import check as check_litellm
 from ext_proc.server import Server
 
@@ -136,7 +136,7 @@ async def run(
         (work / "envoy.yaml").write_text(render(layout))
         admin = Admin(str(layout.admin), work / "admin")
         proc = await asyncio.create_subprocess_exec(
-            str(envoy_bin), "-c", str(work / "envoy.yaml"), "--log-level", envoy_log_level,
+            str(envoy_bin), "-c", str(work / "envoy.yaml"), "--log-level", envoy_log_level, *log_caps(),
             "--admin-address-path", str(work / "admin"), "--disable-hot-restart",
             "--drain-time-s", str(max(1, int(config.grace_seconds))), "--drain-strategy", "immediate",
             preexec_fn=_die_with_parent,

@@ -27,7 +27,17 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
 
 from ext_proc.config import Config
-from ext_proc.envoy import DEPLOYED, DEPLOYED_SOCKET, HostPort, Layout, Upstream, bootstrap, find_envoy, render
+from ext_proc.envoy import (
+    DEPLOYED,
+    DEPLOYED_SOCKET,
+    HostPort,
+    Layout,
+    Upstream,
+    bootstrap,
+    find_envoy,
+    log_caps,
+    render,
+)
 from tests.support.http import send
 from tests.support.processes import Proc, free_port, start_envoy, start_server
 from tests.support.recorder import Recorder
@@ -270,3 +280,11 @@ def test_image_recipe_matches_what_the_manifests_assume(name: str) -> None:
         assert writes, container["name"]
         for path in writes:
             assert any(path.startswith(w + "/") for w in writable), f"{container['name']} writes {path} read-only"
+
+
+@pytest.mark.parametrize("name", ["sidecar", "gateway"])
+def test_envoy_containers_cap_the_header_printing_loggers(name: str) -> None:
+    (pod,) = _pods(render_overlay(name))
+    (envoy,) = [c for c in [*pod.get("initContainers", []), *pod["containers"]] if c.get("command") == ["envoy"]]
+    caps = log_caps()
+    assert envoy["args"][envoy["args"].index(caps[0]) + 1] == caps[1]

@@ -302,3 +302,15 @@ def test_serve_refuses_a_default_socket_directory_others_can_enter(tmp_path: Pat
     result = subprocess.run([str(BIN / "ext-proc"), "serve"], capture_output=True, text=True, timeout=60,
                             env={**os.environ, **env})  # fmt: skip
     assert result.returncode == 1 and "must belong to this user with mode 0700" in result.stderr
+
+
+def test_a_raised_envoy_log_level_prints_no_credential(tmp_path: Path) -> None:
+    """`--envoy-log-level trace` (the operator debugging): Envoy's header-printing components stay at info."""
+    with Recorder() as recorder, running_up(tmp_path, recorder, "--envoy-log-level", "trace") as (up, ingress, _):
+        headers = [("authorization", "Bearer sk-ant-oat01-TRACESECRET"), ("x-api-key", TOKEN),
+                   ("x-litellm-api-key", "sk-litellm-TRACESECRET")]  # fmt: skip
+        assert send(ingress, "POST", "/v1/messages", headers, b"{}")[0] == 200
+        recorder.take()
+        wait_for(lambda: '"leg":"egress"' in up.output, "the egress access log line")
+    assert "[trace]" in up.output, "Envoy did log at trace"
+    assert "TRACESECRET" not in up.output and TOKEN not in up.output
