@@ -131,8 +131,9 @@ class Pod:
         image = container["image"]
         entry = next((run for prefix, run in self.images.items() if image.startswith(prefix)), None)
         assert entry is not None, f"no stand-in binary for image {image}"
-        command = container.get("command") or [entry()]
-        return [self.local(a) for a in (*command, *container.get("args", []))]
+        # The manifest's words move under the root; the image's entrypoint is a binary of this machine as it is.
+        command = [self.local(a) for a in container["command"]] if "command" in container else [entry()]
+        return [*command, *(self.local(a) for a in container.get("args", []))]
 
     def start(self, container: Doc) -> Proc:
         proc = Proc(self.argv(container), self.env(container), unset=tuple(os.environ))
