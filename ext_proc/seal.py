@@ -89,12 +89,13 @@ class Keyring:
         rest = [kid.hex() for kid in self._by_id if kid != self._primary_id]
         return (self._primary_id.hex(), *rest)
 
-    def seal(self, entries: Sequence[tuple[str, bytes]], now: float) -> str:
+    def seal(self, entries: Sequence[tuple[str, bytes]], now: float, nonce: bytes | None = None) -> str:
+        """A new handoff. ``nonce`` is for known-answer tests only: a nonce must never be used twice."""
         plaintext = json.dumps(
             {"iat": int(now), "c": [[name, token.decode("latin-1")] for name, token in entries]},
             separators=(",", ":"),
         ).encode()
-        nonce = os.urandom(_NONCE_BYTES)
+        nonce = os.urandom(_NONCE_BYTES) if nonce is None else nonce
         sealed = self._primary.encrypt(nonce, plaintext, _AAD + self._primary_id)
         blob = self._primary_id + nonce + sealed
         return _PREFIX + base64.urlsafe_b64encode(blob).rstrip(b"=").decode("ascii")

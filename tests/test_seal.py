@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -111,3 +114,55 @@ def test_rotation_first_seals_all_open() -> None:
 def test_bad_keyring_refused(keys: list[bytes], ttl: int) -> None:
     with pytest.raises(ValueError):
         Keyring(keys, ttl)
+
+
+# Known answer: the wire format, pinned (key id, nonce, AAD text, JSON plaintext, base64url without padding).
+KAT_ENTRIES = [("authorization", b"sk-ant-oat01-KNOWNANSWER")]
+KAT_NONCE = bytes(range(12))
+KAT = (
+    "v1.Yw3NKQABAgMEBQYHCAkKCzwgv3qxx_gqtXGnu4HZSF2z-qVX0kEEJxoGkPF1BnLbe3HalcCvMLRW1xTA6elcFYE4FL1r--iUcMBkWFawoquiHps"
+    "nrpi5bPj0xrGjneC0XRkAwgo"
+)
+
+
+def test_known_answer_vector_seals_and_opens() -> None:
+    ring = Keyring([KEY_A], 600)
+    assert ring.seal(KAT_ENTRIES, NOW, nonce=KAT_NONCE) == KAT
+    assert list(ring.open(KAT.encode(), NOW).entries) == KAT_ENTRIES
+
+
+def test_known_answer_vector_read_independently_of_the_keyring() -> None:
+    """The layout, read with nothing but AES-GCM: key id | nonce | ciphertext, AAD = label + key id."""
+    blob = bytes(_blob(KAT))
+    assert blob[:4] == hashlib.sha256(KEY_A).digest()[:4] and blob[4:16] == KAT_NONCE
+    plaintext = AESGCM(KEY_A).decrypt(blob[4:16], blob[16:], b"ext-proc-credential-handoff-v1" + blob[:4])
+    assert json.loads(plaintext) == {"iat": int(NOW), "c": [["authorization", "sk-ant-oat01-KNOWNANSWER"]]}
+
+
+def test_every_truncation_of_a_genuine_seal_is_refused_as_a_seal_error() -> None:
+    """Its key id intact (anyone who saw one handoff knows it), a short blob must never reach AES-GCM."""
+    ring = Keyring([KEY_A], 600)
+    token = ring.seal(ENTRIES, NOW)
+    for length in range(len(token)):
+        with pytest.raises(SealError):
+            ring.open(token[:length].encode(), NOW)
+    blob = bytes(_blob(token))
+    for length in range(len(blob)):
+        with pytest.raises(SealError) as info:
+            ring.open(_token(blob[:length]), NOW)
+        assert info.value.reason in (SealFailure.MALFORMED, SealFailure.TAMPERED, SealFailure.UNKNOWN_KEY)
+
+
+@pytest.mark.parametrize(
+    "plaintext",
+    [b"[]", b"{}", b'{"c":[]}', b'{"iat":"1800000000","c":[]}', b'{"iat":1800000000}',
+     b'{"iat":1800000000,"c":[["a"]]}', b'{"iat":1800000000,"c":"ab"}',
+     b'{"iat":1800000000,"c":[["a","\\u20ac"]]}', b"not json", b'{"iat":1.5,"c":[]}'],
+)  # fmt: skip
+def test_authenticated_plaintext_of_the_wrong_shape_is_malformed(plaintext: bytes) -> None:
+    kid = hashlib.sha256(KEY_A).digest()[:4]
+    nonce = bytes(12)
+    sealed = AESGCM(KEY_A).encrypt(nonce, plaintext, b"ext-proc-credential-handoff-v1" + kid)
+    with pytest.raises(SealError) as info:
+        Keyring([KEY_A], 600).open(_token(kid + nonce + sealed), NOW)
+    assert info.value.reason == SealFailure.MALFORMED

@@ -1,0 +1,96 @@
+"""Credential kinds and reading one credential header (ext_proc/credentials.py), case by case."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from ext_proc.credentials import ApiKey, OAuthToken, Prefixes, Problem, UnreadableCredential, read_token
+from ext_proc.headers import HeaderView
+from ext_proc.rules import Audit
+from tests.support.rules import context, run
+
+PREFIXES = Prefixes()
+
+
+def test_credentials_are_equal_by_kind_and_token() -> None:
+    assert ApiKey(b"sk-ant-api03-A") == ApiKey(b"sk-ant-api03-A")
+    assert ApiKey(b"sk-ant-api03-A") != ApiKey(b"sk-ant-api03-B")
+    assert ApiKey(b"sk-ant-oat01-A") != OAuthToken(b"sk-ant-oat01-A")
+    assert ApiKey(b"sk-ant-api03-A") != b"sk-ant-api03-A"
+    assert hash(ApiKey(b"sk-ant-api03-A")) == hash(ApiKey(b"sk-ant-api03-A"))
+    assert "sk-ant" not in repr(ApiKey(b"sk-ant-api03-SECRET")) and "SECRET" not in repr(OAuthToken(b"sk-ant-oat01-S"))
+
+
+@pytest.mark.parametrize(
+    ("values", "token"),
+    [
+        ((b"Bearer X", b"Bearer X"), b"X"),
+        ((b"Bearer X", b"bearer  X "), b"X"),
+        ((b"Basic a", b"Basic a"), None),
+        ((b"Basic a",), None),
+        ((b"Bearer",), b""),
+        ((b"",), None),
+    ],
+)
+def test_authorization_repeats_that_agree_are_one(values: tuple[bytes, ...], token: bytes | None) -> None:
+    assert read_token("authorization", values) == token
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        ((b"Bearer X", b"Bearer Y"), Problem.CONFLICT),
+        ((b"Basic a", b"Basic b"), Problem.CONFLICT),
+        ((b"Bearer X", b"X"), Problem.CONFLICT),
+        ((b"Bearer X", b"Basic a"), Problem.CONFLICT),
+        ((b"Bearer X,Bearer Y",), Problem.MULTIPLE),
+        ((b"Basic a, Bearer X",), Problem.MULTIPLE),
+        ((b"Bearer X Y",), Problem.MULTIPLE),
+    ],
+)
+def test_authorization_repeats_that_disagree_are_refused(values: tuple[bytes, ...], problem: Problem) -> None:
+    with pytest.raises(UnreadableCredential) as info:
+        read_token("authorization", values)
+    assert (info.value.header, info.value.problem) == ("authorization", problem)
+
+
+@pytest.mark.parametrize(
+    ("token", "kind"),
+    [(b"sk-ant-api03-A_b-9", "api-key"), (b"sk-ant-oat01-A", "oauth"), (b"sk-ant-", "api-key"),
+     (b"sk-master-1", None), (b"None", None), (b"NULL", None), (b"", None)],
+)  # fmt: skip
+def test_classify_by_prefix_and_alphabet(token: bytes, kind: str | None) -> None:
+    credential = PREFIXES.classify(token)
+    assert (credential.kind.value if credential else None) == kind
+
+
+@pytest.mark.parametrize("token", [b"sk-ant-api03-A.B", b"sk-ant-api03-A=", b"sk-ant-oat01-\xff", b"x-sk-ant-api03-A"])
+def test_classify_refuses_what_holds_the_prefix_but_is_no_credential(token: bytes) -> None:
+    with pytest.raises(UnreadableCredential) as info:
+        PREFIXES.classify(token, "x-api-key")
+    assert info.value.problem == Problem.MALFORMED
+
+
+@pytest.mark.parametrize(
+    ("name", "kept"),
+    [("x-stainless-os", True), ("x-stainless-", True), ("x-stainlessfoo", False), ("x-stainles", False),
+     ("user-agent", True), ("user-agents", False)],
+)  # fmt: skip
+def test_allowlist_wildcard_matches_the_prefix_exactly(name: str, kept: bool) -> None:
+    ctx = context()
+    assert ctx.allowed(name) is kept
+    _, out = run("egress", "anthropic", HeaderView.of((name, "v"), ("x-api-key", "sk-ant-api03-K")), ctx)
+    assert (name in out) is kept
+
+
+def test_a_rejection_s_audit_record_is_exactly_what_was_refused() -> None:
+    headers = HeaderView.of(("x-api-key", "sk-ant-api03-A"), ("x-api-key", "sk-ant-api03-B"), ("x-request-id", "r-1"))
+    decision, _ = run("egress", "anthropic", headers)
+    assert decision.audit == Audit("egress", "anthropic", "reject", "r-1", reason="conflict-x-api-key")
+    assert list(decision.audit.as_dict()) == [
+        "leg", "policy", "outcome", "reason", "source", "kind", "fingerprint", "sealed", "removed", "scrubbed",
+        "request_id",
+    ]  # fmt: skip
+    assert [f.name for f in dataclasses.fields(Audit)][:4] == ["leg", "policy", "outcome", "request_id"]
