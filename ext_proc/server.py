@@ -161,7 +161,7 @@ class CredentialProcessor:
         return response
 
 
-def _private_socket_dir(path: Path, default: bool) -> None:
+def _private_socket_dir(path: Path, default: bool) -> None:  # pragma: no mutate block (tested by the process tests)
     """The socket's directory: made 0700 when missing; the default one must be ours and closed to others."""
     directory = path.parent
     if not directory.exists():
@@ -178,7 +178,7 @@ def _private_socket_dir(path: Path, default: bool) -> None:
             path.unlink()
 
 
-class Server:
+class Server:  # pragma: no mutate block (lifecycle: the process tests' business, not the decision path)
     """The server's explicit lifecycle: start (NOT_SERVING until ready), serve, drain, stop.
 
     Owns the gRPC server (ext_proc and health services), the Prometheus endpoint and the secret-file watcher.

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Mutation testing of the decision path (docs/testing.md): the pinned mutmut, in a virtualenv of its own, over the
+# rules, credentials, seal, headers, routes and the server's decision and response code, against the fast unit and
+# property tests. Arguments narrow the files mutated (e.g. ext_proc/seal.py). The last line is the score.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=.venv-mutation
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+stamp="$VENV/.installed-$(cat pyproject.toml constraints.txt scripts/mutation-constraints.txt | sha256sum | cut -c1-16)"
+if [ ! -e "$stamp" ]; then
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet -c constraints.txt -c scripts/mutation-constraints.txt -e '.[test]' mutmut
+  rm -f "$VENV"/.installed-* && touch "$stamp"
+fi
+rm -rf mutants
+"$VENV/bin/mutmut" run --max-children "$(nproc)" "$@" > .mutation-run.log 2>&1 || { tail -40 .mutation-run.log; exit 1; }
+"$VENV/bin/mutmut" results --all true > .mutation-results.txt 2>/dev/null || "$VENV/bin/mutmut" results > .mutation-results.txt
+exec "$VENV/bin/python" scripts/mutation_score.py .mutation-results.txt tests/mutation-equivalent.txt

@@ -1,0 +1,38 @@
+"""The mutation score from `mutmut results`, with the listed equivalent mutants left out (each with its reason)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+
+def main(results: Path, equivalent: Path) -> int:
+    status: dict[str, str] = {}
+    for line in results.read_text().splitlines():
+        match = re.match(r"\s*([\w.]+__mutmut_\d+): (\w+)", line)
+        if match:
+            status[match.group(1)] = match.group(2)
+    listed = {}
+    for line in equivalent.read_text().splitlines():
+        name, _, reason = line.partition("#")
+        if name.strip():
+            if not reason.strip():
+                print(f"{equivalent}: {name.strip()} needs a one-line reason", file=sys.stderr)
+                return 2
+            listed[name.strip()] = reason.strip()
+    survivors = sorted(n for n, s in status.items() if s not in ("killed", "timeout") and n not in listed)
+    for name in survivors:
+        print(f"survived: {name} ({status[name]})")
+    stale = sorted(n for n in listed if status.get(n) not in ("survived", "no tests"))
+    for name in stale:
+        print(f"listed as equivalent but not a survivor (drop it): {name}")
+    counted = [n for n in status if n not in listed]
+    killed = sum(status[n] in ("killed", "timeout") for n in counted)
+    score = 100.0 * killed / len(counted) if counted else 0.0
+    print(f"mutation score: {score:.1f}% (killed {killed} of {len(counted)}, equivalent {len(listed)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2])))
