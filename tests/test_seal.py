@@ -166,3 +166,17 @@ def test_authenticated_plaintext_of_the_wrong_shape_is_malformed(plaintext: byte
     with pytest.raises(SealError) as info:
         Keyring([KEY_A], 600).open(_token(kid + nonce + sealed), NOW)
     assert info.value.reason == SealFailure.MALFORMED
+
+
+def test_seals_ending_in_every_base64_character_round_trip() -> None:
+    """Deterministic nonces and every blob length modulo 3, so an encoding bug that hits one final character in 64
+    (stripping padding too eagerly, say) is caught on every run, not by chance."""
+    ring = Keyring([KEY_A], 600)
+    endings = set()
+    for extra in range(3):
+        entries = [("x-api-key", b"sk-ant-api03-K" + b"k" * extra)]
+        for i in range(400):
+            token = ring.seal(entries, NOW, nonce=i.to_bytes(12, "big"))
+            endings.add(token[-1])
+            assert list(ring.open(token.encode(), NOW).entries) == entries
+    assert len(endings) == 64
