@@ -76,6 +76,7 @@ class Config:
     metrics_listen: str = "127.0.0.1:9464"
     reload_interval_seconds: float = 2.0
     grace_seconds: float = 20.0
+    drain_seconds: float = 1.0
     event_loop: str = "uvloop"
 
     @classmethod
@@ -147,8 +148,8 @@ class Config:
             host, sep, port = self.metrics_listen.rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ConfigError(f"metrics_listen {self.metrics_listen!r}: expected HOST:PORT, or 'off'")
-        if self.reload_interval_seconds <= 0 or self.grace_seconds < 0:
-            raise ConfigError("reload_interval_seconds must be positive and grace_seconds not negative")
+        if self.reload_interval_seconds <= 0 or self.grace_seconds < 0 or self.drain_seconds < 0:
+            raise ConfigError("reload_interval_seconds must be positive, grace_seconds and drain_seconds not negative")
         if self.event_loop not in ("uvloop", "asyncio"):
             raise ConfigError("event_loop must be 'uvloop' or 'asyncio'")
         self.keyring()

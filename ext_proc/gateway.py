@@ -190,7 +190,7 @@ async def run(
             if child is not None:
                 await _stop(child)
             await _stop(proc)
-            await server.stop()
+            await server.stop(drain_seconds=0)  # Envoy, its only client, has stopped
 
 
 class _LiteLLMPlan:

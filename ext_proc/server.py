@@ -233,9 +233,17 @@ class Server:  # pragma: no mutate block (lifecycle: the process tests' business
         """Report NOT_SERVING (health checkers stop sending new work) while still answering."""
         await self._health.enter_graceful_shutdown()
 
-    async def stop(self) -> None:
-        """Refuse new streams, let in-flight ones finish within the grace period, then close."""
+    async def stop(self, drain_seconds: float | None = None) -> None:
+        """Report NOT_SERVING, keep answering for ``drain_seconds``, then refuse new streams, let in-flight ones
+        finish within the grace period, and close.
+
+        The drain period is for streams Envoy opened just before the signal: grpc core hands each new call to the
+        event loop in turn, and one not yet handed over when the server stops is cancelled (Envoy then fails that
+        request closed). Under load that hand-over lags (measured: 1 in 50 runs of the SIGTERM test with both cores
+        busy lost its in-flight stream); a moment of serving after NOT_SERVING lets every opened stream in.
+        """
         await self.drain()
+        await asyncio.sleep(self.config.drain_seconds if drain_seconds is None else drain_seconds)
         await self._server.stop(self.config.grace_seconds)
         if self._watcher is not None:
             self._watcher.cancel()
