@@ -83,6 +83,7 @@ def test_secrets_never_in_repr_or_errors(tmp_path: Path) -> None:
         ("listen = [", "not valid TOML"),
         ('seal_key_file = "/nonexistent/keys"', "seal_key_file /nonexistent/keys: No such file"),
         ("seal_max_opens = 0", "seal_max_opens must be at least 1"),
+        ("drain_seconds = -1", "grace_seconds and drain_seconds not negative"),
         ('egress_token = "short"', "egress token: must be at least 32 characters"),
         ('egress_token = "sk-' + "a" * 40 + '"', "must not look like an Anthropic or LiteLLM key"),
         ('egress_token = "x' + "a" * 40 + '"\negress_token_file = "/t"', "set egress_token or egress_token_file"),

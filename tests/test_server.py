@@ -209,3 +209,30 @@ def test_stream_ends_once_the_request_headers_are_answered(tmp_path: Path) -> No
             await server.stop()
 
     assert asyncio.run(scenario()) == ("request_headers", grpc.StatusCode.OK)
+
+
+@pytest.mark.parametrize(("drain", "answered"), [(1.0, True), (0.0, False)])
+def test_after_not_serving_the_server_keeps_answering_for_the_drain_period(
+    tmp_path: Path, drain: float, answered: bool
+) -> None:
+    """A stream Envoy opens once the server reports NOT_SERVING, within drain_seconds, still gets its answer."""
+
+    async def scenario() -> bool:
+        async with (
+            serving(tmp_path, drain_seconds=drain) as (server, stub),
+            grpc.aio.insecure_channel(server.address) as health_channel,
+        ):
+            watch = health_pb2_grpc.HealthStub(health_channel).Watch(health_pb2.HealthCheckRequest())
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            stopping = asyncio.create_task(server.stop())
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            try:
+                call = stub.Process(message_stream(headers_message(("x-api-key", b"sk-ant-api03-LATE"))),
+                                    metadata=EGRESS, timeout=5)  # fmt: skip
+                answers = [r async for r in call]
+            except grpc.aio.AioRpcError:
+                answers = []
+            await stopping
+            return bool(answers) and answers[0].HasField("request_headers")
+
+    assert asyncio.run(scenario()) is answered
