@@ -21,10 +21,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ext_proc.envoy import HostPort
 from tests.conftest import SEAL_KEY, Gateway, running_gateway
+from tests.support.extproc import headers_message
 from tests.support.http import send
 from tests.support.processes import BIN, Proc, free_port, start_server, wait_for
 from tests.support.recorder import Received, Recorder
-from tests.test_server import headers_message
 
 LOAD_KEY = "sk-ant-api03-LOADSECRET"
 LOAD_OAUTH = "sk-ant-oat01-LOADSECRET"

@@ -39,6 +39,7 @@ from ext_proc.envoy import (
     render,
 )
 from tests.support.http import send
+from tests.support.pods import render_overlay
 from tests.support.processes import Proc, free_port, start_envoy, start_server
 from tests.support.recorder import Recorder
 
@@ -47,14 +48,6 @@ K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("sidecar", "gateway", "mesh")
 KUBERNETES_VERSION = "1.33.0"
 LAYOUTS = {name: DEPLOYED[f"k8s/{name}/envoy.yaml"] for name in ("sidecar", "gateway")}
-
-
-def render_overlay(name: str) -> list[dict[str, Any]]:
-    kubectl = shutil.which("kubectl")
-    assert kubectl, "kubectl (with kustomize) is needed to render deploy/k8s; this machine image ships it"
-    result = subprocess.run([kubectl, "kustomize", str(K8S / name)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)

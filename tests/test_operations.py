@@ -26,8 +26,8 @@ from ext_proc.metrics import Metrics
 from ext_proc.reload import RuleSource
 from ext_proc.rules import Audit, RuleContext, Source, decide
 from ext_proc.server import Server
+from tests.support.extproc import EGRESS, exchange, headers_message, message_stream
 from tests.support.processes import BIN, start_server
-from tests.test_server import EGRESS, exchange, headers_message, message_stream
 
 KEY_A = base64.urlsafe_b64encode(bytes(32)).decode()
 KEY_B = base64.urlsafe_b64encode(bytes(range(32))).decode()

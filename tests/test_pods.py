@@ -17,10 +17,9 @@ from ext_proc.gateway import port_holder
 from tests.e2e.matrix import CLIENT_OAUTH, CLIENTS
 from tests.support import litellm
 from tests.support.http import send
-from tests.support.pods import Pod, ProbeFailed
+from tests.support.pods import Pod, ProbeFailed, render_overlay
 from tests.support.processes import BIN
 from tests.support.recorder import Recorder
-from tests.test_k8s import render_overlay
 
 pytestmark = pytest.mark.litellm
 SECRETS = {

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -18,45 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ext_proc.config import Config
 from ext_proc.server import Server
-from tests.conftest import SEAL_KEY
-
-EGRESS = (("x-ext-proc-leg", "egress"), ("x-ext-proc-policy", "anthropic"))
-
-
-def headers_message(*pairs: tuple[str, bytes], legacy: bool = False) -> pb.ProcessingRequest:
-    values = [
-        base_pb2.HeaderValue(key=k, value=v.decode()) if legacy else base_pb2.HeaderValue(key=k, raw_value=v)
-        for k, v in pairs
-    ]
-    return pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=values)))
-
-
-@asynccontextmanager
-async def serving(tmp_path: Path, **overrides: Any) -> AsyncIterator[tuple[Server, pb_grpc.ExternalProcessorStub]]:
-    """A started server (seal key SEAL_KEY, no metrics port) and a stub connected to it."""
-    config = Config.load(
-        env={"EXT_PROC_SEAL_KEYS": SEAL_KEY},
-        overrides={"listen": f"unix:{tmp_path}/s.sock", "metrics_listen": "off", "grace_seconds": 1, **overrides},
-    )
-    server = Server(config)
-    address = await server.start()
-    try:
-        async with grpc.aio.insecure_channel(address) as channel:
-            yield server, pb_grpc.ExternalProcessorStub(channel)
-    finally:
-        await server.stop()
-
-
-async def exchange(
-    tmp_path: Path, messages: Sequence[pb.ProcessingRequest], metadata: Sequence[tuple[str, str]] = EGRESS
-) -> list[pb.ProcessingResponse]:
-    async with serving(tmp_path) as (_, stub):
-        return [r async for r in stub.Process(message_stream(*messages), metadata=metadata)]
-
-
-async def message_stream(*messages: pb.ProcessingRequest) -> AsyncIterator[pb.ProcessingRequest]:
-    for m in messages:
-        yield m
+from tests.support.extproc import EGRESS, exchange, headers_message, message_stream, serving
 
 
 def test_headers_become_a_mutation(tmp_path: Path) -> None:

@@ -38,6 +38,18 @@ from tests.support.processes import BIN, Proc
 Doc = dict[str, Any]
 
 
+K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
+
+
+def render_overlay(name: str) -> list[dict[str, Any]]:
+    """The rendered objects of one overlay under deploy/k8s (or of any kustomization directory)."""
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl (with kustomize) is needed to render deploy/k8s; this machine image ships it"
+    result = subprocess.run([kubectl, "kustomize", str(K8S / name)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
 class ProbeFailed(AssertionError):
     pass
 
