@@ -15,6 +15,12 @@ if [ ! -e "$stamp" ]; then
   rm -f "$VENV"/.installed-* && touch "$stamp"
 fi
 rm -rf mutants
-"$VENV/bin/mutmut" run --max-children "$(nproc)" "$@" > .mutation-run.log 2>&1 || { tail -40 .mutation-run.log; exit 1; }
+# Files given (ext_proc/seal.py) become mutmut's name patterns (ext_proc.seal.*).
+patterns=()
+for file in "$@"; do
+  module="${file%.py}"
+  patterns+=("${module//\//.}.*")
+done
+"$VENV/bin/mutmut" run --max-children "$(nproc)" "${patterns[@]}" > .mutation-run.log 2>&1 || { tail -40 .mutation-run.log; exit 1; }
 "$VENV/bin/mutmut" results --all true > .mutation-results.txt 2>/dev/null || "$VENV/bin/mutmut" results > .mutation-results.txt
 exec "$VENV/bin/python" scripts/mutation_score.py .mutation-results.txt tests/mutation-equivalent.txt

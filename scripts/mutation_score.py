@@ -11,7 +11,7 @@ def main(results: Path, equivalent: Path) -> int:
     status: dict[str, str] = {}
     for line in results.read_text().splitlines():
         match = re.match(r"\s*([\w.]+__mutmut_\d+): (\w+)", line)
-        if match:
+        if match and match.group(2) != "not":  # "not checked": outside the files asked for
             status[match.group(1)] = match.group(2)
     listed = {}
     for line in equivalent.read_text().splitlines():
@@ -24,9 +24,10 @@ def main(results: Path, equivalent: Path) -> int:
     survivors = sorted(n for n, s in status.items() if s not in ("killed", "timeout") and n not in listed)
     for name in survivors:
         print(f"survived: {name} ({status[name]})")
-    stale = sorted(n for n in listed if status.get(n) not in ("survived", "no tests"))
+    stale = sorted(n for n in listed if n in status and status[n] not in ("survived", "no"))
     for name in stale:
         print(f"listed as equivalent but not a survivor (drop it): {name}")
+    listed = {n: r for n, r in listed.items() if n in status}
     counted = [n for n in status if n not in listed]
     killed = sum(status[n] in ("killed", "timeout") for n in counted)
     score = 100.0 * killed / len(counted) if counted else 0.0
