@@ -203,14 +203,15 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def test_up_refuses_a_taken_port_and_names_the_holder() -> None:
+def test_up_refuses_a_taken_port_and_names_the_holder(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         assert port_holder(port) == f"pid {os.getpid()} ({Path('/proc/self/comm').read_text().strip()})"
         args = ["up", "--listen", f"127.0.0.1:{port}", "--egress-listen", f"127.0.0.1:{free_port()}"]
-        result = subprocess.run([str(BIN / "ext-proc"), *args], capture_output=True, text=True, timeout=60)
+        result = subprocess.run([str(BIN / "ext-proc"), *args], capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)})  # fmt: skip
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port} (ingress): Address already in use; held by pid {os.getpid()}" in (
         result.stderr
@@ -233,10 +234,11 @@ def test_ready_line_and_errors_say_which_hop_is_down(tmp_path: Path) -> None:
             assert status == 503 and "could not reach the upstream API" in json.loads(body)["error"]["message"]
 
 
-def test_up_says_when_envoy_is_missing() -> None:
+def test_up_says_when_envoy_is_missing(tmp_path: Path) -> None:
     result = subprocess.run(
-        [str(BIN / "ext-proc"), "up", "--envoy", "/nonexistent/envoy"], capture_output=True, text=True, timeout=60
-    )
+        [str(BIN / "ext-proc"), "up", "--envoy", "/nonexistent/envoy"], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)},
+    )  # fmt: skip
     assert result.returncode == 1 and "Envoy not found" in result.stderr
 
 
