@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from ext_proc.server import LEG_METADATA, POLICY_METADATA
+from ext_proc.names import LEG_METADATA, POLICY_METADATA, Leg, Policy
 
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 UPSTREAMS_PREFIX = "/upstreams/"
@@ -227,7 +227,7 @@ def envoyfilter(layout: Layout = Layout(), inbound_port: int = 4000) -> dict[str
     def insert(value: dict[str, Any]) -> dict[str, Any]:
         return {"operation": "INSERT_BEFORE", "value": value}
 
-    egress = [_leg("egress"), {"key": POLICY_METADATA, "value": "anthropic"}]
+    egress = [_leg(Leg.EGRESS), {"key": POLICY_METADATA, "value": Policy.ANTHROPIC.value}]
     per_route = {
         "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
         "config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
@@ -263,7 +263,7 @@ def envoyfilter(layout: Layout = Layout(), inbound_port: int = 4000) -> dict[str
                     "applyTo": "HTTP_FILTER",
                     "match": listener("SIDECAR_INBOUND", inbound_port),
                     "patch": insert({"name": "envoy.filters.http.ext_proc",
-                                     "typed_config": ext_proc_filter([_leg("ingress")], timeout, _MESH_CLUSTER)}),
+                                     "typed_config": ext_proc_filter([_leg(Leg.INGRESS)], timeout, _MESH_CLUSTER)}),
                 },
             ],
         },
@@ -391,7 +391,7 @@ def _status(code: int, name: str) -> dict[str, Any]:
 
 def _ingress_listener(layout: Layout) -> dict[str, Any]:
     route = _route("litellm", None)
-    hcm = _hcm("ingress", layout, [{"match": {"prefix": "/"}, "route": route}], "LiteLLM", [_leg("ingress")])
+    hcm = _hcm("ingress", layout, [{"match": {"prefix": "/"}, "route": route}], "LiteLLM", [_leg(Leg.INGRESS)])
     # The ingress is the edge: a client's x-request-id is dropped before Envoy makes its own, so ids in the logs
     # (and the audit's sampling) are Envoy's, never client text.
     hcm["early_header_mutation_extensions"] = [
@@ -415,7 +415,7 @@ def _egress_listener(layout: Layout) -> dict[str, Any]:
             "typed_per_filter_config": {
                 "envoy.filters.http.ext_proc": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
-                    "overrides": {"grpc_initial_metadata": [{"key": POLICY_METADATA, "value": "other"}]},
+                    "overrides": {"grpc_initial_metadata": [{"key": POLICY_METADATA, "value": Policy.OTHER.value}]},
                 }
             },
         }
@@ -423,12 +423,12 @@ def _egress_listener(layout: Layout) -> dict[str, Any]:
     ]
     routes.append({"match": {"prefix": "/"}, "route": _route("anthropic", layout.anthropic.authority)})
     hop = "the upstream API"
-    metadata = [_leg("egress"), {"key": POLICY_METADATA, "value": "anthropic"}]
+    metadata = [_leg(Leg.EGRESS), {"key": POLICY_METADATA, "value": Policy.ANTHROPIC.value}]
     return _http_listener("egress", layout.egress, _hcm("egress", layout, routes, hop, metadata))
 
 
-def _leg(leg: str) -> dict[str, str]:
-    return {"key": LEG_METADATA, "value": leg}
+def _leg(leg: Leg) -> dict[str, str]:
+    return {"key": LEG_METADATA, "value": leg.value}
 
 
 def _route(cluster: str, host_rewrite: str | None) -> dict[str, Any]:

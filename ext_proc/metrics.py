@@ -15,7 +15,8 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
-from ext_proc.rules import LEGS, POLICIES, Decision
+from ext_proc.names import LEGS, POLICIES
+from ext_proc.rules import Decision
 
 # Decisions take microseconds; the top buckets are there to show a stalled event loop.
 _LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 10e-3, 50e-3, 0.25, 1.0)

@@ -27,6 +27,7 @@ from ext_proc.credentials import (
     UnreadableCredential,
 )
 from ext_proc.headers import HeaderView
+from ext_proc.names import POLICIES, Leg, Policy
 from ext_proc.seal import Keyring, OpenCounter, SealError, SealFailure
 
 ANTHROPIC_BETA = "anthropic-beta"
@@ -37,20 +38,6 @@ PATH = ":path"
 NEVER_TOUCHED = frozenset({"host", "content-length", "transfer-encoding"})
 _VERDICT_CACHE_SIZE = 4096
 _MEMO_VALUE_BYTES = 256
-
-
-class Leg(StrEnum):
-    INGRESS = "ingress"
-    EGRESS = "egress"
-
-
-class Policy(StrEnum):
-    ANTHROPIC = "anthropic"
-    OTHER = "other"
-
-
-LEGS = frozenset(leg.value for leg in Leg)
-POLICIES = frozenset(p.value for p in Policy)
 
 
 class Source(StrEnum):

@@ -26,11 +26,10 @@ from ext_proc.audit import AuditLog
 from ext_proc.config import Config, default_socket
 from ext_proc.headers import HeaderView
 from ext_proc.metrics import Metrics
+from ext_proc.names import LEG_METADATA, POLICY_METADATA
 from ext_proc.reload import RuleSource
 from ext_proc.rules import Decision, RuleContext, decide
 
-LEG_METADATA = "x-ext-proc-leg"
-POLICY_METADATA = "x-ext-proc-policy"
 SERVICE = pb.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name
 log = logging.getLogger("ext_proc.server")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 from ext_proc.envoy import DEPLOYED, MESH_FILTER, bootstrap, find_envoy, render, render_envoyfilter
@@ -53,3 +54,10 @@ def test_regeneration_commands_in_the_docs_write_what_is_shipped() -> None:
             assert result.stdout == (ROOT / target).read_text(), f"{doc.name}: {command.strip()} != {target}"
             found += 1
     assert found >= 2
+
+
+def test_writing_envoy_configs_imports_neither_grpc_nor_the_server() -> None:
+    """The shared names live in ext_proc/names.py, which imports nothing of ours (issue 15)."""
+    probe = "import sys, ext_proc.envoy; print(sorted(m for m in sys.modules if m in ('grpc', 'ext_proc.server')))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "[]"
