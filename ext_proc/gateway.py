@@ -31,7 +31,7 @@ import yaml
 from ext_proc import litellm as litellm_child
 from ext_proc.config import Config, new_egress_token
 from ext_proc.envoy import HostPort, Layout, find_envoy, log_caps, render
-from ext_proc.litellm_config import check as check_litellm
+from ext_proc.litellm_config import check_text as check_litellm
 from ext_proc.server import Server
 
 log = logging.getLogger("ext_proc.gateway")
@@ -109,7 +109,7 @@ async def run(
     litellm_config: Path | None = None,
 ) -> int:
     envoy_bin = find_envoy(envoy)
-    litellm = _LiteLLMPlan.of(litellm_config, layout) if litellm_config is not None else None
+    litellm = _LiteLLMPlan.of(litellm_config, layout, config) if litellm_config is not None else None
     places = [(layout.ingress, "ingress"), (layout.egress, "egress"), (layout.admin, "Envoy admin")]
     if litellm is not None:
         places.append((HostPort(layout.litellm.host, layout.litellm.port), "LiteLLM"))
@@ -150,7 +150,7 @@ async def run(
         try:
             await _wait_ready(proc, admin, layout, stop)
             if litellm is not None and not stop.is_set():
-                child = await litellm.start(work, config, layout)
+                child = await litellm.start(work, layout)
                 await _wait_litellm(child, layout, stop)
             if stop.is_set():
                 return 0
@@ -196,36 +196,43 @@ async def run(
 class _LiteLLMPlan:
     """What `up --litellm-config` runs: the user's config (read now, so a bad one fails before anything starts)."""
 
-    def __init__(self, source: dict[str, Any], binary: Path, path: Path) -> None:
+    def __init__(self, source: dict[str, Any], derived: str, env: dict[str, str], binary: Path, path: Path) -> None:
         self.source = source
+        self.derived = derived
+        self.env = env
         self.binary = binary
         self.path = path
         self.output: asyncio.Task[None] | None = None
 
     @classmethod
-    def of(cls, path: Path, layout: Layout) -> _LiteLLMPlan:
+    def of(cls, path: Path, layout: Layout, config: Config) -> _LiteLLMPlan:
         if layout.litellm.scheme != "http":
             raise GatewayError("--litellm-config runs LiteLLM on --litellm, which must be an http:// address here")
-        return cls(litellm_child.load(path), litellm_child.find_litellm(), path)
-
-    async def start(self, work: Path, config: Config, layout: Layout) -> asyncio.subprocess.Process:
-        derived = work / "litellm.yaml"
-        derived.write_text(yaml.safe_dump(litellm_child.derive(self.source, str(layout.egress)), sort_keys=False))
-        derived.chmod(0o600)
+        binary = litellm_child.find_litellm()
         token = config.load_egress_token()
         if token is None:
             raise GatewayError("--litellm-config needs an egress token (egress_token_file)")
+        source = litellm_child.load(path)
+        derived = yaml.safe_dump(litellm_child.derive(source, str(layout.egress)), sort_keys=False)
         findings = check_litellm(derived, token, config.anthropic_prefix, {"ANTHROPIC_API_KEY": token.decode()})
         for finding in findings:
-            log.warning("LiteLLM config %s: %s", self.path, finding)
+            log.warning("LiteLLM config %s: %s", path, finding)
         if any(f.error for f in findings):
-            raise GatewayError(f"the LiteLLM config {self.path} breaks a guarantee (see above)")
+            raise GatewayError(f"the LiteLLM config {path} breaks a guarantee (see above)")
         loopback = layout.ingress.host in ("127.0.0.1", "::1", "localhost")
-        env = litellm_child.environment(self.source, token.decode(), str(layout.egress), loopback)
+        env = litellm_child.environment(source, token.decode(), str(layout.egress), loopback)
+        return cls(source, derived, env, binary, path)
+
+    async def start(self, work: Path, layout: Layout) -> asyncio.subprocess.Process:
+        derived = work / "litellm.yaml"
+        fd = os.open(derived, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.derived)
         child = await asyncio.create_subprocess_exec(
             str(self.binary), "--config", str(derived),
             "--host", layout.litellm.host, "--port", str(layout.litellm.port),
-            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, preexec_fn=_die_with_parent,
+            env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )  # fmt: skip
         self.output = asyncio.create_task(_prefixed(child, "litellm | "))
         log.info("LiteLLM started from %s (pid %d)", self.path, child.pid)

@@ -50,7 +50,11 @@ def _lines(node: yaml.Node, path: tuple[str | int, ...]) -> int:
 
 def check(path: Path, egress_token: bytes | None, anthropic_prefix: str, env: Mapping[str, str]) -> list[Finding]:
     """Every problem with one LiteLLM config file, in file order."""
-    text = path.read_text()
+    return check_text(path.read_text(), egress_token, anthropic_prefix, env)
+
+
+def check_text(text: str, egress_token: bytes | None, anthropic_prefix: str, env: Mapping[str, str]) -> list[Finding]:
+    """The same, for a config in hand (`up --litellm-config` checks the copy it derives before starting anything)."""
     doc: Any = yaml.safe_load(text) or {}
     root = yaml.compose(text)
     findings: list[Finding] = []
