@@ -66,7 +66,6 @@ def _parser() -> argparse.ArgumentParser:
     _option(envoy_config, "admin-listen", "Envoy admin, unix:PATH (mode 0600) or HOST:PORT (default: no admin API)")
     _option(envoy_config, "ext-proc", "where Envoy reaches the ext_proc server, unix:PATH or HOST:PORT",
             DEPLOYED_SOCKET)  # fmt: skip
-    _option(envoy_config, "probe-listen", "a listener answering only GET /ready, for Kubernetes probes, HOST:PORT")
     envoy_config.add_argument(
         "--all", metavar="DEPLOY_DIR", help="write every Envoy config the repository ships under DEPLOY_DIR instead"
     )
@@ -92,6 +91,8 @@ def layout_options(parser: argparse.ArgumentParser, listen_default: str) -> None
     _option(parser, "anthropic", "Anthropic's base URL (http:// for local stand-ins)", "https://api.anthropic.com")
     _option(parser, "listen", "ingress listener, HOST:PORT (clients connect here)", listen_default)
     _option(parser, "egress-listen", "egress listener, HOST:PORT (LiteLLM's Anthropic base URL)", "127.0.0.1:10000")
+    _option(parser, "probe-listen", "a listener answering only GET /ready (probes) and GET /stats/prometheus (Envoy's "
+            "stats, when the admin API is a Unix socket), HOST:PORT")  # fmt: skip
     env = _env_default("upstreams")
     parser.add_argument(
         "--upstream",
@@ -117,7 +118,7 @@ def _layout(args: argparse.Namespace) -> Layout:
     names = [u.name for u in layout.upstreams]
     if len(set(names)) != len(names):
         raise ValueError(f"--upstream: each NAME once, got {', '.join(names)}")
-    if getattr(args, "probe_listen", None):
+    if args.probe_listen:
         layout = replace(layout, probe=HostPort.parse(args.probe_listen, "--probe-listen"))
     return layout
 

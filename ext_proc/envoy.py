@@ -163,7 +163,8 @@ class Layout:
     admin: HostPort | str | None = None
     message_timeout_ms: int = 1000
     max_connections: int = 10000
-    # Kubernetes probes reach the pod IP, never loopback: this listener answers only GET /ready (200 while live).
+    # Kubernetes probes and Prometheus reach the pod IP, never loopback: this listener answers only GET /ready (200
+    # while live) and, when the admin API is a Unix socket, GET /stats/prometheus (Envoy's stats, read from it).
     probe: HostPort | None = None
     ca_bundle: str = CA_BUNDLE
     upstreams: tuple[NamedUpstream, ...] = ()
@@ -186,6 +187,8 @@ DEPLOYED: dict[str, Layout] = {
 
 
 MESH_FILTER = "k8s/mesh/envoyfilter.yaml"
+STATS_PATH = "/stats/prometheus"
+_ADMIN_CLUSTER = "envoy_admin"
 _MESH_CLUSTER = "ext_proc_credentials"
 
 
@@ -283,8 +286,9 @@ def render_envoyfilter() -> str:
 def bootstrap(layout: Layout) -> dict[str, Any]:
     """Envoy's bootstrap for both legs, as a plain document."""
     listeners = [_ingress_listener(layout), _egress_listener(layout)]
+    stats_from = layout.admin if isinstance(layout.admin, str) and layout.probe is not None else None
     if layout.probe is not None:
-        listeners.append(_probe_listener(layout.probe))
+        listeners.append(_probe_listener(layout.probe, stats=stats_from is not None))
     document: dict[str, Any] = {}
     if layout.admin is not None:
         document["admin"] = {"address": _address(layout.admin, ADMIN_SOCKET_MODE)}
@@ -308,6 +312,7 @@ def bootstrap(layout: Layout) -> dict[str, Any]:
                 _cluster("litellm", layout.litellm, layout.ca_bundle),
                 _cluster("anthropic", layout.anthropic, layout.ca_bundle),
                 *(_cluster(u.cluster, u.upstream, layout.ca_bundle) for u in layout.upstreams),
+                *([_admin_cluster(stats_from)] if stats_from is not None else []),
             ],
         },
     }
@@ -478,21 +483,22 @@ def _hcm(
     }
 
 
-def _probe_listener(at: HostPort) -> dict[str, Any]:
-    """Envoy's health-check filter: 200 on /ready while Envoy is live, 503 once it drains; nothing else."""
+def _probe_listener(at: HostPort, stats: bool) -> dict[str, Any]:
+    """Envoy's health-check filter: 200 on /ready while Envoy is live, 503 once it drains. With ``stats``, also
+    GET /stats/prometheus, proxied to the admin socket (as Istio's :15090 does); every other path and method: 404.
+
+    The route matches the exact path and method, so nothing else of the admin API (log levels, /quitquitquit,
+    /config_dump) is reachable; stats hold counts and names, never a header value.
+    """
+    routes: list[dict[str, Any]] = []
+    if stats:
+        get = [{"name": ":method", "string_match": {"exact": "GET"}}]
+        routes.append({"match": {"path": STATS_PATH, "headers": get}, "route": {"cluster": _ADMIN_CLUSTER}})
+    routes.append({"match": {"prefix": "/"}, "direct_response": {"status": 404}})
     hcm = {
         "@type": _HCM_TYPE,
         "stat_prefix": "probe",
-        "route_config": {
-            "name": "probe",
-            "virtual_hosts": [
-                {
-                    "name": "probe",
-                    "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 404}}],
-                }
-            ],
-        },
+        "route_config": {"name": "probe", "virtual_hosts": [{"name": "probe", "domains": ["*"], "routes": routes}]},
         "http_filters": [
             {
                 "name": "envoy.filters.http.health_check",
@@ -509,6 +515,18 @@ def _probe_listener(at: HostPort) -> dict[str, Any]:
         ],
     }
     return _http_listener("probe", at, hcm)
+
+
+def _admin_cluster(admin: str) -> dict[str, Any]:
+    return {
+        "name": _ADMIN_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": _ADMIN_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(admin)}}]}],
+        },
+    }
 
 
 def _http_listener(name: str, at: HostPort, hcm: dict[str, Any]) -> dict[str, Any]:

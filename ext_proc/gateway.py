@@ -110,7 +110,8 @@ async def run(
 ) -> int:
     envoy_bin = find_envoy(envoy)
     litellm = _LiteLLMPlan.of(litellm_config, layout, config) if litellm_config is not None else None
-    places = [(layout.ingress, "ingress"), (layout.egress, "egress"), (layout.admin, "Envoy admin")]
+    places = [(layout.ingress, "ingress"), (layout.egress, "egress"), (layout.admin, "Envoy admin"),
+              (layout.probe, "probe")]  # fmt: skip
     if litellm is not None:
         places.append((HostPort(layout.litellm.host, layout.litellm.port), "LiteLLM"))
     for at, what in places:

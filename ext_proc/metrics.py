@@ -88,7 +88,7 @@ class Metrics:
         latency[-1] += seconds
         rejection = decision.rejection
         if rejection is not None:
-            self.rejections.labels(rejection.reason).inc()
+            self.rejections.labels(rejection.metric_label).inc()
             if rejection.reason.startswith("seal-"):
                 self.seal_failures.labels(rejection.reason.removeprefix("seal-")).inc()
             return

@@ -59,6 +59,12 @@ class Rejection:
     error_type: str
     message: str
     reason: str
+    # The metric label when ``reason`` names something the client chose (a header name): labels stay a closed set.
+    label: str = field(default="", compare=False)
+
+    @property
+    def metric_label(self) -> str:
+        return self.label or self.reason
 
     def body(self) -> bytes:
         return json.dumps(
@@ -450,6 +456,7 @@ def _misplaced(name: str) -> Rejection:
         "invalid_request_error",
         f"The request's {where} carries a credential; send it only as x-api-key or Authorization: Bearer.",
         f"misplaced-{name.lstrip(':')}",
+        "misplaced-path" if name == PATH else "misplaced-header",
     )
 
 

@@ -4,9 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The benchmark's smoke test needs wrk and curl (Debian's packages); install them when we can.
-if ! { command -v wrk && command -v curl; } >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  apt-get update -qq >/dev/null && apt-get install -y -qq wrk curl >/dev/null
+# The benchmark's smoke test needs wrk and curl, the alert rules' tests promtool (Debian's packages wrk, curl,
+# prometheus); install them when we can.
+if ! { command -v wrk && command -v curl && command -v promtool; } >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
+  && command -v apt-get >/dev/null 2>&1; then
+  apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends wrk curl prometheus >/dev/null
 fi
 
 VENV="${EXT_PROC_VENV:-.venv}"

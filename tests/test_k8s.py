@@ -97,7 +97,7 @@ def test_network_policies_keep_the_egress_listener_private() -> None:
     assert egress_rule["from"] == [{"podSelector": {"matchLabels": {"app": "litellm"}}}]
     sidecar = render_overlay("sidecar")
     (policy,) = [d for d in sidecar if d["kind"] == "NetworkPolicy"]
-    assert {p["port"] for r in policy["spec"]["ingress"] for p in r["ports"]} == {8080, 9464}
+    assert {p["port"] for r in policy["spec"]["ingress"] for p in r["ports"]} == {8080, 9464, 9902}
 
 
 @pytest.mark.parametrize("name", ["sidecar", "gateway"])

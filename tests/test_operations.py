@@ -93,6 +93,21 @@ def test_decision_latency_lands_in_the_right_buckets() -> None:
     assert sample("ext_proc_requests_total", labels) == 3
 
 
+def test_a_client_cannot_grow_the_rejection_label_space() -> None:
+    """I6 names the header that held the credential (for the client and the audit), but the header name is the
+    client's choice: as a label it would let any client add a series per request to the gateway and to Prometheus."""
+    metrics = Metrics()
+    for i in range(50):
+        decision = decide("ingress", "anthropic", HeaderView.of((f"x-made-up-{i}", "sk-ant-api03-K")), _ctx(), 0)
+        assert decision.rejection is not None and decision.rejection.reason == f"misplaced-x-made-up-{i}"
+        metrics.observe("ingress", "anthropic", decision, 1e-5)
+    path = decide("ingress", "anthropic", HeaderView.of((":path", "/v1/messages?k=sk-ant-api03-K")), _ctx(), 0)
+    metrics.observe("ingress", "anthropic", path, 1e-5)
+    reasons = {s.labels["reason"]: s.value for m in metrics.registry.collect() if m.name == "ext_proc_rejections"
+               for s in m.samples if s.name.endswith("_total")}  # fmt: skip
+    assert reasons == {"misplaced-header": 50, "misplaced-path": 1}
+
+
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_batched_audit_lines_are_exactly_what_the_log_formatter_writes(
     fmt: str, caplog: pytest.LogCaptureFixture

@@ -8,7 +8,9 @@ recording stand-in with the client's own credential and nothing it must not carr
 from __future__ import annotations
 
 import base64
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,19 +64,49 @@ def assert_own_credential_only(recorder: Recorder) -> None:
     assert not any(litellm.MASTER_KEY in v or litellm.EGRESS_TOKEN in v for _, v in got.headers)
 
 
+def scraped_as_the_podmonitor_says(docs: list[dict[str, Any]], app: str) -> dict[str, str]:
+    """Each endpoint of deploy/monitoring's PodMonitor that this pod declares, fetched as Prometheus would."""
+    (monitor,) = (d for d in render_overlay("../monitoring") if d["kind"] == "PodMonitor")
+    (wanted,) = monitor["spec"]["selector"]["matchExpressions"]
+    assert app in wanted["values"]
+    (deployment,) = (d for d in docs if d["kind"] == "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    ports = {p["name"]: p["containerPort"] for c in [*spec.get("initContainers", []), *spec["containers"]]
+             for p in c.get("ports", []) if "name" in p}  # fmt: skip
+    scraped = {}
+    for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+        if endpoint["port"] in ports:
+            url = f"http://127.0.0.1:{ports[endpoint['port']]}{endpoint['path']}"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                scraped[endpoint["port"]] = response.read().decode()
+    return scraped
+
+
+def assert_scrapes(scraped: dict[str, str]) -> None:
+    assert set(scraped) == {"metrics", "probe"}
+    assert (
+        'ext_proc_requests_total{leg="egress",policy="anthropic",source="sealed-authorization"} 1.0'
+        in (scraped["metrics"])
+    )
+    assert 'envoy_http_ext_proc_streams_started{envoy_http_conn_manager_prefix="egress"} 1' in scraped["probe"]
+
+
 def test_sidecar_pod_runs_as_written(free_pod_ports: None) -> None:
     with Recorder() as recorder:
-        pod = Pod(render_overlay("sidecar"), "litellm", SECRETS, images(), machine_env=OFFLINE,  # type: ignore[arg-type]
+        docs = render_overlay("sidecar")
+        pod = Pod(docs, "litellm", SECRETS, images(), machine_env=OFFLINE,  # type: ignore[arg-type]
                   clusters={"anthropic": ("127.0.0.1", recorder.port)})  # fmt: skip
         with pod.running_pod():
             at = HostPort("127.0.0.1", pod.service_port("litellm"))
             assert oauth_request(at) == 200
             assert_own_credential_only(recorder)
+            assert_scrapes(scraped_as_the_podmonitor_says(docs, "litellm"))
 
 
 def test_gateway_pod_runs_as_written(free_pod_ports: None, tmp_path: Path) -> None:
     with Recorder() as recorder:
-        pod = Pod(render_overlay("gateway"), "ext-proc-gateway", SECRETS, images(), machine_env=OFFLINE,  # type: ignore[arg-type]
+        docs = render_overlay("gateway")
+        pod = Pod(docs, "ext-proc-gateway", SECRETS, images(), machine_env=OFFLINE,  # type: ignore[arg-type]
                   clusters={"anthropic": ("127.0.0.1", recorder.port), "litellm": ("127.0.0.1", 4000)})  # fmt: skip
         with pod.running_pod():
             # The existing LiteLLM, configured as docs/kubernetes-gateway.md says (ext-proc-egress:10000 is here).
@@ -84,6 +116,7 @@ def test_gateway_pod_runs_as_written(free_pod_ports: None, tmp_path: Path) -> No
                 at = HostPort("127.0.0.1", pod.service_port("ext-proc-gateway"))
                 assert oauth_request(at) == 200
                 assert_own_credential_only(recorder)
+                assert_scrapes(scraped_as_the_podmonitor_says(docs, "ext-proc-gateway"))
             finally:
                 proxy.stop()
 

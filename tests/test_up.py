@@ -17,8 +17,6 @@ import stat
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,34 +26,7 @@ from ext_proc.gateway import port_holder
 from tests.support.http import send
 from tests.support.processes import BIN, Proc, free_port, wait_for
 from tests.support.recorder import Recorder
-
-TOKEN = "egress-test-token-0123456789abcdefghij"
-SERVER_KEY = "sk-ant-api03-UPSERVERKEY"
-
-
-def _up(*args: str, env: dict[str, str] | None = None) -> Proc:
-    return Proc([str(BIN / "ext-proc"), "up", *args], env)
-
-
-@contextmanager
-def running_up(
-    tmp_path: Path, recorder: Recorder, *extra: str, litellm: str | None = None
-) -> Iterator[tuple[Proc, HostPort, HostPort]]:
-    """`up` whose ingress goes straight to its egress (a client plays LiteLLM's part), with a token and server key."""
-    ingress, egress = free_port(), free_port()
-    token, key = tmp_path / "egress-token", tmp_path / "server-key"
-    token.write_text(TOKEN + "\n")
-    key.write_text(SERVER_KEY + "\n")
-    up = _up(
-        "--listen", f"127.0.0.1:{ingress}", "--egress-listen", f"127.0.0.1:{egress}",
-        "--litellm", litellm or f"http://127.0.0.1:{egress}", "--anthropic", recorder.url,
-        "--metrics-listen", "off", "--egress-token-file", str(token), "--server-key-file", str(key), *extra,
-    )  # fmt: skip
-    try:
-        up.ready_line = up.wait_line("ready ")
-        yield up, HostPort("127.0.0.1", ingress), HostPort("127.0.0.1", egress)
-    finally:
-        up.stop()
+from tests.support.up import SERVER_KEY, TOKEN, running_up, up_process
 
 
 def test_up_serves_both_legs_and_stops_cleanly_on_sigterm() -> None:
@@ -70,7 +41,7 @@ def test_up_serves_both_legs_and_stops_cleanly_on_sigterm() -> None:
             "EXT_PROC_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
             "EXT_PROC_EGRESS_TOKEN": TOKEN,
         }
-        up = _up(env=env)
+        up = up_process(env=env)
         try:
             ready = up.wait_line("ready ")
             where = f"ingress=127.0.0.1:{ingress} egress=127.0.0.1:{egress}"
@@ -184,7 +155,7 @@ def test_sigkill_of_up_takes_envoy_with_it_and_the_ports_are_free_again(tmp_path
             stop.set()
             for t in threads:
                 t.join(30)
-        again = _up(
+        again = up_process(
             "--listen", f"127.0.0.1:{ingress.port}", "--egress-listen", f"127.0.0.1:{egress.port}",
             "--litellm", f"http://127.0.0.1:{egress.port}", "--anthropic", recorder.url, "--metrics-listen", "off",
             "--egress-token-file", str(tmp_path / "egress-token"),
@@ -220,7 +191,10 @@ def test_up_refuses_a_taken_port_and_names_the_holder(tmp_path: Path) -> None:
 
 def test_ready_line_and_errors_say_which_hop_is_down(tmp_path: Path) -> None:
     dead = free_port()
-    with Recorder() as recorder, running_up(tmp_path, recorder, litellm=f"http://127.0.0.1:{dead}") as (up, ingress, _):
+    with (
+        Recorder() as recorder,
+        running_up(tmp_path, recorder, litellm=f"http://127.0.0.1:{dead}") as (up, ingress, _),
+    ):
         assert up.ready_line.endswith(f"litellm=down (127.0.0.1:{dead})")
         status, body, response = send(ingress, "POST", "/v1/messages", [("x-api-key", TOKEN)], b"{}")
         error = json.loads(body)
@@ -308,7 +282,10 @@ def test_serve_refuses_a_default_socket_directory_others_can_enter(tmp_path: Pat
 
 def test_a_raised_envoy_log_level_prints_no_credential(tmp_path: Path) -> None:
     """`--envoy-log-level trace` (the operator debugging): Envoy's header-printing components stay at info."""
-    with Recorder() as recorder, running_up(tmp_path, recorder, "--envoy-log-level", "trace") as (up, ingress, _):
+    with (
+        Recorder() as recorder,
+        running_up(tmp_path, recorder, "--envoy-log-level", "trace") as (up, ingress, _),
+    ):
         headers = [("authorization", "Bearer sk-ant-oat01-TRACESECRET"), ("x-api-key", TOKEN),
                    ("x-litellm-api-key", "sk-litellm-TRACESECRET")]  # fmt: skip
         assert send(ingress, "POST", "/v1/messages", headers, b"{}")[0] == 200
