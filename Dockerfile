@@ -6,13 +6,13 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY ext_proc ./ext_proc
-RUN pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt ".[tracing]"
 
 FROM python:3.11-slim
 # ca-certificates (in the base image) is what Envoy's TLS to api.anthropic.com trusts.
 RUN groupadd --system --gid 10001 ext-proc && useradd --system --uid 10001 --gid 10001 --no-create-home ext-proc
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels ext-proc-credentials && rm -rf /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels "ext-proc-credentials[tracing]" && rm -rf /wheels
 USER 10001:10001
 ENTRYPOINT ["ext-proc"]
 CMD ["serve", "--listen", "unix:/var/run/ext-proc/ext-proc.sock"]

@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     envoy_config = sub.add_parser("envoy-config", help="print the Envoy bootstrap for both legs")
     layout_options(envoy_config, listen_default="0.0.0.0:8080")
     _option(envoy_config, "admin-listen", "Envoy admin, unix:PATH (mode 0600) or HOST:PORT (default: no admin API)")
+    _option(envoy_config, "tracing-endpoint", "an OpenTelemetry collector, http://HOST:PORT: Envoy traces both legs")
     _option(envoy_config, "ext-proc", "where Envoy reaches the ext_proc server, unix:PATH or HOST:PORT",
             DEPLOYED_SOCKET)  # fmt: skip
     envoy_config.add_argument(
@@ -84,6 +85,8 @@ def config_options(parser: argparse.ArgumentParser) -> None:
     _option(parser, "server-key-file", "the sidecar's own Anthropic credential (optional)")
     _option(parser, "egress-token-file", "the secret LiteLLM sends as its Anthropic key (docs/rules.md E0)")
     _option(parser, "metrics-listen", "Prometheus /metrics, HOST:PORT or 'off'", "127.0.0.1:9464")
+    _option(parser, "tracing-endpoint", "an OpenTelemetry collector, http://HOST:PORT (OTLP/gRPC): a span per "
+            "decision (and, in `up`, Envoy's traces of both legs); off by default")  # fmt: skip
 
 
 def layout_options(parser: argparse.ArgumentParser, listen_default: str) -> None:
@@ -120,6 +123,8 @@ def _layout(args: argparse.Namespace) -> Layout:
         raise ValueError(f"--upstream: each NAME once, got {', '.join(names)}")
     if args.probe_listen:
         layout = replace(layout, probe=HostPort.parse(args.probe_listen, "--probe-listen"))
+    if args.tracing_endpoint:
+        layout = replace(layout, tracing=HostPort(*Config(tracing_endpoint=args.tracing_endpoint).tracing_address()))
     return layout
 
 
@@ -133,6 +138,7 @@ def _config(args: argparse.Namespace, env: Mapping[str, str], listen: str | None
             "server_credential_file": Path(args.server_key_file) if args.server_key_file else None,
             "egress_token_file": Path(args.egress_token_file) if args.egress_token_file else None,
             "metrics_listen": args.metrics_listen,
+            "tracing_endpoint": args.tracing_endpoint,
         },
     )
 
@@ -158,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         config = _config(args, env, args.listen if args.command == "serve" else None)
         layout = _layout(args) if args.command == "up" else None
+        if layout is not None and config.tracing_endpoint:
+            # The same collector for Envoy's spans, wherever the setting came from (flag, environment, file).
+            layout = replace(layout, tracing=HostPort(*config.tracing_address()))
         if layout is not None and config.egress_token is None and config.egress_token_file is None:
             from ext_proc.gateway import egress_token_file
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import importlib.util
 import os
 import re
 import tempfile
@@ -74,6 +75,9 @@ class Config:
     log_format: str = "text"
     audit_sample_rate: float = 1.0
     metrics_listen: str = "127.0.0.1:9464"
+    # An OpenTelemetry collector's OTLP/gRPC address, http://HOST:PORT: one span per decision (off when empty).
+    tracing_endpoint: str = ""
+    tracing_service_name: str = "ext-proc-credentials"
     reload_interval_seconds: float = 2.0
     grace_seconds: float = 20.0
     drain_seconds: float = 1.0
@@ -108,6 +112,17 @@ class Config:
         if self.metrics_listen in ("", "off"):
             return None
         host, _, port = self.metrics_listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def tracing_address(self) -> tuple[str, int]:
+        """The collector's host and port, from ``http://HOST:PORT``."""
+        rest = self.tracing_endpoint.removeprefix("http://")
+        host, sep, port = rest.rstrip("/").rpartition(":")
+        if rest == self.tracing_endpoint or not sep or not host or "/" in host or not port.isdigit():
+            raise ConfigError(
+                f"tracing_endpoint {self.tracing_endpoint!r}: expected http://HOST:PORT, an OpenTelemetry collector's "
+                "OTLP/gRPC port (4317) next to the gateway; TLS to a remote collector is the local collector's job"
+            )
         return host.strip("[]"), int(port)
 
     @property
@@ -148,6 +163,13 @@ class Config:
             host, sep, port = self.metrics_listen.rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ConfigError(f"metrics_listen {self.metrics_listen!r}: expected HOST:PORT, or 'off'")
+        if self.tracing_endpoint:
+            self.tracing_address()
+            if importlib.util.find_spec("opentelemetry.sdk") is None:
+                raise ConfigError(
+                    "tracing_endpoint is set but OpenTelemetry is not installed: "
+                    "pip install 'ext-proc-credentials[tracing]'"
+                )
         if self.reload_interval_seconds <= 0 or self.grace_seconds < 0 or self.drain_seconds < 0:
             raise ConfigError("reload_interval_seconds must be positive, grace_seconds and drain_seconds not negative")
         if self.event_loop not in ("uvloop", "asyncio"):

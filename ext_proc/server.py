@@ -29,6 +29,7 @@ from ext_proc.metrics import Metrics
 from ext_proc.names import LEG_METADATA, POLICY_METADATA
 from ext_proc.reload import RuleSource
 from ext_proc.rules import Decision, RuleContext, decide
+from ext_proc.tracing import Tracing
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name
 log = logging.getLogger("ext_proc.server")
@@ -111,11 +112,13 @@ class CredentialProcessor:
         audit: AuditLog,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        tracing: Tracing | None = None,
     ) -> None:
         self._rules = rules
         self._audit = audit
         self._metrics = metrics
         self._clock = clock
+        self._tracing = tracing
         # A client's requests repeat the same mutation (the same headers to drop, the same credential to write),
         # so each distinct forwarded one is built once. Bounded; it holds credentials only as the process already
         # does, and is never logged.
@@ -140,14 +143,20 @@ class CredentialProcessor:
                 self._metrics.body_bytes.inc(len(getattr(request, which).body))
             return _CONTINUE[which]
         leg = policy = ""
-        for key, value in context.invocation_metadata() or ():
+        metadata = context.invocation_metadata() or ()
+        for key, value in metadata:
             if key == LEG_METADATA:
                 leg = str(value)
             elif key == POLICY_METADATA:
                 policy = str(value)
         started = time.perf_counter()
-        decision = decide(leg, policy, view_of(request.request_headers), self._rules(), self._clock())
-        self._metrics.observe(leg, policy, decision, time.perf_counter() - started)
+        headers = view_of(request.request_headers)
+        decision = decide(leg, policy, headers, self._rules(), self._clock())
+        elapsed = time.perf_counter() - started
+        self._metrics.observe(leg, policy, decision, elapsed)
+        if self._tracing is not None:
+            end = time.time_ns()
+            self._tracing.record(leg, policy, decision, end - int(elapsed * 1e9), end, metadata, headers)
         self._audit.record(decision.audit)
         if decision.rejection is not None:
             return response_of(decision)
@@ -190,7 +199,8 @@ class Server:  # pragma: no mutate block (lifecycle: the process tests' business
         self._server = grpc.aio.server()
         self._health = HealthServicer()
         self.audit = AuditLog(config.audit_sample_rate, config.log_format)
-        processor = CredentialProcessor(self.rules, self.audit, self.metrics)
+        self.tracing = Tracing.start(config)
+        processor = CredentialProcessor(self.rules, self.audit, self.metrics, tracing=self.tracing)
         self._server.add_generic_rpc_handlers((processor.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self._watcher: asyncio.Task[None] | None = None
@@ -248,6 +258,8 @@ class Server:  # pragma: no mutate block (lifecycle: the process tests' business
             self._watcher.cancel()
         self.audit.flush()
         self.metrics.close()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)
 
     async def run_until_signalled(self, on_ready: Callable[[str], None]) -> None:
         stop = asyncio.Event()

@@ -1,0 +1,185 @@
+"""Tracing (docs/operations.md, Tracing): a span per decision, joined to the request's trace, never a value.
+
+In-process with OpenTelemetry's in-memory exporter for what a span holds and which parent it takes; then the real
+Envoy and `ext-proc up --tracing-endpoint` exporting to a recording OTLP collector, for the join between Envoy's
+spans and the server's and for everything that leaves for the collector.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from ext_proc.config import Config, ConfigError
+from ext_proc.credentials import ApiKey
+from ext_proc.headers import HeaderView
+from ext_proc.rules import RuleContext, decide
+from ext_proc.tracing import Tracing
+from tests.support.collector import Collector, Span
+from tests.support.http import send
+from tests.support.recorder import Recorder
+from tests.support.rules import KEYRING, NOW
+from tests.support.up import SERVER_KEY, TOKEN, running_up
+
+OAUTH = "sk-ant-oat01-TRACEDTOKEN"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+ENVOY_PARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
+
+
+@pytest.fixture
+def traced() -> Iterator[tuple[Tracing, InMemorySpanExporter]]:
+    exporter = InMemorySpanExporter()
+    tracing = Tracing.start(Config(), exporter)
+    assert tracing is not None
+    yield tracing, exporter
+    tracing.shutdown()
+
+
+def one_span(
+    traced: tuple[Tracing, InMemorySpanExporter],
+    leg: str,
+    headers: HeaderView,
+    metadata: tuple[tuple[str, str], ...] = (),
+    policy: str = "anthropic",
+) -> ReadableSpan:
+    tracing, exporter = traced
+    ctx = RuleContext.from_config(Config(), KEYRING, ApiKey(SERVER_KEY.encode()), TOKEN.encode())
+    decision = decide(leg, policy, HeaderView([(":path", b"/v1/messages"), *headers]), ctx, NOW)
+    tracing.record(leg, policy, decision, 1_000, 2_000, metadata, headers)
+    tracing._provider.force_flush()
+    (span,) = exporter.get_finished_spans()
+    return span
+
+
+def everything_in(span: ReadableSpan) -> str:
+    return repr((span.name, dict(span.attributes or {}), span.context, span.parent, span.resource.attributes))
+
+
+def test_off_by_default_and_costs_one_test_per_request() -> None:
+    assert Tracing.start(Config()) is None
+
+
+def test_a_span_per_decision_says_what_happened_and_holds_no_value(
+    traced: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    headers = HeaderView.of(("authorization", f"Bearer {OAUTH}"), ("x-litellm-api-key", "sk-litellm-TRACEDKEY"))
+    span = one_span(traced, "ingress", headers)
+    assert span.name == "ext_proc ingress" and span.kind == SpanKind.SERVER
+    assert (span.start_time, span.end_time) == (1_000, 2_000)
+    assert dict(span.attributes or {}) == {
+        "ext_proc.leg": "ingress", "ext_proc.policy": "anthropic", "ext_proc.outcome": "forward", "ext_proc.sealed": 1,
+    }  # fmt: skip
+    assert span.resource.attributes["service.name"] == "ext-proc-credentials"
+    assert "TRACED" not in everything_in(span)
+
+
+def test_an_egress_span_names_the_credential_s_source_and_kind(traced: tuple[Tracing, InMemorySpanExporter]) -> None:
+    span = one_span(traced, "egress", HeaderView.of(("x-api-key", TOKEN)))
+    attributes = dict(span.attributes or {})
+    assert attributes["ext_proc.credential.source"] == "server"
+    assert attributes["ext_proc.credential.kind"] == "api-key"
+    assert SERVER_KEY not in everything_in(span) and TOKEN not in everything_in(span)
+
+
+def test_a_rejection_carries_its_closed_label_and_only_a_5xx_is_an_error(
+    traced: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    span = one_span(traced, "ingress", HeaderView.of(("x-client-chosen-name", f"Bearer {OAUTH}")))
+    attributes = dict(span.attributes or {})
+    assert attributes["ext_proc.reason"] == "misplaced-header" and attributes["http.response.status_code"] == 400
+    assert span.status.status_code == StatusCode.UNSET
+    assert "x-client-chosen-name" not in everything_in(span) and "TRACED" not in everything_in(span)
+    traced[1].clear()
+    span = one_span(traced, "sideways", HeaderView.of(("x-api-key", "k")))
+    assert span.status.status_code == StatusCode.ERROR
+
+
+def test_the_parent_is_envoy_s_call_span_else_the_request_s_traceparent(
+    traced: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    headers = HeaderView.of(("traceparent", PARENT), ("x-api-key", "sk-ant-api03-K"))
+    span = one_span(traced, "ingress", headers, metadata=(("traceparent", ENVOY_PARENT),))
+    assert span.parent is not None and f"{span.parent.span_id:016x}" == "b7ad6b7169203331"
+    assert f"{span.context.trace_id:032x}" == TRACE_ID
+    traced[1].clear()
+    span = one_span(traced, "ingress", headers)
+    assert span.parent is not None and f"{span.parent.span_id:016x}" == "00f067aa0ba902b7"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        (("traceparent", PARENT), ("traceparent", ENVOY_PARENT)),  # repeated: neither is the request's context
+        (("traceparent", "00-sk-ant-api03-NOTATRACEID-01"),),  # not the W3C shape
+        (("traceparent", PARENT), ("tracestate", f"vendor={OAUTH}")),  # tracestate is never read
+    ],
+)
+def test_trace_context_a_client_shapes_cannot_carry_text_into_a_span(
+    traced: tuple[Tracing, InMemorySpanExporter], headers: tuple[tuple[str, str], ...]
+) -> None:
+    span = one_span(traced, "ingress", HeaderView.of(*headers, ("x-api-key", "sk-ant-api03-K")))
+    assert "sk-ant-oat" not in everything_in(span) and "NOTATRACEID" not in everything_in(span)
+    assert span.context.trace_state is None or not span.context.trace_state
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "message"),
+    [
+        ("127.0.0.1:4317", "expected http://HOST:PORT"),
+        ("https://collector:4317", "expected http://HOST:PORT"),
+        ("http://collector", "expected http://HOST:PORT"),
+        ("http://collector:4317/v1/traces", "expected http://HOST:PORT"),
+    ],
+)
+def test_the_endpoint_is_checked_at_start(endpoint: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Config(tracing_endpoint=endpoint).validated()
+    assert Config(tracing_endpoint="http://otel-collector:4317").validated().tracing_address() == (
+        "otel-collector",
+        4317,
+    )
+
+
+def test_without_the_tracing_extra_the_setting_is_refused_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "opentelemetry.sdk" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"pip install 'ext-proc-credentials\[tracing\]'"):
+        Config(tracing_endpoint="http://127.0.0.1:4317").validated()
+
+
+def test_envoy_and_the_server_export_one_joined_trace_and_no_credential(tmp_path: Path) -> None:
+    """Real Envoy with its OpenTelemetry tracer, `up` with the server's exporter, one recording collector."""
+    litellm_key = "sk-litellm-TRACEDLITELLMKEY"
+    with (
+        Collector() as collector,
+        Recorder() as recorder,
+        running_up(tmp_path, recorder, "--tracing-endpoint", collector.endpoint) as (_, ingress, egress),
+    ):
+        headers = [("authorization", f"Bearer {OAUTH}"), ("x-litellm-api-key", litellm_key),
+                   ("user-agent", f"agent {litellm_key}"), ("traceparent", PARENT)]  # fmt: skip
+        # The ingress sends to the egress directly here (LiteLLM's part is played by the test: no token, so 401).
+        send(ingress, "POST", f"/v1/messages?note={litellm_key}", headers, b"{}")
+        send(egress, "POST", "/v1/messages", [("x-api-key", TOKEN), ("traceparent", PARENT)], b"{}")
+        server = collector.wait_for(3, "ext-proc-credentials")
+        assert {s.trace_id for s in server} == {TRACE_ID}, "every decision joins the client's trace"
+        assert sorted(s.attributes["ext_proc.leg"] for s in server) == ["egress", "egress", "ingress"]
+
+        def joined(spans: list[Span]) -> bool:
+            envoy = {s.span_id for s in spans if s.service.startswith("ext-proc-envoy-")}
+            return all(s.parent_span_id in envoy for s in server)
+
+        # Each decision's parent is Envoy's span for that ext_proc call (exported by Envoy on its own schedule).
+        collector.wait_until(joined, "every server span's parent is one of Envoy's spans")
+        assert {s.service for s in collector.spans()} >= {"ext-proc-envoy-ingress", "ext-proc-envoy-egress"}
+        exported = collector.raw()
+        for secret in (OAUTH, "TRACEDLITELLMKEY", TOKEN, SERVER_KEY):
+            assert secret.encode() not in exported, f"{secret[:12]}... reached the collector"
