@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from ext_proc.envoy import HostPort
 from ext_proc.names import LEGS, POLICIES
 from ext_proc.rules import Source
 from ext_proc.seal import SealFailure
-from tests.support.http import send
+from tests.support.http import get_text, send
 from tests.support.processes import free_port, wait_for
 from tests.support.recorder import Recorder
 from tests.support.up import TOKEN, running_up
@@ -154,11 +153,6 @@ def _exported(text: str) -> dict[str, set[str]]:
     return names
 
 
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback)
-        return str(response.read().decode())
-
-
 def test_every_metric_and_label_queried_is_exported_by_a_running_gateway(tmp_path: Path) -> None:
     probe, metrics = free_port(), free_port()
     with (
@@ -174,9 +168,9 @@ def test_every_metric_and_label_queried_is_exported_by_a_running_gateway(tmp_pat
         send(egress, "POST", "/v1/messages", [("x-api-key", TOKEN), ("x-credential-handoff", "v1.AAAA.BBBB")], b"{}")
         (tmp_path / "server-key").write_text("not a credential\n")
         server_url = f"http://127.0.0.1:{metrics}/metrics"
-        wait_for(lambda: 'result="rejected"' in _get(server_url), "a rejected reload in the server's metrics")
-        exported = _exported(_get(server_url))
-        envoy = _get(f"http://127.0.0.1:{probe}/stats/prometheus")
+        wait_for(lambda: 'result="rejected"' in get_text(server_url), "a rejected reload in the server's metrics")
+        exported = _exported(get_text(server_url))
+        envoy = get_text(f"http://127.0.0.1:{probe}/stats/prometheus")
         assert "envoy_http_ext_proc_streams_started" in envoy
         exported |= _exported(envoy)
         clusters = set(re.findall(r'envoy_cluster_name="([^"]+)"', envoy))

@@ -10,7 +10,6 @@ import json
 import logging
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from ext_proc.reload import RuleSource
 from ext_proc.rules import Audit, RuleContext, Source, decide
 from ext_proc.server import Server
 from tests.support.extproc import EGRESS, exchange, headers_message, message_stream
+from tests.support.http import get_text
 from tests.support.processes import BIN, start_server
 
 KEY_A = base64.urlsafe_b64encode(bytes(32)).decode()
@@ -34,8 +34,7 @@ KEY_B = base64.urlsafe_b64encode(bytes(range(32))).decode()
 
 
 def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return str(response.read().decode())
+    return get_text(f"http://127.0.0.1:{port}/metrics")
 
 
 def test_metrics_by_leg_policy_source_rejection_and_latency(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import urllib.request
 
 from ext_proc.envoy import HostPort
 
@@ -30,3 +31,9 @@ def send(
     data = response.read()
     conn.close()
     return response.status, data, response
+
+
+def get_text(url: str, timeout: float = 5.0) -> str:
+    """GET a local page (a metrics or stats endpoint) and return its text."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (loopback)
+        return str(response.read().decode())

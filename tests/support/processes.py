@@ -16,10 +16,12 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from ext_proc.envoy import Layout, find_envoy, render
+from tests.support.http import get_text
 
 BIN = Path(sys.executable).parent
 STARTUP_SECONDS = 30.0
@@ -106,10 +108,9 @@ class Proc:
         return "http://" + self.ready_line.rsplit("metrics=", 1)[1] + "/metrics"
 
     def metrics_value(self, name: str) -> float | None:
-        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:  # noqa: S310
-            for line in response.read().decode().splitlines():
-                if line.startswith(name + " "):
-                    return float(line.split()[1])
+        for line in get_text(self.metrics_url).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
         return None
 
     @property
@@ -162,20 +163,27 @@ class Envoy:
         return self.proc.stop()
 
 
-def start_envoy(layout: Layout, workdir: Path, document: dict[str, object] | None = None) -> Envoy:
-    """Envoy with the generated config for `layout`, or with `document` as given (its admin port must be 0)."""
-    config = workdir / "envoy.yaml"
-    config.write_text(render(layout) if document is None else yaml.safe_dump(document))
-    admin_file = workdir / "admin-address"
+def start_envoy(
+    layout: Layout | None,
+    workdir: Path,
+    document: dict[str, Any] | None = None,
+    name: str = "envoy",
+    log_level: str = "warning",
+) -> Envoy:
+    """Envoy (one worker) with the generated config for `layout`, or with `document` as given (its admin port must
+    be 0); `name` keeps several Envoys' files apart in one directory."""
+    config = workdir / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(document) if document is not None else render(layout or Layout()))
+    admin_file = workdir / f"{name}.admin-address"
     proc = Proc(
-        [str(find_envoy()), "-c", str(config), "--concurrency", "1", "--log-level", "warning",
+        [str(find_envoy()), "-c", str(config), "--concurrency", "1", "--log-level", log_level,
          "--admin-address-path", str(admin_file), "--disable-hot-restart"]
     )  # fmt: skip
     wait_for(
         lambda: (admin_file.exists() and admin_file.read_text().strip() != "") or proc.poll() is not None, "envoy admin"
     )
     if proc.poll() is not None:
-        raise RuntimeError(f"envoy exited:\n{proc.output}")
+        raise RuntimeError(f"envoy {name} exited:\n{proc.output}")
     admin = admin_file.read_text().strip()
 
     def ready() -> bool:
@@ -185,5 +193,5 @@ def start_envoy(layout: Layout, workdir: Path, document: dict[str, object] | Non
         except OSError:
             return False
 
-    wait_for(ready, "envoy /ready")
+    wait_for(ready, f"envoy {name} /ready")
     return Envoy(proc, admin)
