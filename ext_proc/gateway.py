@@ -101,6 +101,11 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+# Envoy's workers: the one-threaded ext_proc server saturates long before two workers do (docs/performance.md),
+# and Envoy's default, one per CPU, only adds idle threads and connections.
+ENVOY_WORKERS = 2
+
+
 async def run(
     config: Config,
     layout: Layout,
@@ -138,7 +143,7 @@ async def run(
         admin = Admin(str(layout.admin), work / "admin")
         proc = await asyncio.create_subprocess_exec(
             str(envoy_bin), "-c", str(work / "envoy.yaml"), "--log-level", envoy_log_level, *log_caps(),
-            "--admin-address-path", str(work / "admin"), "--disable-hot-restart",
+            "--admin-address-path", str(work / "admin"), "--disable-hot-restart", "--concurrency", str(ENVOY_WORKERS),
             "--drain-time-s", str(max(1, int(config.grace_seconds))), "--drain-strategy", "immediate",
             preexec_fn=_die_with_parent,
         )  # fmt: skip

@@ -281,3 +281,4 @@ def test_envoy_containers_cap_the_header_printing_loggers(name: str) -> None:
     (envoy,) = [c for c in [*pod.get("initContainers", []), *pod["containers"]] if c.get("command") == ["envoy"]]
     caps = log_caps()
     assert envoy["args"][envoy["args"].index(caps[0]) + 1] == caps[1]
+    assert envoy["args"][envoy["args"].index("--concurrency") + 1] == "2", "two workers, not one per node CPU"

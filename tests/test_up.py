@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from ext_proc import cli
 from ext_proc.envoy import HostPort
 from ext_proc.gateway import port_holder
 from tests.support.http import send
-from tests.support.processes import BIN, Proc, free_port, wait_for
+from tests.support.processes import BIN, Proc, free_port, start_server, wait_for
 from tests.support.recorder import Recorder
 from tests.support.up import SERVER_KEY, TOKEN, running_up, up_process
 
@@ -82,11 +83,37 @@ def _tcp_listening_ports(pid: int) -> set[int]:
     return ports
 
 
+@pytest.mark.parametrize("preset", [None, "-event_engine_listener"])
+def test_the_server_runs_grpc_without_its_event_engine_experiments_unless_told(
+    preset: str | None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/performance.md: measured cheaper per decision; an operator's own GRPC_EXPERIMENTS is kept."""
+    monkeypatch.setenv("GRPC_EXPERIMENTS", "")  # so that the teardown restores whatever was there
+    if preset is None:
+        monkeypatch.delenv("GRPC_EXPERIMENTS")
+    else:
+        monkeypatch.setenv("GRPC_EXPERIMENTS", preset)
+    assert cli.main(["keygen"]) == 0
+    capsys.readouterr()
+    assert os.environ["GRPC_EXPERIMENTS"] == (preset or cli.GRPC_EXPERIMENTS)
+
+
+def test_this_grpcio_knows_every_experiment_the_server_turns_off(tmp_path: Path) -> None:
+    """A grpcio release that drops one of the names says so at start ("Unknown experiment"): caught here."""
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
+    server = start_server(tmp_path / "ext-proc.sock", env)
+    try:
+        assert "experiment" not in server.output.lower(), server.output
+    finally:
+        server.stop()
+
+
 def test_envoy_admin_is_a_unix_socket_no_other_user_can_open(tmp_path: Path) -> None:
     with Recorder() as recorder, running_up(tmp_path, recorder) as (up, ingress, egress):
         envoy = _envoy_pid(up)
         assert _tcp_listening_ports(envoy) == {ingress.port, egress.port}, "no admin (or any other) TCP port"
         cmdline = Path(f"/proc/{envoy}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[cmdline.index(b"--concurrency") + 1] == b"2"
         workdir = Path(cmdline[cmdline.index(b"-c") + 1].decode()).parent
         admin = workdir / "envoy-admin.sock"
         assert stat.S_ISSOCK(admin.stat().st_mode) and stat.S_IMODE(admin.stat().st_mode) == 0o600
