@@ -163,7 +163,7 @@ def _server(socket_path: Path, work: Path, *extra: str) -> Proc:
     token.write_text(litellm.EGRESS_TOKEN + "\n")
     server_key.write_text(SERVER_KEY + "\n")
     server = Proc([str(BIN / "ext-proc"), "serve", "--listen", f"unix:{socket_path}", "--seal-key-file", str(keys),
-                   "--egress-token-file", str(token), "--server-key-file", str(server_key),
+                   "--egress-token-file", str(token), "--server-credential-file", str(server_key),
                    "--metrics-listen", f"127.0.0.1:{free_port()}", *extra], REPLAYED_HANDOFF)  # fmt: skip
     server.ready_line = server.wait_line("serving ext_proc on")
     return server

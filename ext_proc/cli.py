@@ -17,7 +17,7 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, MutableMapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 def config_options(parser: argparse.ArgumentParser) -> None:
     _option(parser, "config", "TOML config file")
     _option(parser, "seal-key-file", "seal keys, one per line; the first seals, all open (generated when absent)")
-    _option(parser, "server-key-file", "the sidecar's own Anthropic credential (optional)")
+    _option(parser, "server-credential-file", "the gateway's own Anthropic key or OAuth token (optional)")
     _option(parser, "egress-token-file", "the secret LiteLLM sends as its Anthropic key (docs/rules.md E0)")
     _option(parser, "metrics-listen", "Prometheus /metrics, HOST:PORT or 'off'", "127.0.0.1:9464")
     _option(parser, "tracing-endpoint", "an OpenTelemetry collector, http://HOST:PORT (OTLP/gRPC): a span per "
@@ -92,7 +92,7 @@ def config_options(parser: argparse.ArgumentParser) -> None:
 def layout_options(parser: argparse.ArgumentParser, listen_default: str) -> None:
     _option(parser, "litellm", "LiteLLM's base URL", "http://127.0.0.1:4000")
     _option(parser, "anthropic", "Anthropic's base URL (http:// for local stand-ins)", "https://api.anthropic.com")
-    _option(parser, "listen", "ingress listener, HOST:PORT (clients connect here)", listen_default)
+    _option(parser, "ingress-listen", "ingress listener, HOST:PORT (clients connect here)", listen_default)
     _option(parser, "egress-listen", "egress listener, HOST:PORT (LiteLLM's Anthropic base URL)", "127.0.0.1:10000")
     _option(parser, "probe-listen", "a listener answering only GET /ready (probes) and GET /stats/prometheus (Envoy's "
             "stats, when the admin API is a Unix socket), HOST:PORT")  # fmt: skip
@@ -110,7 +110,7 @@ def layout_options(parser: argparse.ArgumentParser, listen_default: str) -> None
 def _layout(args: argparse.Namespace) -> Layout:
     admin = args.admin_listen or None
     layout = Layout(
-        ingress=HostPort.parse(args.listen, "--listen"),
+        ingress=HostPort.parse(args.ingress_listen, "--ingress-listen"),
         egress=HostPort.parse(args.egress_listen, "--egress-listen"),
         litellm=Upstream.parse(args.litellm, "--litellm"),
         anthropic=Upstream.parse(args.anthropic, "--anthropic"),
@@ -135,7 +135,7 @@ def _config(args: argparse.Namespace, env: Mapping[str, str], listen: str | None
         {
             "listen": listen,
             "seal_key_file": Path(args.seal_key_file) if args.seal_key_file else None,
-            "server_credential_file": Path(args.server_key_file) if args.server_key_file else None,
+            "server_credential_file": Path(args.server_credential_file) if args.server_credential_file else None,
             "egress_token_file": Path(args.egress_token_file) if args.egress_token_file else None,
             "metrics_listen": args.metrics_listen,
             "tracing_endpoint": args.tracing_endpoint,
@@ -152,15 +152,57 @@ GRPC_EXPERIMENTS = (
 )
 
 
+# Spellings of earlier releases, each of which meant two things: mapped to the one name, with a note on stderr.
+# (command or "*", old flag, new flag); and old environment variables, by the commands that read them.
+RENAMED_FLAGS = (
+    ("*", "--server-key-file", "--server-credential-file"),
+    ("up", "--listen", "--ingress-listen"),
+    ("envoy-config", "--listen", "--ingress-listen"),
+)
+RENAMED_ENV = (
+    ("*", "SERVER_KEY_FILE", "SERVER_CREDENTIAL_FILE"),
+    ("up", "LISTEN", "INGRESS_LISTEN"),
+    ("envoy-config", "LISTEN", "INGRESS_LISTEN"),
+)
+
+
+def renamed(argv: Sequence[str], environ: MutableMapping[str, str]) -> tuple[list[str], list[str]]:
+    """Map earlier spellings (flags in ``argv``, variables in ``environ``, changed in place) to today's names.
+
+    Returns the new argv and one note per mapping made. A new name already given wins over the old one.
+    """
+    args = list(argv)
+    command = next((a for a in args if not a.startswith("-")), "")
+    notes = []
+    for where, old, new in RENAMED_FLAGS:
+        if where not in ("*", command):
+            continue
+        for i, arg in enumerate(args):
+            if arg == old or arg.startswith(old + "="):
+                args[i] = new + arg[len(old) :]
+                notes.append(f"{old} is now {new}")
+    for where, old, new in RENAMED_ENV:
+        old_var, new_var = ENV_PREFIX + old, ENV_PREFIX + new
+        if where in ("*", command) and old_var in environ and new_var not in environ:
+            environ[new_var] = environ[old_var]
+            if where != "*":
+                del environ[old_var]  # in `up` it would otherwise also be read as the gRPC address
+            notes.append(f"{old_var} is now {new_var}")
+    return args, notes
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
+    argv, notes = renamed(sys.argv[1:] if argv is None else argv, os.environ)
+    for note in notes:
+        print(f"ext-proc: {note}; the old spelling will stop working in a later release", file=sys.stderr)
     args = _parser().parse_args(argv)
     if args.command == "keygen":
         print(new_egress_token() if args.egress_token else new_seal_key())
         return 0
     if args.command == "health":
         return _health(args.address or default_socket())
-    # In `up`, --listen/EXT_PROC_LISTEN is the ingress; the gRPC server then listens on a private socket.
+    # `listen` is the gRPC server's address (`serve`); `up` runs its server on a private socket instead.
     env = {k: v for k, v in os.environ.items() if not (args.command == "up" and k == ENV_PREFIX + "LISTEN")}
     try:
         if args.command == "envoy-config":
@@ -178,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The same collector for Envoy's spans, wherever the setting came from (flag, environment, file).
             layout = replace(layout, tracing=HostPort(*config.tracing_address()))
         if layout is not None and config.egress_token is None and config.egress_token_file is None:
-            from ext_proc.gateway import egress_token_file
+            from ext_proc.up import egress_token_file
 
             config = replace(config, egress_token_file=egress_token_file()).validated()
     except (ConfigError, ValueError) as exc:
@@ -190,10 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(config.log_level, config.log_format)
     try:
         if layout is not None:
-            from ext_proc import gateway
+            from ext_proc import up
 
             litellm = Path(args.litellm_config) if args.litellm_config else None
-            return _run(gateway.run(config, layout, args.envoy_log_level, args.envoy, litellm), config.event_loop)
+            return _run(up.run(config, layout, args.envoy_log_level, args.envoy, litellm), config.event_loop)
         return _run(_serve(config), config.event_loop)
     except (EnvoyNotFound, OSError, RuntimeError) as exc:
         print(f"ext-proc: {exc}", file=sys.stderr)
@@ -258,8 +300,8 @@ def _check(config: Config, envoy_config: str | None, envoy: str | None) -> int:
 
 def _check_litellm(config: Config, path: Path) -> int:
     """LiteLLM's side: its Anthropic deployments call the egress, with the egress token, forwarding the handoff."""
-    from ext_proc.gateway import default_egress_token_path
     from ext_proc.litellm_config import check
+    from ext_proc.up import default_egress_token_path
 
     token = config.load_egress_token()
     if token is None and default_egress_token_path().exists():

@@ -84,7 +84,7 @@ def environment(source: dict[str, Any], token: str, egress: str, ingress_is_loop
         if not ingress_is_loopback:
             raise LiteLLMError(
                 f"{MASTER_KEY_ENV} is not set and the ingress listens beyond loopback: set a master key of your own "
-                f"(the development default {DEV_MASTER_KEY!r} is only for --listen 127.0.0.1:PORT)"
+                f"(the development default {DEV_MASTER_KEY!r} is only for --ingress-listen 127.0.0.1:PORT)"
             )
         env[MASTER_KEY_ENV] = DEV_MASTER_KEY
     elif env[MASTER_KEY_ENV] == DEV_MASTER_KEY and not ingress_is_loopback:

@@ -117,7 +117,10 @@ def _key_problem(key: Any, token: bytes | None, prefix: str, env: Mapping[str, s
             '(ANTHROPIC_API_KEY="$(cat ~/.config/ext-proc/egress-token)", api_key: os.environ/ANTHROPIC_API_KEY)'
         )
     if text.startswith(prefix):
-        return "api_key is a real Anthropic key: keep it in the sidecar (--server-key-file); LiteLLM sends the token"
+        return (
+            "api_key is a real Anthropic key: keep it in the gateway (--server-credential-file); "
+            "LiteLLM sends the egress token"
+        )
     if token is not None and not hmac.compare_digest(text.strip().encode(), token):
         return "api_key is not the gateway's egress token"
     return None

@@ -1,4 +1,4 @@
-"""Shared fixtures: the gateway (real Envoy + the ext-proc server + a recording Anthropic stand-in)."""
+"""Shared fixtures: both legs (real Envoy + the ext-proc server + a recording Anthropic stand-in)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def no_secret_in_any_output() -> Iterator[None]:
 
 
 @dataclass
-class Gateway:
+class Legs:
     recorder: Recorder
     server: Proc
     envoy: Envoy
@@ -58,7 +58,7 @@ class Gateway:
 
 
 @contextmanager
-def running_gateway(work: Path, recorder: Recorder, *server_args: str) -> Iterator[Gateway]:
+def running_legs(work: Path, recorder: Recorder, *server_args: str) -> Iterator[Legs]:
     """Client -> ingress listener -> egress listener -> recorder: both legs, with nothing in between."""
     keys = work / "seal-keys"
     keys.write_text(SEAL_KEY + "\n")
@@ -74,15 +74,15 @@ def running_gateway(work: Path, recorder: Recorder, *server_args: str) -> Iterat
         admin=HostPort("127.0.0.1", 0),
     )
     envoy = start_envoy(layout, work)
-    gateway = Gateway(recorder, server, envoy, layout, socket_path, server_args)
+    legs = Legs(recorder, server, envoy, layout, socket_path, server_args)
     try:
-        yield gateway
+        yield legs
     finally:
         envoy.stop()
-        gateway.server.stop()
+        legs.server.stop()
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    with Recorder() as recorder, running_gateway(tmp_path_factory.mktemp("gateway"), recorder) as gw:
+def legs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Legs]:
+    with Recorder() as recorder, running_legs(tmp_path_factory.mktemp("legs"), recorder) as gw:
         yield gw

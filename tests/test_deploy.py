@@ -46,7 +46,9 @@ def test_regeneration_commands_in_the_docs_write_what_is_shipped() -> None:
     found = 0
     for doc in sorted((ROOT / "docs").glob("*.md")):
         text = doc.read_text().replace("\\\n", " ")
-        for command, target in re.findall(r"^(ext-proc envoy-config --listen[^>\n]*)> (\S+)$", text, re.MULTILINE):
+        for command, target in re.findall(
+            r"^(ext-proc envoy-config --ingress-listen[^>\n]*)> (\S+)$", text, re.MULTILINE
+        ):
             result = subprocess.run(
                 [str(BIN / "ext-proc"), *shlex.split(command)[1:]], capture_output=True, text=True, timeout=60, env={}
             )

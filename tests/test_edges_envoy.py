@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ext_proc.envoy import HostPort, Layout, NamedUpstream, Upstream
-from tests.conftest import SEAL_KEY, Gateway
+from tests.conftest import SEAL_KEY, Legs
 from tests.support.http import send
 from tests.support.processes import free_port, start_envoy, start_server
 from tests.support.recorder import Recorder
@@ -48,9 +48,9 @@ REPEATS = [
 @pytest.mark.parametrize("leg", ["ingress", "egress"])
 @pytest.mark.parametrize("headers", [r[1] for r in REPEATS], ids=[r[0] for r in REPEATS])
 def test_a_credential_header_with_more_than_one_token_is_refused_on_both_legs(
-    gateway: Gateway, leg: str, headers: list[tuple[str, str]]
+    legs: Legs, leg: str, headers: list[tuple[str, str]]
 ) -> None:
-    at = gateway.ingress if leg == "ingress" else gateway.egress
+    at = legs.ingress if leg == "ingress" else legs.egress
     head = b"POST /v1/messages HTTP/1.1\r\nhost: x\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers)
     status, body = raw_request(at, head)
     error = json.loads(body)
@@ -58,63 +58,63 @@ def test_a_credential_header_with_more_than_one_token_is_refused_on_both_legs(
     header = headers[0][0].lower()
     assert header in error["error"]["message"]
     assert not any(secret in body.decode() for secret in (OAUTH, KEY, LITELLM))
-    assert gateway.recorder.take() == [], "nothing sealed in part, nothing passed on"
+    assert legs.recorder.take() == [], "nothing sealed in part, nothing passed on"
 
 
-def test_obs_fold_never_carries_a_second_token(gateway: Gateway) -> None:
+def test_obs_fold_never_carries_a_second_token(legs: Legs) -> None:
     head = f"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\n {LITELLM}\r\n".encode()
-    status, _ = raw_request(gateway.ingress, head)
+    status, _ = raw_request(legs.ingress, head)
     assert status == 400, "Envoy refuses obs-fold, or the rules refuse the joined value"
-    assert gateway.recorder.take() == []
+    assert legs.recorder.take() == []
 
 
-def test_identical_repeats_are_one_credential(gateway: Gateway) -> None:
+def test_identical_repeats_are_one_credential(legs: Legs) -> None:
     twice = f"Authorization: Bearer {OAUTH}\r\n" * 2
-    status, _ = raw_request(gateway.ingress, f"POST /v1/messages HTTP/1.1\r\nhost: x\r\n{twice}".encode())
+    status, _ = raw_request(legs.ingress, f"POST /v1/messages HTTP/1.1\r\nhost: x\r\n{twice}".encode())
     assert status == 200
-    (got,) = gateway.recorder.take()
+    (got,) = legs.recorder.take()
     assert got.get("authorization") == [f"Bearer {OAUTH}"]
 
 
-def test_allowlisted_headers_carry_no_second_credential_upstream(gateway: Gateway) -> None:
+def test_allowlisted_headers_carry_no_second_credential_upstream(legs: Legs) -> None:
     headers = [("x-api-key", KEY), ("x-stainless-foo", LITELLM), ("x-stainless-lang", "python"),
                ("user-agent", "agent sk-master-1234")]  # fmt: skip
-    assert send(gateway.egress, "POST", "/v1/messages", headers, b"{}")[0] == 200
-    (got,) = gateway.recorder.take()
+    assert send(legs.egress, "POST", "/v1/messages", headers, b"{}")[0] == 200
+    (got,) = legs.recorder.take()
     assert got.get("x-api-key") == [KEY] and got.get("x-stainless-lang") == ["python"]
     assert "x-stainless-foo" not in got.names and "user-agent" not in got.names
 
 
-def test_an_anthropic_credential_in_another_header_never_reaches_litellm(gateway: Gateway) -> None:
+def test_an_anthropic_credential_in_another_header_never_reaches_litellm(legs: Legs) -> None:
     headers = [("x-litellm-api-key", LITELLM), ("x-stainless-helper", KEY)]
-    status, body, _ = send(gateway.ingress, "POST", "/v1/messages", headers, b"{}")
+    status, body, _ = send(legs.ingress, "POST", "/v1/messages", headers, b"{}")
     assert status == 400 and "x-stainless-helper" in json.loads(body)["error"]["message"]
-    assert gateway.recorder.take() == []
+    assert legs.recorder.take() == []
 
 
-def test_routes_that_drop_the_handoff_are_refused_or_rerouted(gateway: Gateway) -> None:
+def test_routes_that_drop_the_handoff_are_refused_or_rerouted(legs: Legs) -> None:
     headers = [("x-api-key", KEY), ("x-litellm-api-key", LITELLM)]
-    status, body, _ = send(gateway.ingress, "GET", "/v1/%73kills", headers)
+    status, body, _ = send(legs.ingress, "GET", "/v1/%73kills", headers)
     error = json.loads(body)["error"]
     assert status == 400 and error["type"] == "invalid_request_error" and "/anthropic/v1/skills" in error["message"]
-    assert gateway.recorder.take() == []
-    status, _, _ = send(gateway.ingress, "POST", "/v1/messages/count_tokens?beta=true", headers, b"{}")
-    (got,) = gateway.recorder.take()
+    assert legs.recorder.take() == []
+    status, _, _ = send(legs.ingress, "POST", "/v1/messages/count_tokens?beta=true", headers, b"{}")
+    (got,) = legs.recorder.take()
     assert status == 200 and got.path == "/anthropic/v1/messages/count_tokens?beta=true"
     assert got.get("x-api-key") == [KEY]
 
 
-def test_a_client_request_id_is_replaced_at_the_ingress(gateway: Gateway) -> None:
+def test_a_client_request_id_is_replaced_at_the_ingress(legs: Legs) -> None:
     headers = [("x-api-key", KEY), ("x-request-id", "client-chosen-id")]
-    assert send(gateway.ingress, "POST", "/v1/messages", headers, b"{}")[0] == 200
-    (got,) = gateway.recorder.take()
+    assert send(legs.ingress, "POST", "/v1/messages", headers, b"{}")[0] == 200
+    (got,) = legs.recorder.take()
     assert got.get("x-request-id") != ["client-chosen-id"] and len(got.get("x-request-id")) == 1
-    assert "client-chosen-id" not in gateway.envoy.proc.output
+    assert "client-chosen-id" not in legs.envoy.proc.output
 
 
 @pytest.fixture
 def with_openai(tmp_path: Path) -> Iterator[tuple[Recorder, Recorder, HostPort]]:
-    """A gateway whose egress also routes /upstreams/openai/ to a second recorder, under policy `other`."""
+    """Both legs, the egress also routes /upstreams/openai/ to a second recorder, under policy `other`."""
     keys = tmp_path / "seal-keys"
     keys.write_text(SEAL_KEY + "\n")
     socket_path = tmp_path / "ext-proc.sock"

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from tests.conftest import Gateway
+from tests.conftest import Legs
 from tests.support import fixtures
 from tests.support.http import send
 from tests.support.processes import wait_for
@@ -26,25 +26,25 @@ UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
     ],
 )
 def test_claude_code_request_reaches_upstream_exactly(
-    gateway: Gateway, fixture: str, credential: tuple[str, str]
+    legs: Legs, fixture: str, credential: tuple[str, str]
 ) -> None:
     recorded = fixtures.load(fixture)
     extra = [("Cookie", "session=abc"), ("X-Custom-Probe", "probe1")]
     status, body, _ = send(
-        gateway.ingress,
+        legs.ingress,
         recorded.method,
         recorded.path,
         [*recorded.headers, *extra],
         b"{" + b" " * (recorded.body_len - 2) + b"}",
     )
     assert status == 200, body
-    (got,) = gateway.recorder.take()
+    (got,) = legs.recorder.take()
     assert got.method == "POST" and got.path == "/v1/messages?beta=true" and len(got.body) == recorded.body_len
 
     sent = recorded.without("x-api-key", "authorization", "x-litellm-api-key", "connection", "host", "content-length")
     expected = sorted(
         [(k.lower(), v) for k, v in sent]
-        + [credential, ("host", gateway.layout.anthropic.authority), ("content-length", str(recorded.body_len))]
+        + [credential, ("host", legs.layout.anthropic.authority), ("content-length", str(recorded.body_len))]
     )
     request_ids = got.get("x-request-id")
     assert len(request_ids) == 1 and UUID.match(request_ids[0])
@@ -52,10 +52,10 @@ def test_claude_code_request_reaches_upstream_exactly(
     assert actual == expected
 
 
-def test_streamed_10mb_response_unchanged_and_no_body_reaches_server(gateway: Gateway) -> None:
-    before = gateway.envoy.stats()
+def test_streamed_10mb_response_unchanged_and_no_body_reaches_server(legs: Legs) -> None:
+    before = legs.envoy.stats()
     size = 10 * 1024 * 1024 + 17
-    conn = http.client.HTTPConnection(gateway.ingress.host, gateway.ingress.port, timeout=120)
+    conn = http.client.HTTPConnection(legs.ingress.host, legs.ingress.port, timeout=120)
     # Under /anthropic, a route that carries a client's credential across LiteLLM (rule I7).
     headers = {"x-api-key": "sk-ant-api03-STREAM", "x-litellm-api-key": "k"}
     conn.request("GET", f"/anthropic/bytes/{size}", headers=headers)
@@ -67,10 +67,10 @@ def test_streamed_10mb_response_unchanged_and_no_body_reaches_server(gateway: Ga
     conn.close()
     assert response.status == 200 and response.getheader("content-type") == "text/event-stream"
     assert total == size and digest.hexdigest() == expected_stream(size)
-    (got,) = gateway.recorder.take()
+    (got,) = legs.recorder.take()
     assert got.get("x-api-key") == ["sk-ant-api03-STREAM"] and "x-litellm-api-key" not in got.names
 
-    after = gateway.envoy.stats()
+    after = legs.envoy.stats()
     for leg in ("ingress", "egress"):
         sent = f"http.{leg}.ext_proc.stream_msgs_sent"
         assert after[sent] - before.get(sent, 0) == 1, f"{leg}: exactly one message (the request headers)"
@@ -78,60 +78,60 @@ def test_streamed_10mb_response_unchanged_and_no_body_reaches_server(gateway: Ga
         assert after[started] - before.get(started, 0) == 1
 
 
-def test_conflicting_credentials_answered_by_gateway_never_forwarded(gateway: Gateway) -> None:
+def test_conflicting_credentials_answered_by_gateway_never_forwarded(legs: Legs) -> None:
     headers = [("x-api-key", "sk-ant-api03-A"), ("x-api-key", "sk-ant-api03-B"), ("content-type", "application/json")]
-    status, body, response = send(gateway.ingress, "POST", "/v1/messages", headers, b"{}")
+    status, body, response = send(legs.ingress, "POST", "/v1/messages", headers, b"{}")
     assert status == 400 and response.getheader("content-type") == "application/json"
     assert json.loads(body)["error"]["type"] == "invalid_request_error"
     assert b"sk-ant" not in body
-    assert gateway.recorder.take() == []
+    assert legs.recorder.take() == []
 
 
 @pytest.mark.parametrize("handoff", ["v1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "forged"])
-def test_forged_handoff_at_egress_is_401_never_forwarded(gateway: Gateway, handoff: str) -> None:
+def test_forged_handoff_at_egress_is_401_never_forwarded(legs: Legs, handoff: str) -> None:
     status, body, _ = send(
-        gateway.egress,
+        legs.egress,
         "POST",
         "/v1/messages",
         [("x-credential-handoff", handoff), ("x-api-key", "sk-ant-api03-SERVER")],
         b"{}",
     )
     assert status == 401 and json.loads(body)["error"]["type"] == "authentication_error"
-    assert gateway.recorder.take() == []
+    assert legs.recorder.take() == []
 
 
-def test_client_handoff_cannot_smuggle_a_credential(gateway: Gateway) -> None:
+def test_client_handoff_cannot_smuggle_a_credential(legs: Legs) -> None:
     """A handoff header the client made itself is dropped at ingress; LiteLLM's key then applies."""
     status, _, _ = send(
-        gateway.ingress,
+        legs.ingress,
         "POST",
         "/v1/messages",
         [("x-credential-handoff", "v1.forged"), ("x-litellm-api-key", "k")],
         b"{}",
     )
     assert status == 200
-    (got,) = gateway.recorder.take()
+    (got,) = legs.recorder.take()
     assert "x-credential-handoff" not in got.names and "x-api-key" not in got.names and "authorization" not in got.names
 
 
-def test_no_credential_value_in_any_log(gateway: Gateway) -> None:
+def test_no_credential_value_in_any_log(legs: Legs) -> None:
     send(
-        gateway.ingress,
+        legs.ingress,
         "POST",
         "/v1/messages",
         [("authorization", "Bearer sk-ant-oat01-LOGSECRET"), ("cookie", "c=COOKIESECRET"),
          ("user-agent", "agent sk-litellm-UASECRET"), ("x-request-id", "id\\u2028FORGEDLINE")],
         b"{}",
     )  # fmt: skip
-    gateway.recorder.take()
+    legs.recorder.take()
     # Audit lines are written in batches, at most 50 ms after the decision.
-    wait_for(lambda: '"source":"sealed-authorization"' in gateway.server.output, "the egress audit line")
-    logs = gateway.server.output + gateway.envoy.proc.output
+    wait_for(lambda: '"source":"sealed-authorization"' in legs.server.output, "the egress audit line")
+    logs = legs.server.output + legs.envoy.proc.output
     for secret in ("LOGSECRET", "COOKIESECRET", "FAKEKEY", "FAKEOAUTH", "sk-litellm-1234", "STREAM", "UASECRET",
                    "FORGEDLINE"):  # fmt: skip
         assert secret not in logs
 
 
-def test_envoy_health_checks_the_server(gateway: Gateway) -> None:
-    wait_for(lambda: gateway.envoy.stats().get("cluster.ext_proc.health_check.success", 0) >= 1, "a health check")
-    assert gateway.envoy.stats().get("cluster.ext_proc.health_check.failure", 0) == 0
+def test_envoy_health_checks_the_server(legs: Legs) -> None:
+    wait_for(lambda: legs.envoy.stats().get("cluster.ext_proc.health_check.success", 0) >= 1, "a health check")
+    assert legs.envoy.stats().get("cluster.ext_proc.health_check.failure", 0) == 0

@@ -20,7 +20,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ext_proc.envoy import HostPort
-from tests.conftest import SEAL_KEY, Gateway, running_gateway
+from tests.conftest import SEAL_KEY, Legs, running_legs
 from tests.support.extproc import headers_message
 from tests.support.http import send
 from tests.support.processes import BIN, Proc, free_port, start_server, wait_for
@@ -35,17 +35,17 @@ LOAD_HEADERS = [("x-api-key", LOAD_KEY), ("x-litellm-api-key", "sk-litellm-LOADS
 class Load:
     """A few client threads sending requests until stopped; bounded by count and time."""
 
-    def __init__(self, gateway: Gateway, threads: int = 4, limit: int = 20000) -> None:
+    def __init__(self, legs: Legs, threads: int = 4, limit: int = 20000) -> None:
         self.statuses: list[int] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._limit = limit
-        self._threads = [threading.Thread(target=self._run, args=(gateway,), daemon=True) for _ in range(threads)]
+        self._threads = [threading.Thread(target=self._run, args=(legs,), daemon=True) for _ in range(threads)]
 
-    def _run(self, gateway: Gateway) -> None:
+    def _run(self, legs: Legs) -> None:
         while not self._stop.is_set() and len(self.statuses) < self._limit:
             try:
-                status, _, _ = send(gateway.ingress, "POST", "/v1/messages", LOAD_HEADERS, b"{}")
+                status, _, _ = send(legs.ingress, "POST", "/v1/messages", LOAD_HEADERS, b"{}")
             except OSError:
                 status = 0
             with self._lock:
@@ -73,12 +73,12 @@ def assert_rules_held(received: list[Received]) -> None:
 
 
 @pytest.fixture
-def gw(tmp_path: Path) -> Iterator[Gateway]:
-    with Recorder() as recorder, running_gateway(tmp_path, recorder) as gateway:
-        yield gateway
+def gw(tmp_path: Path) -> Iterator[Legs]:
+    with Recorder() as recorder, running_legs(tmp_path, recorder) as legs:
+        yield legs
 
 
-def test_kill_under_load_fails_closed_then_recovers_on_restart(gw: Gateway) -> None:
+def test_kill_under_load_fails_closed_then_recovers_on_restart(gw: Legs) -> None:
     with Load(gw) as load:
         wait_for(lambda: load.count() >= 100, "traffic before the kill")
         gw.server.signal(signal.SIGKILL)
@@ -101,7 +101,7 @@ def test_kill_under_load_fails_closed_then_recovers_on_restart(gw: Gateway) -> N
     assert ok_while_down <= 8
 
 
-def test_frozen_server_beyond_message_timeout_gives_5xx_and_nothing_leaks(gw: Gateway) -> None:
+def test_frozen_server_beyond_message_timeout_gives_5xx_and_nothing_leaks(gw: Legs) -> None:
     gw.server.signal(signal.SIGSTOP)
     try:
         status, body, _ = send(gw.ingress, "POST", "/v1/messages", LOAD_HEADERS, b"{}")
@@ -134,9 +134,9 @@ HOSTILE: list[tuple[str, list[tuple[str, str | bytes]], set[int]]] = [
 
 @pytest.mark.parametrize(("what", "headers", "expected"), HOSTILE, ids=[h[0] for h in HOSTILE])
 def test_hostile_headers_get_clear_answers_and_server_keeps_serving(
-    gateway: Gateway, what: str, headers: list[tuple[str, str | bytes]], expected: set[int]
+    legs: Legs, what: str, headers: list[tuple[str, str | bytes]], expected: set[int]
 ) -> None:
-    conn = http.client.HTTPConnection(gateway.ingress.host, gateway.ingress.port, timeout=30)
+    conn = http.client.HTTPConnection(legs.ingress.host, legs.ingress.port, timeout=30)
     conn.putrequest("POST", "/v1/messages")
     for name, value in headers:
         conn.putheader(name, value)
@@ -149,13 +149,13 @@ def test_hostile_headers_get_clear_answers_and_server_keeps_serving(
     if response.status >= 400:
         assert response.getheader("content-type") == "application/json"
         assert json.loads(body)["error"]["type"] == "invalid_request_error"
-    for got in gateway.recorder.take():
+    for got in legs.recorder.take():
         assert not got.names & {"x-credential-handoff", "x-junk", "x-big"}
         assert len(got.get("x-api-key")) + len(got.get("authorization")) <= 1
-    assert gateway.server.poll() is None, "the server must survive"
-    status, _, _ = send(gateway.ingress, "POST", "/v1/messages", LOAD_HEADERS, b"{}")
+    assert legs.server.poll() is None, "the server must survive"
+    status, _, _ = send(legs.ingress, "POST", "/v1/messages", LOAD_HEADERS, b"{}")
     assert status == 200
-    assert_rules_held(gateway.recorder.take())
+    assert_rules_held(legs.recorder.take())
 
 
 def test_sigterm_on_serve_reports_not_serving_finishes_in_flight_and_exits_0(tmp_path: Path) -> None:
@@ -196,7 +196,8 @@ def test_sigterm_on_up_lets_every_started_request_finish(tmp_path: Path) -> None
     token.write_text(EGRESS_TOKEN + "\n")
     with Recorder() as recorder:
         up = Proc(
-            [str(BIN / "ext-proc"), "up", "--listen", f"127.0.0.1:{ingress}", "--egress-listen", f"127.0.0.1:{egress}",
+            [str(BIN / "ext-proc"), "up", "--ingress-listen", f"127.0.0.1:{ingress}",
+             "--egress-listen", f"127.0.0.1:{egress}",
              "--metrics-listen", "off", "--egress-token-file", str(token),
              "--litellm", f"http://127.0.0.1:{egress}", "--anthropic", recorder.url],
         )  # fmt: skip

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from ext_proc.envoy import HostPort
-from ext_proc.gateway import port_holder
+from ext_proc.up import port_holder
 from tests.e2e.matrix import CLIENT_OAUTH, CLIENTS
 from tests.support import litellm
 from tests.support.http import send

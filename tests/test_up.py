@@ -23,7 +23,7 @@ import pytest
 
 from ext_proc import cli
 from ext_proc.envoy import HostPort
-from ext_proc.gateway import port_holder
+from ext_proc.up import port_holder
 from tests.support.http import send
 from tests.support.processes import BIN, Proc, free_port, start_server, wait_for
 from tests.support.recorder import Recorder
@@ -183,7 +183,7 @@ def test_sigkill_of_up_takes_envoy_with_it_and_the_ports_are_free_again(tmp_path
             for t in threads:
                 t.join(30)
         again = up_process(
-            "--listen", f"127.0.0.1:{ingress.port}", "--egress-listen", f"127.0.0.1:{egress.port}",
+            "--ingress-listen", f"127.0.0.1:{ingress.port}", "--egress-listen", f"127.0.0.1:{egress.port}",
             "--litellm", f"http://127.0.0.1:{egress.port}", "--anthropic", recorder.url, "--metrics-listen", "off",
             "--egress-token-file", str(tmp_path / "egress-token"),
         )  # fmt: skip
@@ -207,7 +207,7 @@ def test_up_refuses_a_taken_port_and_names_the_holder(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         assert port_holder(port) == f"pid {os.getpid()} ({Path('/proc/self/comm').read_text().strip()})"
-        args = ["up", "--listen", f"127.0.0.1:{port}", "--egress-listen", f"127.0.0.1:{free_port()}"]
+        args = ["up", "--ingress-listen", f"127.0.0.1:{port}", "--egress-listen", f"127.0.0.1:{free_port()}"]
         result = subprocess.run([str(BIN / "ext-proc"), *args], capture_output=True, text=True, timeout=60,
                                 env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)})  # fmt: skip
     assert result.returncode == 1
@@ -320,3 +320,34 @@ def test_a_raised_envoy_log_level_prints_no_credential(tmp_path: Path) -> None:
         wait_for(lambda: '"leg":"egress"' in up.output, "the egress access log line")
     assert "[trace]" in up.output, "Envoy did log at trace"
     assert "TRACESECRET" not in up.output and TOKEN not in up.output
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "expected_argv", "expected_environ", "notes"),
+    [
+        (["up", "--listen", "127.0.0.1:1"], {}, ["up", "--ingress-listen", "127.0.0.1:1"], {}, 1),
+        (["envoy-config", "--listen=0.0.0.0:1"], {}, ["envoy-config", "--ingress-listen=0.0.0.0:1"], {}, 1),
+        (["serve", "--listen", "unix:/s"], {}, ["serve", "--listen", "unix:/s"], {}, 0),
+        (["check", "--server-key-file", "/k"], {}, ["check", "--server-credential-file", "/k"], {}, 1),
+        (["serve"], {"EXT_PROC_SERVER_KEY_FILE": "/k"}, ["serve"],
+         {"EXT_PROC_SERVER_KEY_FILE": "/k", "EXT_PROC_SERVER_CREDENTIAL_FILE": "/k"}, 1),
+        (["up"], {"EXT_PROC_LISTEN": "127.0.0.1:1"}, ["up"], {"EXT_PROC_INGRESS_LISTEN": "127.0.0.1:1"}, 1),
+        (["serve"], {"EXT_PROC_LISTEN": "unix:/s"}, ["serve"], {"EXT_PROC_LISTEN": "unix:/s"}, 0),
+        # The new name, when given, wins: nothing is mapped over it.
+        (["up"], {"EXT_PROC_LISTEN": "a:1", "EXT_PROC_INGRESS_LISTEN": "b:2"}, ["up"],
+         {"EXT_PROC_LISTEN": "a:1", "EXT_PROC_INGRESS_LISTEN": "b:2"}, 0),
+    ],
+)  # fmt: skip
+def test_earlier_spellings_are_mapped_to_the_one_name_with_a_note(
+    argv: list[str], environ: dict[str, str], expected_argv: list[str], expected_environ: dict[str, str], notes: int
+) -> None:
+    """docs/configuration.md: each flag and variable means one thing; the old ones still work, and say so."""
+    got_argv, got_notes = cli.renamed(argv, environ)
+    assert (got_argv, environ, len(got_notes)) == (expected_argv, expected_environ, notes)
+
+
+def test_an_old_flag_still_works_and_the_note_names_the_new_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["envoy-config", "--listen", "127.0.0.1:18081"]) == 0
+    out, err = capsys.readouterr()
+    assert "port_value: 18081" in out
+    assert "--listen is now --ingress-listen" in err

@@ -90,14 +90,14 @@ def gateway(
     token = work / "egress-token"
     token.write_text(EGRESS_TOKEN + "\n")
     args = [
-        "--listen", f"127.0.0.1:{ingress}", "--egress-listen", f"127.0.0.1:{egress}",
+        "--ingress-listen", f"127.0.0.1:{ingress}", "--egress-listen", f"127.0.0.1:{egress}",
         "--litellm", f"http://127.0.0.1:{litellm_port}", "--egress-token-file", str(token),
         "--anthropic", recorder.url, "--metrics-listen", f"127.0.0.1:{free_port()}", *extra,
     ]  # fmt: skip
     if setup.sidecar_key:
         key_file = work / "server-key"
         key_file.write_text(setup.sidecar_key + "\n")
-        args += ["--server-key-file", str(key_file)]
+        args += ["--server-credential-file", str(key_file)]
     if openai is not None:
         args += ["--upstream", f"openai={openai.url}"]
     up = Proc([str(BIN / "ext-proc"), "up", *args])

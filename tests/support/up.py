@@ -28,9 +28,9 @@ def running_up(
     token.write_text(TOKEN + "\n")
     key.write_text(SERVER_KEY + "\n")
     up = up_process(
-        "--listen", f"127.0.0.1:{ingress}", "--egress-listen", f"127.0.0.1:{egress}",
+        "--ingress-listen", f"127.0.0.1:{ingress}", "--egress-listen", f"127.0.0.1:{egress}",
         "--litellm", litellm or f"http://127.0.0.1:{egress}", "--anthropic", recorder.url,
-        "--metrics-listen", "off", "--egress-token-file", str(token), "--server-key-file", str(key), *extra,
+        "--metrics-listen", "off", "--egress-token-file", str(token), "--server-credential-file", str(key), *extra,
     )  # fmt: skip
     try:
         up.ready_line = up.wait_line("ready ")

@@ -34,7 +34,7 @@ from ext_proc.envoy import HostPort, Layout, find_envoy, log_caps, render
 from ext_proc.litellm_config import check_text as check_litellm
 from ext_proc.server import Server
 
-log = logging.getLogger("ext_proc.gateway")
+log = logging.getLogger("ext_proc.up")
 READY_TIMEOUT_SECONDS = 60.0
 LITELLM_CHECK_SECONDS = 5.0
 LITELLM_START_SECONDS = 180.0
