@@ -25,9 +25,7 @@ UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
         (fixtures.CLAUDE_CODE_OAUTH, ("authorization", "Bearer sk-ant-oat01-FAKEOAUTH")),
     ],
 )
-def test_claude_code_request_reaches_upstream_exactly(
-    legs: Legs, fixture: str, credential: tuple[str, str]
-) -> None:
+def test_claude_code_request_reaches_upstream_exactly(legs: Legs, fixture: str, credential: tuple[str, str]) -> None:
     recorded = fixtures.load(fixture)
     extra = [("Cookie", "session=abc"), ("X-Custom-Probe", "probe1")]
     status, body, _ = send(
