@@ -491,12 +491,16 @@ def _hcm(
     return hcm
 
 
+_CLIENT_TEXT_TAGS = ("user_agent", "http.url", "guid:x-client-trace-id", "downstream_cluster")
+
+
 def _tracing(leg: str) -> dict[str, Any]:
     """Envoy's OpenTelemetry tracer for one leg.
 
-    Envoy's standard span tags include the user agent and the whole URL, query included: the client's own text,
-    which may hold a LiteLLM key (the access log leaves both out for the same reason). Both tags are overwritten
-    with "-" (custom tags are written after the standard ones; tested: without this a key reaches the collector).
+    Envoy's standard span tags copy four request headers as sent: the user agent, the whole URL (query included),
+    x-client-trace-id and x-envoy-downstream-service-cluster. Each is the client's own text and may hold a LiteLLM
+    key (the access log leaves them out for the same reason), so each is overwritten with "-" (custom tags are
+    written after the standard ones; tested: without this a key reaches the collector).
     """
     return {
         "provider": {
@@ -507,10 +511,8 @@ def _tracing(leg: str) -> dict[str, Any]:
                 "service_name": f"ext-proc-envoy-{leg}",
             },
         },
-        "custom_tags": [
-            {"tag": "user_agent", "literal": {"value": "-"}},
-            {"tag": "http.url", "literal": {"value": "-"}},
-        ],
+        "operation": leg,
+        "custom_tags": [{"tag": tag, "literal": {"value": "-"}} for tag in _CLIENT_TEXT_TAGS],
     }
 
 

@@ -164,8 +164,10 @@ def test_envoy_and_the_server_export_one_joined_trace_and_no_credential(tmp_path
         Recorder() as recorder,
         running_up(tmp_path, recorder, "--tracing-endpoint", collector.endpoint) as (_, ingress, egress),
     ):
+        # The LiteLLM key also where Envoy's standard span tags read the client's own text.
         headers = [("authorization", f"Bearer {OAUTH}"), ("x-litellm-api-key", litellm_key),
-                   ("user-agent", f"agent {litellm_key}"), ("traceparent", PARENT)]  # fmt: skip
+                   ("user-agent", f"agent {litellm_key}"), ("traceparent", PARENT),
+                   ("x-client-trace-id", litellm_key), ("x-envoy-downstream-service-cluster", litellm_key)]  # fmt: skip
         # The ingress sends to the egress directly here (LiteLLM's part is played by the test: no token, so 401).
         send(ingress, "POST", f"/v1/messages?note={litellm_key}", headers, b"{}")
         send(egress, "POST", "/v1/messages", [("x-api-key", TOKEN), ("traceparent", PARENT)], b"{}")
