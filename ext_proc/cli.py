@@ -206,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if not (args.command == "up" and k == ENV_PREFIX + "LISTEN")}
     try:
         if args.command == "envoy-config":
-            from ext_proc.envoy import render, write_all
+            from ext_proc.deployed import write_all
+            from ext_proc.envoy import render
 
             if args.all:
                 for path in write_all(Path(args.all)):

@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ext_proc.envoy import DEPLOYED, MESH_FILTER, bootstrap, find_envoy, render, render_envoyfilter
+from ext_proc.deployed import DEPLOYED, MESH_FILTER
+from ext_proc.envoy import bootstrap, find_envoy, render
+from ext_proc.istio import render_envoyfilter
 from tests.support.processes import BIN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +62,6 @@ def test_regeneration_commands_in_the_docs_write_what_is_shipped() -> None:
 
 def test_writing_envoy_configs_imports_neither_grpc_nor_the_server() -> None:
     """The shared names live in ext_proc/names.py, which imports nothing of ours (issue 15)."""
-    probe = "import sys, ext_proc.envoy; print(sorted(m for m in sys.modules if m in ('grpc', 'ext_proc.server')))"
+    probe = "import sys, ext_proc.deployed; print(sorted(m for m in sys.modules if m in ('grpc', 'ext_proc.server')))"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "[]"

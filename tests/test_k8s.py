@@ -27,8 +27,8 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
 
 from ext_proc.config import Config
+from ext_proc.deployed import DEPLOYED
 from ext_proc.envoy import (
-    DEPLOYED,
     DEPLOYED_SOCKET,
     HostPort,
     Layout,

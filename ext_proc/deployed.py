@@ -1,0 +1,41 @@
+"""Every Envoy config the repository ships under deploy/, from one table (and the Istio patch).
+
+`ext-proc envoy-config --all deploy/` writes them; tests check they are current and run them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ext_proc.envoy import HostPort, Layout, Upstream, render
+from ext_proc.istio import render_envoyfilter
+
+# By path under deploy/: one source for each deployed layout.
+POD_ADMIN = "unix:/var/run/ext-proc/envoy-admin.sock"
+DEPLOYED: dict[str, Layout] = {
+    "envoy.yaml": Layout(),
+    "k8s/sidecar/envoy.yaml": Layout(
+        egress=HostPort("127.0.0.1", 10000), litellm=Upstream("http", "127.0.0.1", 4000), admin=POD_ADMIN,
+        probe=HostPort("0.0.0.0", 9902),
+    ),
+    "k8s/gateway/envoy.yaml": Layout(
+        egress=HostPort("0.0.0.0", 10000), litellm=Upstream("http", "litellm", 4000), admin=POD_ADMIN,
+        probe=HostPort("0.0.0.0", 9902),
+    ),
+}  # fmt: skip
+
+
+MESH_FILTER = "k8s/mesh/envoyfilter.yaml"
+
+
+def write_all(root: Path) -> list[Path]:
+    """Write every shipped Envoy config under ``root`` (the repository's deploy/ directory)."""
+    written = []
+    for relative, layout in DEPLOYED.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render(layout))
+        written.append(path)
+    (root / MESH_FILTER).parent.mkdir(parents=True, exist_ok=True)
+    (root / MESH_FILTER).write_text(render_envoyfilter())
+    return [*written, root / MESH_FILTER]
