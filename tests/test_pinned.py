@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import time
 from typing import Any
 
 import grpc
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from ext_proc.audit import AuditLog
 from ext_proc.config import Config
@@ -22,6 +24,7 @@ from ext_proc.routes import for_client_credential, normalise
 from ext_proc.rules import Audit, Decision, Rejection, RuleContext, Source, loggable_id
 from ext_proc.seal import Keyring, OpenCounter, SealError, SealFailure
 from ext_proc.server import CredentialProcessor, response_of
+from ext_proc.tracing import Tracing
 from tests.support.extproc import headers_message
 from tests.support.rules import KEY_A, KEYRING, NOW, context, handoff, run
 
@@ -289,3 +292,39 @@ def test_response_of_builds_a_mutation_for_sets_alone_and_continues_for_nothing(
     nothing = response_of(Decision((), (), audit))
     assert nothing == pb.ProcessingResponse(request_headers=pb.HeadersResponse())
     assert nothing.WhichOneof("response") == "request_headers"
+
+
+def test_process_traces_each_decision_with_its_own_time_and_envoy_s_parent() -> None:
+    """The transport hands the tracer the decision, its wall-clock span and the call's metadata (tracing.py)."""
+    exporter = InMemorySpanExporter()
+    tracing = Tracing.start(Config(), exporter)
+    assert tracing is not None
+    processor = CredentialProcessor(lambda: context(), AuditLog(), Metrics(), tracing=tracing)
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01"
+    before = time.time_ns()
+    _process(
+        processor, _Context([headers_message(("x-api-key", KEY.encode()))], (*EGRESS_META, ("traceparent", parent)))
+    )
+    after = time.time_ns()
+    tracing.shutdown()
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "ext_proc egress" and span.parent is not None and span.parent.span_id == 0xB7AD6B7169203331
+    assert span.start_time is not None and span.end_time is not None
+    assert before <= span.start_time <= span.end_time <= after
+    assert (span.attributes or {})["ext_proc.credential.source"] == "request-x-api-key"
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason", "label"),
+    [
+        ((("x-chosen-by-client", "sk-ant-api03-K"),), "misplaced-x-chosen-by-client", "misplaced-header"),
+        (((":path", "/v1/messages?key=sk-ant-api03-K"),), "misplaced-path", "misplaced-path"),
+        ((("x-api-key", "sk-ant-api03-K, sk-ant-api03-L"),), "multiple-x-api-key", "multiple-x-api-key"),
+    ],
+)
+def test_a_rejection_s_metric_label_never_holds_a_name_the_client_chose(
+    headers: tuple[tuple[str, str], ...], reason: str, label: str
+) -> None:
+    decision, _ = run("ingress", "anthropic", HeaderView.of(*headers))
+    assert decision.rejection is not None
+    assert (decision.rejection.reason, decision.rejection.metric_label) == (reason, label)
