@@ -408,24 +408,7 @@ def _tracing(leg: str) -> dict[str, Any]:
 
 
 def _collector_cluster(at: HostPort) -> dict[str, Any]:
-    return {
-        "name": _COLLECTOR_CLUSTER,
-        "type": "STRICT_DNS",
-        "connect_timeout": "1s",
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        },
-        "load_assignment": {
-            "cluster_name": _COLLECTOR_CLUSTER,
-            "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": at.host,
-                                                                               "port_value": at.port}}}}]}
-            ],
-        },
-    }  # fmt: skip
+    return _local_cluster(_COLLECTOR_CLUSTER, at, http2=True, kind="STRICT_DNS")
 
 
 def _probe_listener(at: HostPort, stats: bool) -> dict[str, Any]:
@@ -463,15 +446,24 @@ def _probe_listener(at: HostPort, stats: bool) -> dict[str, Any]:
 
 
 def _admin_cluster(admin: str) -> dict[str, Any]:
-    return {
-        "name": _ADMIN_CLUSTER,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": _ADMIN_CLUSTER,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(admin)}}]}],
-        },
+    return _local_cluster(_ADMIN_CLUSTER, admin)
+
+
+def _local_cluster(name: str, at: HostPort | str, http2: bool = False, kind: str = "STATIC") -> dict[str, Any]:
+    """A cluster of one endpoint next to Envoy (a Unix socket or a local address), optionally HTTP/2 (gRPC)."""
+    cluster: dict[str, Any] = {"name": name, "type": kind, "connect_timeout": "1s"}
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    cluster["load_assignment"] = {
+        "cluster_name": name,
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(at)}}]}],
     }
+    return cluster
 
 
 def _http_listener(name: str, at: HostPort, hcm: dict[str, Any]) -> dict[str, Any]:
@@ -510,31 +502,12 @@ def ext_proc_filter(
 
 
 def ext_proc_cluster(address: str, name: str = "ext_proc") -> dict[str, Any]:
-    return {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        },
-        # The server's gRPC health service: NOT_SERVING while starting and draining shows up in Envoy's stats.
-        "health_checks": [
-            {
-                "timeout": "1s",
-                "interval": "5s",
-                "unhealthy_threshold": 1,
-                "healthy_threshold": 1,
-                "grpc_health_check": {},
-            }
-        ],
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(address)}}]}],
-        },
-    }
+    cluster = _local_cluster(name, address, http2=True)
+    # The server's gRPC health service: NOT_SERVING while starting and draining shows up in Envoy's stats.
+    cluster["health_checks"] = [
+        {"timeout": "1s", "interval": "5s", "unhealthy_threshold": 1, "healthy_threshold": 1, "grpc_health_check": {}}
+    ]
+    return cluster
 
 
 def _cluster(name: str, upstream: Upstream, ca_bundle: str) -> dict[str, Any]:

@@ -300,18 +300,23 @@ def test_process_traces_each_decision_with_its_own_time_and_envoy_s_parent() -> 
     tracing = Tracing.start(Config(), exporter)
     assert tracing is not None
     processor = CredentialProcessor(lambda: context(), AuditLog(), Metrics(), tracing=tracing)
-    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01"
+    envoy = "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01"
+    client = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    request = headers_message(("x-api-key", KEY.encode()), ("traceparent", client.encode()))
     before = time.time_ns()
-    _process(
-        processor, _Context([headers_message(("x-api-key", KEY.encode()))], (*EGRESS_META, ("traceparent", parent)))
-    )
+    _process(processor, _Context([request], (*EGRESS_META, ("traceparent", envoy))))
+    _process(processor, _Context([request], EGRESS_META))
     after = time.time_ns()
     tracing.shutdown()
-    (span,) = exporter.get_finished_spans()
-    assert span.name == "ext_proc egress" and span.parent is not None and span.parent.span_id == 0xB7AD6B7169203331
-    assert span.start_time is not None and span.end_time is not None
-    assert before <= span.start_time <= span.end_time <= after
-    assert (span.attributes or {})["ext_proc.credential.source"] == "request-x-api-key"
+    first, second = exporter.get_finished_spans()
+    assert [s.parent.span_id if s.parent else None for s in (first, second)] == [0xB7AD6B7169203331, 0x00F067AA0BA902B7]
+    for span in (first, second):
+        assert span.start_time is not None and span.end_time is not None
+        assert before < span.start_time < span.end_time <= after, "the span covers the decision, and only it"
+        assert dict(span.attributes or {}) == {
+            "ext_proc.leg": "egress", "ext_proc.policy": "anthropic", "ext_proc.outcome": "forward",
+            "ext_proc.credential.source": "request-x-api-key", "ext_proc.credential.kind": "api-key",
+        }  # fmt: skip
 
 
 @pytest.mark.parametrize(
