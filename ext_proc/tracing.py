@@ -1,7 +1,8 @@
 """Optional OpenTelemetry tracing: one span per decision, joined to the request's W3C trace context.
 
 Off unless ``tracing_endpoint`` is set; the transport then holds ``None`` and pays one ``is None`` test per request.
-The OpenTelemetry SDK and its OTLP exporter are the ``tracing`` extra, imported only when tracing is on.
+The OpenTelemetry SDK is the ``tracing`` extra, imported only when tracing is on. Spans are exported over
+OTLP/gRPC by ``OtlpExporter`` below, with the OTLP messages that xds-protos already ships (see its docstring).
 
 A span carries what the audit log carries, minus anything a client chose: leg, policy, outcome, the rejection's
 metric label, where the credential came from and its kind. Never a value, a fingerprint or a header name.
@@ -11,15 +12,16 @@ else the request's own ``traceparent`` (the client's, or LiteLLM's on the egress
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+import importlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ext_proc.config import Config
 from ext_proc.headers import HeaderView
 from ext_proc.rules import Decision
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
 # Only traceparent: its W3C format is hex digits and dashes, so it cannot carry a credential. tracestate is free
@@ -51,9 +53,7 @@ class Tracing:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
         if exporter is None:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-            exporter = OTLPSpanExporter(endpoint=config.tracing_endpoint, insecure=True)
+            exporter = otlp_exporter(config.tracing_address())
         resource = Resource.create({"service.name": config.tracing_service_name})
         provider = TracerProvider(resource=resource)
         # Exported in batches from the SDK's own thread: the event loop only appends the finished span to a queue.
@@ -99,3 +99,88 @@ class Tracing:
     def shutdown(self) -> None:
         """Export what is queued, then stop the exporter."""
         self._provider.shutdown()
+
+
+def otlp_exporter(collector: tuple[str, int]) -> SpanExporter:
+    """An OTLP/gRPC span exporter to ``collector`` (host, port), plain HTTP/2."""
+    import grpc
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    otlp = _otlp()
+
+    class OtlpExporter(SpanExporter):
+        """Sends the SDK's finished spans to the collector's ``TraceService/Export``, one call per batch.
+
+        Not OpenTelemetry's own OTLP exporter: it depends on ``opentelemetry-proto``, whose files share paths with
+        the OTLP protos inside ``xds-protos`` (``opentelemetry/proto/...``), so whichever pip installs last wins
+        and the other breaks (seen: a fresh install left the exporter importing xds-protos' older copy and
+        failing). xds-protos carries OTLP under its pre-1.0 names (``instrumentation_library_spans``), with the
+        field numbers of today's OTLP (``scope_spans`` = 2, ``scope`` = 1): the bytes on the wire are the same.
+        Retries and batching are the SDK's BatchSpanProcessor's; a failed batch is dropped, never retried here.
+        """
+
+        def __init__(self) -> None:
+            self._channel = grpc.insecure_channel(f"{collector[0]}:{collector[1]}")
+            self._export = self._channel.unary_unary(
+                "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                request_serializer=otlp.ExportTraceServiceRequest.SerializeToString,
+                response_deserializer=otlp.ExportTraceServiceResponse.FromString,
+            )
+
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            try:
+                self._export(encode(spans), timeout=10)
+            except grpc.RpcError:
+                return SpanExportResult.FAILURE
+            return SpanExportResult.SUCCESS
+
+        def shutdown(self) -> None:
+            self._channel.close()
+
+    return OtlpExporter()
+
+
+def encode(spans: Sequence[ReadableSpan]) -> Any:
+    """The OTLP ``ExportTraceServiceRequest`` for a batch of finished spans, grouped by resource."""
+    request = _otlp().ExportTraceServiceRequest()
+    by_resource: dict[int, tuple[Any, list[ReadableSpan]]] = {}
+    for span in spans:
+        by_resource.setdefault(id(span.resource), (span.resource, []))[1].append(span)
+    for resource, group in by_resource.values():
+        resource_spans = request.resource_spans.add()
+        _attributes(resource_spans.resource.attributes, resource.attributes)
+        scope_spans = resource_spans.instrumentation_library_spans.add()  # OTLP's scope_spans
+        scope_spans.instrumentation_library.name = "ext_proc"
+        for span in group:
+            out = scope_spans.spans.add()
+            out.trace_id = span.context.trace_id.to_bytes(16, "big")
+            out.span_id = span.context.span_id.to_bytes(8, "big")
+            if span.parent is not None:
+                out.parent_span_id = span.parent.span_id.to_bytes(8, "big")
+            out.name = span.name
+            out.kind = span.kind.value + 1  # OTLP numbers SPAN_KIND_UNSPECIFIED 0, then the SDK's kinds from 1
+            out.start_time_unix_nano = span.start_time or 0
+            out.end_time_unix_nano = span.end_time or 0
+            _attributes(out.attributes, span.attributes or {})
+            out.status.code = span.status.status_code.value  # UNSET 0, OK 1, ERROR 2 in both
+            out.status.message = span.status.description or ""
+    return request
+
+
+def _otlp() -> Any:
+    """xds-protos' generated OTLP trace service module (it ships no type stubs)."""
+    return importlib.import_module("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
+
+
+def _attributes(into: Any, attributes: Mapping[str, Any]) -> None:
+    for key, value in attributes.items():
+        item = into.add()
+        item.key = key
+        if isinstance(value, bool):
+            item.value.bool_value = value
+        elif isinstance(value, int):
+            item.value.int_value = value
+        elif isinstance(value, float):
+            item.value.double_value = value
+        else:
+            item.value.string_value = str(value)

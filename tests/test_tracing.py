@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -20,9 +21,10 @@ from ext_proc.config import Config, ConfigError
 from ext_proc.credentials import ApiKey
 from ext_proc.headers import HeaderView
 from ext_proc.rules import RuleContext, decide
-from ext_proc.tracing import Tracing
+from ext_proc.tracing import Tracing, encode, otlp_exporter
 from tests.support.collector import Collector, Span
 from tests.support.http import send
+from tests.support.processes import free_port
 from tests.support.recorder import Recorder
 from tests.support.rules import KEYRING, NOW
 from tests.support.up import SERVER_KEY, TOKEN, running_up
@@ -185,3 +187,30 @@ def test_envoy_and_the_server_export_one_joined_trace_and_no_credential(tmp_path
         exported = collector.raw()
         for secret in (OAUTH, "TRACEDLITELLMKEY", TOKEN, SERVER_KEY):
             assert secret.encode() not in exported, f"{secret[:12]}... reached the collector"
+
+
+def test_spans_are_encoded_with_otlp_s_numbers(traced: tuple[Tracing, InMemorySpanExporter]) -> None:
+    """Field by field, as OTLP 1.x defines them (xds-protos' names are older; the numbers are what travels)."""
+    span = one_span(traced, "sideways", HeaderView.of(("x-api-key", "k")))
+    request = encode([span])
+    (resource_spans,) = request.resource_spans
+    assert resource_spans.DESCRIPTOR.fields_by_name["instrumentation_library_spans"].number == 2  # scope_spans
+    (scope,) = resource_spans.instrumentation_library_spans
+    (out,) = scope.spans
+    assert out.trace_id == span.context.trace_id.to_bytes(16, "big") and len(out.span_id) == 8
+    assert out.parent_span_id == b"" and out.name == "ext_proc sideways"
+    assert out.kind == 2, "SPAN_KIND_SERVER"
+    assert (out.start_time_unix_nano, out.end_time_unix_nano) == (1_000, 2_000)
+    assert (out.status.code, out.status.DESCRIPTOR.fields_by_name["code"].number) == (2, 3), "STATUS_CODE_ERROR"
+    values = {a.key: a.value for a in out.attributes}
+    assert values["http.response.status_code"].int_value == 500 and values["ext_proc.leg"].string_value == "sideways"
+    service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
+    assert service == "ext-proc-credentials"
+
+
+def test_the_exporter_reports_a_collector_it_cannot_reach_as_a_failure() -> None:
+    exporter = otlp_exporter(("127.0.0.1", free_port()))
+    try:
+        assert exporter.export([]) == SpanExportResult.FAILURE
+    finally:
+        exporter.shutdown()

@@ -6,14 +6,17 @@ was exported, not only the fields it expects.
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otlp_grpc
+
+# xds-protos' copy of OTLP (no type stubs); wire-compatible with today's OTLP (ext_proc/tracing.py).
+otlp: Any = importlib.import_module("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
 
 
 @dataclass(frozen=True)
@@ -26,19 +29,25 @@ class Span:
     attributes: dict[str, str]
 
 
-class Collector(otlp_grpc.TraceServiceServicer):
+class Collector:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self.requests: list[otlp.ExportTraceServiceRequest] = []
+        self.requests: list[Any] = []
         self._spans: list[Span] = []
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        otlp_grpc.add_TraceServiceServicer_to_server(self, self._server)  # type: ignore[no-untyped-call]
+        export = grpc.unary_unary_rpc_method_handler(
+            self.Export,
+            request_deserializer=otlp.ExportTraceServiceRequest.FromString,
+            response_serializer=otlp.ExportTraceServiceResponse.SerializeToString,
+        )
+        service = "opentelemetry.proto.collector.trace.v1.TraceService"
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"Export": export}),))
         self.port = self._server.add_insecure_port("127.0.0.1:0")
 
     def Export(  # the generated service's method name
-        self, request: otlp.ExportTraceServiceRequest, context: grpc.ServicerContext
-    ) -> otlp.ExportTraceServiceResponse:
+        self, request: Any, context: grpc.ServicerContext
+    ) -> Any:
         spans = _spans_of(request)
         with self._changed:
             self.requests.append(request)
@@ -82,12 +91,12 @@ class Collector(otlp_grpc.TraceServiceServicer):
         self._server.stop(grace=None)
 
 
-def _spans_of(request: otlp.ExportTraceServiceRequest) -> list[Span]:
+def _spans_of(request: Any) -> list[Span]:
     found = []
     for resource_spans in request.resource_spans:
         resource = resource_spans.resource.attributes
         service = next((a.value.string_value for a in resource if a.key == "service.name"), "")
-        for scope in resource_spans.scope_spans:
+        for scope in resource_spans.instrumentation_library_spans:  # OTLP's scope_spans (field 2)
             for s in scope.spans:
                 attributes = {a.key: str(getattr(a.value, a.value.WhichOneof("value") or "string_value"))
                               for a in s.attributes}  # fmt: skip
