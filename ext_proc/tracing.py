@@ -149,8 +149,8 @@ def encode(spans: Sequence[ReadableSpan]) -> Any:
     for resource, group in by_resource.values():
         resource_spans = request.resource_spans.add()
         _attributes(resource_spans.resource.attributes, resource.attributes)
-        scope_spans = resource_spans.instrumentation_library_spans.add()  # OTLP's scope_spans
-        scope_spans.instrumentation_library.name = "ext_proc"
+        scope_spans = _field(resource_spans, 2).add()  # scope_spans
+        _field(scope_spans, 1).name = "ext_proc"  # its scope
         for span in group:
             out = scope_spans.spans.add()
             out.trace_id = span.context.trace_id.to_bytes(16, "big")
@@ -165,6 +165,13 @@ def encode(spans: Sequence[ReadableSpan]) -> Any:
             out.status.code = span.status.status_code.value  # UNSET 0, OK 1, ERROR 2 in both
             out.status.message = span.status.description or ""
     return request
+
+
+def _field(message: Any, number: int) -> Any:
+    """The field OTLP numbers ``number``, under whichever name this copy of the protos gives it: xds-protos' copy
+    says instrumentation_library(_spans), opentelemetry-proto's (if another package installed it over) scope(_spans).
+    """
+    return getattr(message, message.DESCRIPTOR.fields_by_number[number].name)
 
 
 def _otlp() -> Any:

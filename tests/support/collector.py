@@ -96,7 +96,8 @@ def _spans_of(request: Any) -> list[Span]:
     for resource_spans in request.resource_spans:
         resource = resource_spans.resource.attributes
         service = next((a.value.string_value for a in resource if a.key == "service.name"), "")
-        for scope in resource_spans.instrumentation_library_spans:  # OTLP's scope_spans (field 2)
+        scope_spans = resource_spans.DESCRIPTOR.fields_by_number[2].name  # OTLP's scope_spans, by any name
+        for scope in getattr(resource_spans, scope_spans):
             for s in scope.spans:
                 attributes = {a.key: str(getattr(a.value, a.value.WhichOneof("value") or "string_value"))
                               for a in s.attributes}  # fmt: skip
