@@ -177,10 +177,22 @@ def renamed(argv: Sequence[str], environ: MutableMapping[str, str]) -> tuple[lis
     for where, old, new in RENAMED_FLAGS:
         if where not in ("*", command):
             continue
-        for i, arg in enumerate(args):
+        given_new = any(a == new or a.startswith(new + "=") for a in args)
+        kept: list[str] = []
+        skip_value = False
+        for arg in args:
+            if skip_value:
+                skip_value = False
+                continue
             if arg == old or arg.startswith(old + "="):
-                args[i] = new + arg[len(old) :]
+                if given_new:
+                    skip_value = arg == old
+                    notes.append(f"{old} is now {new}, which is also given: {old} ignored")
+                    continue
+                arg = new + arg[len(old) :]
                 notes.append(f"{old} is now {new}")
+            kept.append(arg)
+        args = kept
     for where, old, new in RENAMED_ENV:
         old_var, new_var = ENV_PREFIX + old, ENV_PREFIX + new
         if where in ("*", command) and old_var in environ and new_var not in environ:

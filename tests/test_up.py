@@ -333,6 +333,8 @@ def test_a_raised_envoy_log_level_prints_no_credential(tmp_path: Path) -> None:
          {"EXT_PROC_SERVER_KEY_FILE": "/k", "EXT_PROC_SERVER_CREDENTIAL_FILE": "/k"}, 1),
         (["up"], {"EXT_PROC_LISTEN": "127.0.0.1:1"}, ["up"], {"EXT_PROC_INGRESS_LISTEN": "127.0.0.1:1"}, 1),
         (["serve"], {"EXT_PROC_LISTEN": "unix:/s"}, ["serve"], {"EXT_PROC_LISTEN": "unix:/s"}, 0),
+        (["up", "--listen", "a:1", "--ingress-listen", "b:2"], {}, ["up", "--ingress-listen", "b:2"], {}, 1),
+        (["up", "--ingress-listen=b:2", "--listen=a:1"], {}, ["up", "--ingress-listen=b:2"], {}, 1),
         # The new name, when given, wins: nothing is mapped over it.
         (["up"], {"EXT_PROC_LISTEN": "a:1", "EXT_PROC_INGRESS_LISTEN": "b:2"}, ["up"],
          {"EXT_PROC_LISTEN": "a:1", "EXT_PROC_INGRESS_LISTEN": "b:2"}, 0),
