@@ -13,7 +13,9 @@ import os
 import re
 import shutil
 import subprocess
+import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -23,7 +25,7 @@ from ext_proc.names import LEGS, POLICIES
 from ext_proc.rules import Source
 from ext_proc.seal import SealFailure
 from tests.support.http import get_text, send
-from tests.support.processes import free_port, wait_for
+from tests.support.processes import Proc, free_port, wait_for
 from tests.support.recorder import Recorder
 from tests.support.up import TOKEN, running_up
 
@@ -239,3 +241,60 @@ def test_the_probe_listener_serves_only_ready_and_envoy_s_stats(tmp_path: Path) 
             assert send(at, method, path, [], b"")[0] == 404, (method, path)
         assert send(at, "GET", "/ready", [], b"")[0] == 200, "Envoy still live and not draining"
         assert up.poll() is None
+
+
+def test_a_real_prometheus_scrapes_both_endpoints_and_evaluates_every_rule(tmp_path: Path) -> None:
+    """Debian's Prometheus scraping `up` as the PodMonitor describes (the server's /metrics, Envoy's stats on the
+    probe listener), with alerts.yaml loaded: both targets up, the series there, every rule evaluated without error."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        promtool("--version")  # the same skip or failure as the promtool tests
+        pytest.skip("prometheus is not installed")
+    probe, metrics, web = free_port(), free_port(), free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(MONITORING / "alerts.yaml")],
+        "scrape_configs": [
+            {"job_name": "gateway", "static_configs": [{"targets": [f"127.0.0.1:{metrics}"]}]},
+            {"job_name": "gateway-envoy", "metrics_path": "/stats/prometheus",
+             "static_configs": [{"targets": [f"127.0.0.1:{probe}"]}]},
+        ],
+    }  # fmt: skip
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    api = f"http://127.0.0.1:{web}/api/v1"
+    with (
+        Recorder() as recorder,
+        running_up(tmp_path, recorder, "--probe-listen", f"127.0.0.1:{probe}",
+                   "--metrics-listen", f"127.0.0.1:{metrics}") as (_, ingress, egress),
+    ):  # fmt: skip
+        send(ingress, "POST", "/v1/messages", [("authorization", "Bearer sk-ant-oat01-SCRAPED")], b"{}")
+        send(egress, "POST", "/v1/messages", [("x-api-key", TOKEN)], b"{}")
+        prometheus = Proc([binary, f"--config.file={tmp_path}/prometheus.yml", f"--storage.tsdb.path={tmp_path}/tsdb",
+                           f"--web.listen-address=127.0.0.1:{web}"])  # fmt: skip
+        try:
+
+            def targets_up() -> bool:
+                try:
+                    active = json.loads(get_text(f"{api}/targets"))["data"]["activeTargets"]
+                except OSError:
+                    return False
+                return len(active) == 2 and all(t["health"] == "up" for t in active)
+
+            wait_for(targets_up, "both scrape targets up in Prometheus")
+
+            def evaluated() -> list[dict[str, Any]]:
+                groups = json.loads(get_text(f"{api}/rules"))["data"]["groups"]
+                return [r for g in groups for r in g["rules"]]
+
+            wait_for(lambda: all(str(r.get("lastEvaluation", "0001")).startswith("2") for r in evaluated()),
+                     "every rule evaluated once")  # fmt: skip
+            rules = evaluated()
+            assert len(rules) == len(alert_queries())
+            assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
+            for query in ('ext_proc_requests_total{leg="egress",source="server"}',
+                          'envoy_http_ext_proc_streams_started{envoy_http_conn_manager_prefix="egress"}',
+                          'envoy_cluster_membership_healthy{envoy_cluster_name="ext_proc"}'):  # fmt: skip
+                result = json.loads(get_text(f"{api}/query?{urllib.parse.urlencode({'query': query})}"))
+                assert result["data"]["result"], f"{query}: no series in Prometheus"
+        finally:
+            prometheus.stop()
