@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from bench.measure import Result
+from bench.measure import GATEWAY_ROLES, Result
 from bench.variants import GATEWAY_PAIRS, RATIOS
 
 
@@ -53,7 +53,7 @@ def gateway_table(by: dict[tuple[str, int], Result]) -> list[str]:
             if (alone, c) not in by:
                 continue
             d, e = by[(chain, c)], by[(alone, c)]
-            gateway = sum(d.cpu_us.get(role, 0.0) for role in ("envoy", "server"))
+            gateway = sum(d.cpu_us.get(role, 0.0) for role in GATEWAY_ROLES)
             litellm = d.cpu_us.get("litellm", 0.0)
             shares = [g / (total - g) for g, total in zip(d.slices_gateway_us, d.slices_cpu_us, strict=True)
                       if total > g]  # fmt: skip

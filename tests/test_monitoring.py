@@ -14,6 +14,8 @@ import re
 import shutil
 import subprocess
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -155,17 +157,26 @@ def _exported(text: str) -> dict[str, set[str]]:
     return names
 
 
-def test_every_metric_and_label_queried_is_exported_by_a_running_gateway(tmp_path: Path) -> None:
+@contextmanager
+def scraped_up(tmp_path: Path) -> Iterator[tuple[HostPort, HostPort, int, int]]:
+    """`up` with both scrape endpoints (the server's /metrics, Envoy's stats on the probe listener) and two
+    forwarded decisions already counted: one sealed on the ingress, one with the server credential on the egress.
+    Yields the ingress, the egress, the metrics port and the probe port."""
     probe, metrics = free_port(), free_port()
     with (
         Recorder() as recorder,
         running_up(tmp_path, recorder, "--probe-listen", f"127.0.0.1:{probe}",
                    "--metrics-listen", f"127.0.0.1:{metrics}") as (_, ingress, egress),
     ):  # fmt: skip
-        # Traffic that touches each family: forwarded decisions (sealed on the ingress; the server credential on the
-        # egress), a refusal, a seal failure, and a secret file change that cannot be used (a rejected reload).
-        send(ingress, "POST", "/v1/messages", [("authorization", "Bearer sk-ant-oat01-DASHBOARD")], b"{}")
+        send(ingress, "POST", "/v1/messages", [("authorization", "Bearer sk-ant-oat01-SCRAPED")], b"{}")
         send(egress, "POST", "/v1/messages", [("x-api-key", TOKEN)], b"{}")
+        yield ingress, egress, metrics, probe
+
+
+def test_every_metric_and_label_queried_is_exported_by_a_running_gateway(tmp_path: Path) -> None:
+    with scraped_up(tmp_path) as (ingress, egress, metrics, probe):
+        # Beside the two forwarded decisions, traffic that touches each other family: a refusal, a seal failure, and
+        # a secret file change that cannot be used (a rejected reload).
         send(ingress, "POST", "/v1/messages", [("x-app", "sk-ant-api03-MISPLACED")], b"{}")
         send(egress, "POST", "/v1/messages", [("x-api-key", TOKEN), ("x-credential-handoff", "v1.AAAA.BBBB")], b"{}")
         (tmp_path / "server-key").write_text("not a credential\n")
@@ -250,7 +261,12 @@ def test_a_real_prometheus_scrapes_both_endpoints_and_evaluates_every_rule(tmp_p
     if binary is None:
         promtool("--version")  # the same skip or failure as the promtool tests
         pytest.skip("prometheus is not installed")
-    probe, metrics, web = free_port(), free_port(), free_port()
+    web = free_port()
+    with scraped_up(tmp_path) as (_, _, metrics, probe):
+        _scrape_with_prometheus(binary, tmp_path, metrics, probe, web)
+
+
+def _scrape_with_prometheus(binary: str, tmp_path: Path, metrics: int, probe: int, web: int) -> None:
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(MONITORING / "alerts.yaml")],
@@ -262,39 +278,32 @@ def test_a_real_prometheus_scrapes_both_endpoints_and_evaluates_every_rule(tmp_p
     }  # fmt: skip
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     api = f"http://127.0.0.1:{web}/api/v1"
-    with (
-        Recorder() as recorder,
-        running_up(tmp_path, recorder, "--probe-listen", f"127.0.0.1:{probe}",
-                   "--metrics-listen", f"127.0.0.1:{metrics}") as (_, ingress, egress),
-    ):  # fmt: skip
-        send(ingress, "POST", "/v1/messages", [("authorization", "Bearer sk-ant-oat01-SCRAPED")], b"{}")
-        send(egress, "POST", "/v1/messages", [("x-api-key", TOKEN)], b"{}")
-        prometheus = Proc([binary, f"--config.file={tmp_path}/prometheus.yml", f"--storage.tsdb.path={tmp_path}/tsdb",
-                           f"--web.listen-address=127.0.0.1:{web}"])  # fmt: skip
-        try:
+    prometheus = Proc([binary, f"--config.file={tmp_path}/prometheus.yml", f"--storage.tsdb.path={tmp_path}/tsdb",
+                       f"--web.listen-address=127.0.0.1:{web}"])  # fmt: skip
+    try:
 
-            def targets_up() -> bool:
-                try:
-                    active = json.loads(get_text(f"{api}/targets"))["data"]["activeTargets"]
-                except OSError:
-                    return False
-                return len(active) == 2 and all(t["health"] == "up" for t in active)
+        def targets_up() -> bool:
+            try:
+                active = json.loads(get_text(f"{api}/targets"))["data"]["activeTargets"]
+            except OSError:
+                return False
+            return len(active) == 2 and all(t["health"] == "up" for t in active)
 
-            wait_for(targets_up, "both scrape targets up in Prometheus")
+        wait_for(targets_up, "both scrape targets up in Prometheus")
 
-            def evaluated() -> list[dict[str, Any]]:
-                groups = json.loads(get_text(f"{api}/rules"))["data"]["groups"]
-                return [r for g in groups for r in g["rules"]]
+        def evaluated() -> list[dict[str, Any]]:
+            groups = json.loads(get_text(f"{api}/rules"))["data"]["groups"]
+            return [r for g in groups for r in g["rules"]]
 
-            wait_for(lambda: all(str(r.get("lastEvaluation", "0001")).startswith("2") for r in evaluated()),
-                     "every rule evaluated once")  # fmt: skip
-            rules = evaluated()
-            assert len(rules) == len(alert_queries())
-            assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
-            for query in ('ext_proc_requests_total{leg="egress",source="server"}',
-                          'envoy_http_ext_proc_streams_started{envoy_http_conn_manager_prefix="egress"}',
-                          'envoy_cluster_membership_healthy{envoy_cluster_name="ext_proc"}'):  # fmt: skip
-                result = json.loads(get_text(f"{api}/query?{urllib.parse.urlencode({'query': query})}"))
-                assert result["data"]["result"], f"{query}: no series in Prometheus"
-        finally:
-            prometheus.stop()
+        wait_for(lambda: all(str(r.get("lastEvaluation", "0001")).startswith("2") for r in evaluated()),
+                 "every rule evaluated once")  # fmt: skip
+        rules = evaluated()
+        assert len(rules) == len(alert_queries())
+        assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
+        for query in ('ext_proc_requests_total{leg="egress",source="server"}',
+                      'envoy_http_ext_proc_streams_started{envoy_http_conn_manager_prefix="egress"}',
+                      'envoy_cluster_membership_healthy{envoy_cluster_name="ext_proc"}'):  # fmt: skip
+            result = json.loads(get_text(f"{api}/query?{urllib.parse.urlencode({'query': query})}"))
+            assert result["data"]["result"], f"{query}: no series in Prometheus"
+    finally:
+        prometheus.stop()
