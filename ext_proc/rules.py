@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from ext_proc import routes
 from ext_proc.config import Config
 from ext_proc.credentials import (
     AUTHORIZATION,
@@ -28,12 +27,14 @@ from ext_proc.credentials import (
 )
 from ext_proc.headers import HeaderView
 from ext_proc.names import POLICIES, Leg, Policy
+from ext_proc.routes import Routes
 from ext_proc.seal import Keyring, OpenCounter, SealError, SealFailure
 
 ANTHROPIC_BETA = "anthropic-beta"
 COOKIE = "cookie"
 REQUEST_ID = "x-request-id"
 PATH = ":path"
+METHOD = ":method"
 # Envoy owns these; a filter that touches them breaks framing or routing.
 NEVER_TOUCHED = frozenset({"host", "content-length", "transfer-encoding"})
 _VERDICT_CACHE_SIZE = 4096
@@ -137,6 +138,8 @@ class RuleContext:
     egress_token: bytes | None
     # The one piece of state the rules are handed: how often each handoff was opened (shared across reloads).
     opens: OpenCounter
+    # LiteLLM's route tables: where a client's own credential is carried (I7). Loaded once, shared by reloads.
+    routes: Routes = field(default_factory=Routes.shipped)
     # A memo of strips_on_egress (a pure function of the fields above), never part of the context's value; each
     # context, including one rebuilt by a reload, starts its own.
     _verdicts: dict[str, bool] = field(default_factory=dict, init=False, compare=False, repr=False)
@@ -257,7 +260,7 @@ def _ingress(headers: HeaderView, ctx: RuleContext, now: float, base: Audit) -> 
             sealed.append((name, credential))
     sets: list[tuple[str, bytes]] = []
     if sealed:
-        verdict = routes.for_client_credential(b"".join(headers.get_all(PATH)))
+        verdict = ctx.routes.for_client_credential(b"".join(headers.get_all(METHOD)), b"".join(headers.get_all(PATH)))
         if verdict.refusal is not None:
             raise _Reject(Rejection(400, "invalid_request_error", verdict.refusal, "route-drops-credential"))
         if verdict.path is not None:

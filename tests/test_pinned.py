@@ -20,7 +20,7 @@ from ext_proc.config import Config
 from ext_proc.credentials import ApiKey, Prefixes, Problem, UnreadableCredential, read_token
 from ext_proc.headers import HeaderView
 from ext_proc.metrics import Metrics
-from ext_proc.routes import for_client_credential, normalise
+from ext_proc.routes import Routes, route_path
 from ext_proc.rules import Audit, Decision, Rejection, RuleContext, Source, loggable_id
 from ext_proc.seal import Keyring, OpenCounter, SealError, SealFailure
 from ext_proc.server import CredentialProcessor, response_of
@@ -67,8 +67,8 @@ REJECTIONS = [
      "config-policy"),
     ("ingress", "bogus", (), 500, "api_error", "The credential gateway is misconfigured: unknown policy 'bogus'.",
      "config-policy"),
-    ("ingress", "", ((":path", "/v1/skills"), ("x-api-key", KEY)), 400, "invalid_request_error",
-     "LiteLLM answers /v1/skills with its own call to Anthropic, which would not carry your own Anthropic credential "
+    ("ingress", "", ((":method", "POST"), (":path", "/v1/skills"), ("x-api-key", KEY)), 400, "invalid_request_error",
+     "LiteLLM answers POST /v1/skills with its own call, which would not carry your own Anthropic credential "
      "(it would use the operator's key instead); use LiteLLM's Anthropic pass-through, /anthropic/v1/skills, or send "
      "only your LiteLLM key.", "route-drops-credential"),
 ]  # fmt: skip
@@ -87,31 +87,40 @@ def test_every_rejection_exactly(
 
 
 @pytest.mark.parametrize(
-    ("path", "refusal"),
+    ("request_line", "refusal"),
     [
-        ("/anthropic/v1/files", "this route is not available with your own credential through LiteLLM"),
-        ("/v1/files", "this route is not available with your own credential through LiteLLM"),
-        ("/v1/batches/b1", "this route is not available with your own credential through LiteLLM"),
-        ("/files", "this route is not available with your own credential through LiteLLM"),
-        ("/batches", "this route is not available with your own credential through LiteLLM"),
-        ("/v1/responses", "use LiteLLM's Anthropic pass-through, /anthropic/v1/responses"),
+        ("POST /anthropic/v1/files", "this route is not available with your own credential through LiteLLM"),
+        ("POST /models/c:generateContent", "this route is not available with your own credential through LiteLLM"),
+        ("POST /v1/files", "use LiteLLM's Anthropic pass-through, /anthropic/v1/files"),
+        ("POST /v1/responses", "use LiteLLM's Anthropic pass-through, /anthropic/v1/responses"),
     ],
 )
-def test_route_refusals_say_what_to_use(path: str, refusal: str) -> None:
-    verdict = for_client_credential(path.encode())
+def test_route_refusals_say_what_to_use(request_line: str, refusal: str) -> None:
+    method, path = request_line.split(" ")
+    verdict = Routes.shipped().for_client_credential(method.encode(), path.encode())
     assert verdict.path is None and verdict.refusal is not None
-    assert f"; {refusal}, or send only your LiteLLM key." in verdict.refusal
+    assert verdict.refusal == (
+        f"LiteLLM answers {method} {path} with its own call, which would not carry your own Anthropic credential "
+        f"(it would use the operator's key instead); {refusal}, or send only your LiteLLM key."
+    )
+
+
+def test_a_route_no_release_serves_is_refused_saying_so() -> None:
+    verdict = Routes.shipped().for_client_credential(b"POST", b"/nowhere/\x01")
+    assert verdict.refusal == (
+        "LiteLLM serves no route POST '/nowhere/\\x01'; requests with your own Anthropic credential go only to "
+        "routes that carry it to Anthropic."
+    )
 
 
 @pytest.mark.parametrize(
     ("raw", "route"),
-    [(b"/v1/messages?a=1?b=2", "/v1/messages"), (b"/v1/messages#x#y", "/v1/messages"), (b"", "/"), (b"/", "/"),
-     (b"//v1//skills//", "/v1/skills"), (b"v1/skills", "/v1/skills"), (b"/a/./b/../c", "/a/c"),
-     (b"/v1/%2e%2e/skills", "/skills"), (b"/v1/skills?x#y", "/v1/skills"), (b"/\xe9", "/\xe9"),
-     (b"/Xyz/X", "/Xyz/X")],
+    [(b"/v1/messages?a=1?b=2", "/v1/messages"), (b"", ""), (b"/", "/"), (b"//v1//skills//", "//v1//skills//"),
+     (b"/a/./b/../c", "/a/./b/../c"), (b"/v1/%2e%2e/skills", "/v1/../skills"), (b"/v1/%2Fx", "/v1//x"),
+     (b"/\xc3\xa9%C3%A9", "/\u00c3\u00a9\u00e9"), (b"/%ff", "/\ufffd"), (b"/Xyz/X", "/Xyz/X"), (b"/a#b", "/a#b")],
 )  # fmt: skip
-def test_paths_are_compared_as_litellm_routes_them(raw: bytes, route: str) -> None:
-    assert normalise(raw) == route
+def test_paths_are_matched_as_uvicorn_hands_them_to_litellm(raw: bytes, route: str) -> None:
+    assert route_path(raw) == route
 
 
 EGRESS_PROOF = [

@@ -18,8 +18,9 @@ from ext_proc.config import Config
 from ext_proc.headers import HeaderView
 from ext_proc.metrics import Metrics
 from ext_proc.reload import RuleSource
-from ext_proc.routes import normalise
+from ext_proc.routes import CLASSIFIED, RELEASES, REROUTES, Route, Routes, route_path
 from ext_proc.seal import Keyring, OpenCounter
+from tests.support.litellm import RELEASES as TESTED
 from tests.support.rules import KEY_A, KEYRING, NOW, context, handoff, run
 
 H = "x-credential-handoff"
@@ -176,49 +177,72 @@ def test_o3_anthropic_credential_inside_any_header_is_removed_on_other() -> None
 
 
 ROUTES = [
-    # (path as sent, verdict: "carry" | "reroute:<path>" | "refuse")
-    ("/v1/messages?beta=true", "carry"),
-    ("/v1/chat/completions", "carry"),
-    ("/chat/completions", "carry"),
-    ("/anthropic/v1/messages", "carry"),
-    ("/anthropic/v1/messages/count_tokens", "carry"),
-    ("/anthropic/v1/skills", "carry"),
-    ("/anthropic/v1/models", "carry"),
-    ("/anthropic/v1/messages/batches", "carry"),
-    ("/v1/models", "carry"),
-    ("/v1/messages/count_tokens?beta=true", "reroute:/anthropic/v1/messages/count_tokens?beta=true"),
-    ("/v1/messages/count_tokens", "reroute:/anthropic/v1/messages/count_tokens"),
-    ("//v1/messages/count_tokens/", "reroute:/anthropic/v1/messages/count_tokens"),
-    ("/v1/messages/%63ount_tokens", "reroute:/anthropic/v1/messages/count_tokens"),
-    ("/v1/skills", "refuse"),
-    ("/v1/skills/skill_1", "refuse"),
-    ("/v1/%73kills", "refuse"),
-    ("//v1//skills/", "refuse"),
-    ("/v1/messages/../skills", "refuse"),
-    ("/anthropic/v1/files", "refuse"),
-    ("/anthropic/v1/files/file_1/content", "refuse"),
-    ("/anthropic/v1/batches", "refuse"),
-    ("/anthropic/../v1/skills", "refuse"),
-    ("/v1/files", "refuse"),
-    ("/v1/batches", "refuse"),
-    ("/v1/responses", "refuse"),
-    ("/utils/token_counter", "refuse"),
-    ("/v1/messages/batches", "refuse"),
-    ("/V1/MESSAGES", "refuse"),
-    ("", "refuse"),
+    # (method and path as sent, verdict: "carry" | "reroute:<path>" | "refuse"), decided on LiteLLM's own tables
+    ("POST /v1/messages?beta=true", "carry"),
+    ("POST /v1/chat/completions", "carry"),
+    ("POST /chat/completions", "carry"),
+    ("POST /anthropic/v1/messages", "carry"),
+    ("POST /anthropic/v1/messages/count_tokens", "carry"),
+    ("POST /anthropic/v1/skills", "carry"),
+    ("GET /anthropic/v1/models", "carry"),
+    ("POST /anthropic/v1/messages/batches", "carry"),
+    # Starlette does not resolve dot segments: this is the pass-through with endpoint "../v1/skills".
+    ("POST /anthropic/../v1/skills", "carry"),
+    ("GET /v1/models", "carry"),
+    ("GET /models", "carry"),
+    ("GET /v1/models/claude-sonnet-4-5", "carry"),
+    ("GET /models/claude-sonnet-4-5", "carry"),
+    ("POST /v1/messages/count_tokens?beta=true", "reroute:/anthropic/v1/messages/count_tokens?beta=true"),
+    ("POST /v1/messages/count_tokens", "reroute:/anthropic/v1/messages/count_tokens"),
+    ("POST /v1/messages/%63ount_tokens", "reroute:/anthropic/v1/messages/count_tokens"),
+    # Gemini-format routes call the model group (Anthropic here) without the client's headers.
+    ("POST /models/claude-sonnet-4-5:generateContent", "refuse"),
+    ("POST /models/claude-sonnet-4-5:streamGenerateContent?alt=sse", "refuse"),
+    ("POST /models/claude-sonnet-4-5:countTokens", "refuse"),
+    ("POST /v1beta/models/claude-sonnet-4-5:generateContent", "refuse"),
+    ("POST /v1beta/models/claude-sonnet-4-5:streamGenerateContent", "refuse"),
+    ("POST /v1beta/models/claude-sonnet-4-5:countTokens", "refuse"),
+    ("POST /models/a/b:generateContent", "refuse"),
+    ("POST /models/claude%3AgenerateContent", "refuse"),
+    ("POST /v1/models/claude-sonnet-4-5", "refuse"),
+    ("POST /v1/skills", "refuse"),
+    ("GET /v1/skills/skill_1", "refuse"),
+    ("POST /v1/%73kills", "refuse"),
+    ("POST //v1//skills/", "refuse"),
+    ("POST /v1/messages/../skills", "refuse"),
+    ("POST /v1/messages/", "refuse"),
+    ("POST //v1/messages", "refuse"),
+    ("POST //v1/messages/count_tokens/", "refuse"),
+    ("POST /anthropic/v1/files", "refuse"),
+    ("GET /anthropic/v1/files", "refuse"),
+    ("POST /anthropic%2Fv1%2Ffiles", "refuse"),
+    ("GET /anthropic/v1/files/file_1/content", "refuse"),
+    ("POST /anthropic/v1/batches/b1", "carry"),
+    ("GET /anthropic/v1/batches/b1", "refuse"),
+    ("GET /anthropic/v1/batches", "refuse"),
+    ("POST /v1/files", "refuse"),
+    ("POST /v1/batches", "refuse"),
+    ("POST /v1/responses", "refuse"),
+    ("POST /utils/token_counter", "refuse"),
+    ("POST /v1/messages/batches", "refuse"),
+    ("POST /V1/MESSAGES", "refuse"),
+    ("POST /vertex_ai/v1/projects/p/locations/l/publishers/anthropic/models/c:rawPredict", "refuse"),
+    ("POST ", "refuse"),
+    (" /v1/messages", "refuse"),
 ]
 
 
-@pytest.mark.parametrize(("path", "verdict"), ROUTES)
+@pytest.mark.parametrize(("request_line", "verdict"), ROUTES)
 @pytest.mark.parametrize(("name", "value"), [("x-api-key", KEY), ("authorization", f"Bearer {OAUTH}")])
 def test_i7_a_client_credential_only_goes_where_litellm_carries_it(
-    path: str, verdict: str, name: str, value: str
+    request_line: str, verdict: str, name: str, value: str
 ) -> None:
-    headers = HeaderView.of((":path", path), (name, value), ("x-litellm-api-key", LITELLM))
+    method, path = request_line.split(" ", 1)
+    headers = HeaderView.of((":method", method), (":path", path), (name, value), ("x-litellm-api-key", LITELLM))
     decision, out = run("ingress", "", headers)
     if verdict == "refuse":
         assert decision.rejection is not None and decision.rejection.reason == "route-drops-credential"
-        assert decision.rejection.status == 400 and normalise(path.encode()) in decision.rejection.message
+        assert decision.rejection.status == 400 and route_path(path.encode()) in decision.rejection.message
         return
     assert decision.rejection is None and name not in out and H in out
     expected = verdict.removeprefix("reroute:") if verdict != "carry" else path
@@ -226,7 +250,7 @@ def test_i7_a_client_credential_only_goes_where_litellm_carries_it(
 
 
 def test_i7_refusal_names_the_pass_through_twin() -> None:
-    decision, _ = run("ingress", "", HeaderView.of((":path", "/v1/skills"), ("x-api-key", KEY)))
+    decision, _ = run("ingress", "", HeaderView.of((":method", "POST"), (":path", "/v1/skills"), ("x-api-key", KEY)))
     assert decision.rejection is not None and "/anthropic/v1/skills" in decision.rejection.message
 
 
@@ -284,3 +308,13 @@ def test_each_removed_header_is_named_once() -> None:
     headers = HeaderView.of(("x-api-key", KEY), ("anthropic-beta", f"a,{LITELLM}"), ("x-junk", "1"))
     decision, _ = run("egress", "anthropic", headers, ctx)
     assert sorted(decision.remove) == ["anthropic-beta", "x-junk"]
+
+
+def test_i7_the_tables_are_the_supported_releases_and_every_classified_route_is_in_each() -> None:
+    assert RELEASES == TESTED
+    tables = Routes.shipped().tables
+    assert [t.release for t in tables] == list(RELEASES)
+    for table in tables:
+        assert len(table.entries) > 500, table.release
+        assert set(CLASSIFIED) <= table.templates(), (table.release, set(CLASSIFIED) - table.templates())
+    assert {t for t, kind in CLASSIFIED.items() if kind == Route.REROUTE} == set(REROUTES)

@@ -53,6 +53,7 @@ def _body(stream: bool) -> bytes:
 
 
 _COUNT = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "say ok"}]}).encode()
+_GEMINI = json.dumps({"contents": [{"role": "user", "parts": [{"text": "say ok"}]}]}).encode()
 ROUTES = (
     Route("pass-through", "/anthropic/v1/messages", _body(False), False),
     Route("pass-through, stream", "/anthropic/v1/messages", _body(True), True),
@@ -68,6 +69,10 @@ ROUTES = (
     # LiteLLM's own calls: the client's credential would not go, the operator's would.
     Route("/v1/skills", "/v1/skills", b"", False, "GET", own="refuse", local=True),
     Route("pass-through /v1/files", "/anthropic/v1/files", b"", False, "GET", own="refuse", local=True),
+    # Gemini's format: LiteLLM calls the model group (Anthropic here) itself, without the client's headers.
+    Route("Gemini generateContent", f"/models/{MODEL}:generateContent", _GEMINI, False, own="refuse"),
+    Route("Gemini streamGenerateContent", f"/v1beta/models/{MODEL}:streamGenerateContent?alt=sse", _GEMINI, True,
+          own="refuse"),
 )  # fmt: skip
 
 

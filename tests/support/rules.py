@@ -23,8 +23,12 @@ def context(server: Credential | None = None, keyring: Keyring = KEYRING, **conf
 def run(
     leg: str, policy: str, headers: HeaderView, ctx: RuleContext | None = None, now: float = NOW
 ) -> tuple[Decision, HeaderView]:
-    """Envoy always sends ``:path``; an ingress case that names none is a request to ``/v1/messages``."""
-    seen = headers if leg != "ingress" or ":path" in headers else HeaderView([(":path", b"/v1/messages"), *headers])
+    """Envoy always sends ``:method`` and ``:path``; an ingress case that names neither is ``POST /v1/messages``."""
+    seen = headers
+    if leg == "ingress" and ":path" not in headers:
+        seen = HeaderView([(":path", b"/v1/messages"), *seen])
+    if leg == "ingress" and ":method" not in headers:
+        seen = HeaderView([(":method", b"POST"), *seen])
     decision = decide(leg, policy, seen, ctx or context(), now)
     return decision, decision.apply(headers)
 
