@@ -485,8 +485,10 @@ def ext_proc_filter(
         "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
         "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "initial_metadata": metadata},
         "failure_mode_allow": False,
-        # A header change Envoy refuses fails the request: never forwarded half-edited.
-        "mutation_rules": {"disallow_is_error": True},
+        # A header change Envoy refuses fails the request: never forwarded half-edited. x-envoy-* headers are a
+        # client's text like any other (LiteLLM forwards x-*); the rules must be able to remove them, or a
+        # refused removal would fail the request.
+        "mutation_rules": {"allow_envoy": True, "disallow_is_error": True},
         "status_on_error": {"code": "ServiceUnavailable"},
         "allow_mode_override": False,
         "message_timeout": f"{message_timeout_ms / 1000:g}s",

@@ -154,3 +154,28 @@ def test_other_providers_go_through_the_egress_under_policy_other(
     send(egress, "POST", "/v1/messages", [("authorization", "Bearer sk-proj-OPENAIKEY")], b"{}")
     (got,) = anthropic.take()
     assert "authorization" not in got.names
+
+
+ENVOY_NAMED = [
+    ("x-envoy-foo", "1"),
+    ("x-envoy-attempt-count", "1"),  # any Envoy or Istio sidecar in front of a client adds it
+    ("X-Envoy-Upstream-Rq-Timeout-Ms", "1"),
+    ("x-envoy-max-retries", "5"),
+    ("x-envoy-retry-on", "5xx"),
+    ("x-envoy-expected-rq-timeout-ms", "1"),
+    ("x-envoy-original-path", "/v1/skills"),
+    ("x-envoy-decorator-operation", "x"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), ENVOY_NAMED)
+@pytest.mark.parametrize("credential", [("x-api-key", KEY), ("authorization", f"Bearer {OAUTH}")])
+def test_a_client_s_x_envoy_header_neither_fails_the_request_nor_reaches_anthropic(
+    legs: Legs, name: str, value: str, credential: tuple[str, str]
+) -> None:
+    """Envoy refuses an ext_proc filter's removal of x-envoy-* unless allowed; refused, the request failed (503)."""
+    status, _, _ = send(legs.ingress, "POST", "/v1/messages", [credential, (name, value)], b"{}")
+    assert status == 200
+    (got,) = legs.recorder.take()
+    assert got.get(credential[0]) == [credential[1]]
+    assert not [n for n in got.names if n.startswith("x-envoy-")], got.names
