@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -169,20 +170,49 @@ class CredentialProcessor:
         return response
 
 
-def _private_socket_dir(path: Path, default: bool) -> None:  # pragma: no mutate block (tested by the process tests)
-    """The socket's directory: made 0700 when missing; the default one must be ours and closed to others."""
-    directory = path.parent
-    if not directory.exists():
-        directory.mkdir(mode=0o700, parents=True)
-    if default:
-        st = directory.stat()
-        if st.st_uid != os.getuid() or st.st_mode & 0o077:
+def _private_socket_dir(path: Path, default: bool) -> Path:  # pragma: no mutate block (the process tests')
+    """The socket's real path, in a directory made 0700 when missing.
+
+    The default directory sits in a place other users can write (``/tmp`` when ``XDG_RUNTIME_DIR`` is unset), so
+    it is trusted only if nobody else can have made, replaced or redirected it: a real directory (``lstat``: a
+    symlink planted there would pass an owner check on its target, and be repointed after it), ours, mode 0700,
+    below directories that only root or this user can change (world-writable ones only with the sticky bit).
+    """
+    if not default:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _remove_stale_socket(path)
+        return path
+    base = path.parent.parent.resolve(strict=True)
+    directory = base / path.parent.name
+    uid = os.getuid()
+    for ancestor in (base, *base.parents):
+        st = os.stat(ancestor)
+        if st.st_uid not in (0, uid) or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
             raise OSError(
-                f"{directory} must belong to this user with mode 0700 (it is mode {st.st_mode & 0o777:o}, uid "
-                f"{st.st_uid}): the server's answers hold credentials"
+                f"{ancestor} can be changed by another user (owner uid {st.st_uid}, mode {st.st_mode & 0o7777:o}), "
+                f"so the socket directory below it could be replaced: set XDG_RUNTIME_DIR or --listen unix:PATH"
             )
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o700)
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(
+            f"{directory} is not a directory (a symbolic link or file another user may have planted): the server's "
+            "answers hold credentials; remove it, or set XDG_RUNTIME_DIR or --listen unix:PATH"
+        )
+    if st.st_uid != uid or st.st_mode & 0o077:
+        raise OSError(
+            f"{directory} must belong to this user with mode 0700 (it is mode {st.st_mode & 0o777:o}, uid "
+            f"{st.st_uid}): the server's answers hold credentials"
+        )
+    real = directory / path.name
+    _remove_stale_socket(real)
+    return real
+
+
+def _remove_stale_socket(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
-        if path.is_socket():
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
             path.unlink()
 
 
@@ -211,7 +241,8 @@ class Server:  # pragma: no mutate block (lifecycle: the process tests' business
         listen = self.config.listen or default_socket()
         await self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         if listen.startswith("unix:"):
-            _private_socket_dir(Path(listen.removeprefix("unix:")), default=not self.config.listen)
+            real = _private_socket_dir(Path(listen.removeprefix("unix:")), default=not self.config.listen)
+            listen = f"unix:{real}"
         else:
             log.warning(
                 "listening on TCP %s: any process that can reach it can open an egress stream and read the server "

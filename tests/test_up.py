@@ -17,6 +17,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -353,3 +354,60 @@ def test_an_old_flag_still_works_and_the_note_names_the_new_one(capsys: pytest.C
     out, err = capsys.readouterr()
     assert "port_value: 18081" in out
     assert "--listen is now --ingress-listen" in err
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A /tmp of our own: world-writable and sticky, reachable by another user."""
+    base = Path(tempfile.mkdtemp(dir="/tmp", prefix="shared-tmp-"))
+    base.chmod(0o1777)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _serve_default(shared_tmp: Path) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    environ.update(TMPDIR=str(shared_tmp), EXT_PROC_METRICS_LISTEN="off")
+    return subprocess.run([str(BIN / "ext-proc"), "serve"], capture_output=True, text=True, timeout=60, env=environ)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="playing two users needs root (another user plants the link)")
+def test_serve_never_trusts_a_default_socket_directory_another_user_planted(shared_tmp: Path) -> None:
+    """Another user makes /tmp/ext-proc-UID a symlink to a directory the victim owns with mode 0700 (~/.ssh): an
+    owner check that follows links passes, and the link can be repointed at the attacker's directory afterwards."""
+    victim_owned = Path(tempfile.mkdtemp(dir=shared_tmp))
+    victim_owned.chmod(0o700)
+    planted = shared_tmp / f"ext-proc-{os.getuid()}"
+    subprocess.run(["ln", "-s", str(victim_owned), str(planted)], user="nobody", check=True, timeout=30)
+    assert planted.is_symlink() and planted.lstat().st_uid != os.getuid()
+    result = _serve_default(shared_tmp)
+    assert result.returncode == 1, result.stderr
+    assert f"{planted} is not a directory (a symbolic link or file another user may have planted)" in result.stderr
+    assert not list(victim_owned.iterdir()), "no socket was made through the link"
+    # A real directory another user made is refused as well.
+    planted.unlink()
+    subprocess.run(["mkdir", "-m", "700", str(planted)], user="nobody", check=True, timeout=30)
+    result = _serve_default(shared_tmp)
+    assert result.returncode == 1 and "must belong to this user with mode 0700" in result.stderr
+
+
+def test_serve_refuses_a_default_socket_directory_below_one_others_can_change(tmp_path: Path) -> None:
+    base = tmp_path / "open"
+    base.mkdir()
+    base.chmod(0o777)  # world-writable, not sticky: another user could rename our directory away
+    result = _serve_default(base)
+    assert result.returncode == 1 and f"{base} can be changed by another user" in result.stderr
+
+
+def test_serve_prints_the_real_path_of_its_default_socket(shared_tmp: Path, tmp_path: Path) -> None:
+    link = tmp_path / "tmp-link"
+    link.symlink_to(shared_tmp)
+    environ = {"TMPDIR": str(link), "EXT_PROC_METRICS_LISTEN": "off"}
+    serve = Proc([str(BIN / "ext-proc"), "serve"], environ, unset=("XDG_RUNTIME_DIR",))
+    try:
+        line = serve.wait_line("serving ext_proc on")
+    finally:
+        serve.stop()
+    assert line == f"serving ext_proc on unix:{shared_tmp / f'ext-proc-{os.getuid()}' / 'ext-proc.sock'}"
