@@ -319,8 +319,13 @@ def _check_litellm(config: Config, path: Path) -> int:
     token = config.load_egress_token()
     if token is None and default_egress_token_path().exists():
         token = replace(config, egress_token_file=default_egress_token_path()).load_egress_token()
+    pattern, known = config.secret_pattern(), config.load_litellm_keys()
+
+    def recognises(key: bytes) -> bool:
+        return pattern.search(key) is not None or any(k in key for k in known)
+
     try:
-        findings = check(path, token, config.anthropic_prefix, os.environ)
+        findings = check(path, token, config.anthropic_prefix, os.environ, recognises)
     except (OSError, ValueError) as exc:
         print(f"ext-proc: cannot read {path}: {exc}", file=sys.stderr)
         return 2

@@ -42,8 +42,12 @@ DEFAULT_EGRESS_ALLOWLIST = (
 )
 # LiteLLM's own keys: the master key must start with "sk-", and so do the virtual keys it generates. The egress
 # removes any kept header whose value holds one (an OpenAI key has this shape too: the policy `other` skips it).
-DEFAULT_SECRET_PATTERNS = (r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{4,}",)
+# LiteLLM's virtual keys all start with "sk-" (its key generation refuses others); found anywhere, whatever stands
+# before it ("Xsk-<key>" is still a usable key to whoever reads it). A master key of another shape is known by
+# value instead (litellm_keys / litellm_key_file; `up --litellm-config` reads it from LiteLLM's config).
+DEFAULT_SECRET_PATTERNS = (r"sk-[A-Za-z0-9_-]{4,}",)
 EGRESS_TOKEN_MIN = 32
+LITELLM_KEY_MIN = 8
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 
 
@@ -71,6 +75,9 @@ class Config:
     # What LiteLLM sends as its own Anthropic key: a secret only LiteLLM and the egress know (rule E0).
     egress_token: str | None = field(default=None, repr=False)
     egress_token_file: Path | None = None
+    # LiteLLM keys the gateway knows by value (its master key): removed wherever they appear on the egress (E7).
+    litellm_keys: tuple[str, ...] = field(default=(), repr=False)
+    litellm_key_file: Path | None = None
     log_level: str = "INFO"
     log_format: str = "text"
     audit_sample_rate: float = 1.0
@@ -215,6 +222,20 @@ class Config:
             return None
         return Keyring([_decode_key(i, text) for i, text in enumerate(texts)], self.seal_ttl_seconds)
 
+    def load_litellm_keys(self) -> tuple[bytes, ...]:
+        """The LiteLLM keys known by value (inline and file), read now."""
+        texts = list(self.litellm_keys)
+        if self.litellm_key_file is not None:
+            texts += _read_lines(self.litellm_key_file, "litellm_key_file")
+        keys = tuple(dict.fromkeys(t.strip().encode("latin-1", "replace") for t in texts if t.strip()))
+        short = [k for k in keys if len(k) < LITELLM_KEY_MIN]
+        if short:
+            raise ConfigError(
+                f"litellm_keys: a key of {len(short[0])} characters is too short to search headers for "
+                f"(at least {LITELLM_KEY_MIN})"
+            )
+        return keys
+
     def load_server_credential(self) -> Credential | None:
         """The sidecar's own Anthropic credential (priority 5), read now; it must look like one."""
         text = _one_secret(self.server_credential, self.server_credential_file, "server_credential_file")
@@ -257,7 +278,7 @@ def _coerce(name: str, value: Any) -> Any:
             value = [part for part in (p.strip() for p in value.split(separator)) if part]
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{name}: expected a list of strings")
-        verbatim = name in ("seal_keys", "secret_patterns")
+        verbatim = name in ("seal_keys", "secret_patterns", "litellm_keys")
         return tuple(v.strip() if verbatim else v.strip().lower() for v in value)
     if kind == "int":
         try:
@@ -290,10 +311,28 @@ def _one_secret(inline: str | None, file: Path | None, setting: str) -> str | No
 
 def _read_lines(path: Path, setting: str) -> list[str]:
     try:
+        check_secret_mode(path, setting)
         text = path.read_text(encoding="latin-1")
     except OSError as exc:
         raise ConfigError(f"{setting} {path}: {exc.strerror}") from None
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def check_secret_mode(path: Path, setting: str) -> None:
+    """Refuse a secret file others may read, as PostgreSQL does with its key file.
+
+    Owned by this user: no group or other access (0600 or less). Owned by root: group read is allowed (0640 or
+    less), which is how a Kubernetes Secret volume with ``defaultMode: 0440`` and the pod's ``fsGroup`` hands a
+    root-owned file to a non-root container. Symlinks (a Secret volume's ``..data`` links) are followed.
+    """
+    st = os.stat(path)
+    allowed = 0o040 if st.st_uid == 0 else 0
+    if st.st_mode & 0o077 & ~allowed:
+        mode = f"{st.st_mode & 0o777:o}"
+        raise ConfigError(
+            f"{setting} {path}: other users can read it (mode {mode}); it holds a secret: chmod 600 {path} (or 640 "
+            "owned by root; a Kubernetes Secret volume: defaultMode: 0440 with the pod's fsGroup)"
+        )
 
 
 def _decode_key(index: int, text: str) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ import yaml
 
 # Used only when LITELLM_MASTER_KEY is unset, and refused when the ingress listens beyond loopback.
 DEV_MASTER_KEY = "sk-local-dev-only"
+# Master keys anyone has read (LiteLLM's documentation samples, ours): never served beyond loopback.
+SAMPLE_MASTER_KEYS = frozenset({DEV_MASTER_KEY, "sk-1234", "sk-12345", "sk-your-litellm-key", "sk-master-1234"})
+MASTER_KEY_MIN = 16
 MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
 _TOKEN_FROM_ENV = "os.environ/ANTHROPIC_API_KEY"  # noqa: S105 (where LiteLLM reads it, not a value)
 _MASTER_FROM_ENV = f"os.environ/{MASTER_KEY_ENV}"
@@ -48,6 +52,10 @@ def derive(source: dict[str, Any], egress: str) -> dict[str, Any]:
     handoff and every client `x-*` header to every other provider too.
     """
     config = yaml.safe_load(yaml.safe_dump(source))  # a deep copy, plain types only
+    general = config.get("general_settings") or {}
+    if general.get("master_key") is not None:
+        # The key itself goes in LiteLLM's environment (``environment``): the copy on disk holds no secret of ours.
+        general["master_key"] = _MASTER_FROM_ENV
     groups: list[str] = []
     for model in config.get("model_list") or []:
         params = model.setdefault("litellm_params", {})
@@ -70,26 +78,47 @@ def environment(source: dict[str, Any], token: str, egress: str, ingress_is_loop
     """LiteLLM's environment: ours, plus Anthropic's base and key for the pass-through routes, and a master key.
 
     Beyond loopback LiteLLM must authenticate its callers: without a master key anyone reaching the ingress would
-    be served on the operator's key, so a config without one, or with the development default, is refused there.
+    be served on the operator's key, so a config without one, or with a key anyone has read (the development
+    default, LiteLLM's documented samples) or one too short to resist guessing, is refused there.
     """
     env = dict(os.environ)
     env["ANTHROPIC_API_BASE"] = f"http://{egress}"
     env["ANTHROPIC_API_KEY"] = token
-    master = (source.get("general_settings") or {}).get("master_key")
-    if master is None and not ingress_is_loopback:
-        raise LiteLLMError("the LiteLLM config has no general_settings.master_key: not beyond loopback")
-    if master != _MASTER_FROM_ENV:
+    configured = (source.get("general_settings") or {}).get("master_key")
+    master = master_key(source, env)
+    if configured is None:
+        if not ingress_is_loopback:
+            raise LiteLLMError("the LiteLLM config has no general_settings.master_key: not beyond loopback")
         return env
-    if not env.get(MASTER_KEY_ENV):
+    if master is None:
+        variable = str(configured).removeprefix("os.environ/")
         if not ingress_is_loopback:
             raise LiteLLMError(
-                f"{MASTER_KEY_ENV} is not set and the ingress listens beyond loopback: set a master key of your own "
+                f"{variable} is not set and the ingress listens beyond loopback: set a master key of your own "
                 f"(the development default {DEV_MASTER_KEY!r} is only for --ingress-listen 127.0.0.1:PORT)"
             )
-        env[MASTER_KEY_ENV] = DEV_MASTER_KEY
-    elif env[MASTER_KEY_ENV] == DEV_MASTER_KEY and not ingress_is_loopback:
-        raise LiteLLMError(f"{MASTER_KEY_ENV} is the development default: not beyond loopback")
+        master = DEV_MASTER_KEY
+    if not ingress_is_loopback and (master in SAMPLE_MASTER_KEYS or len(master) < MASTER_KEY_MIN):
+        what = "the development default" if master == DEV_MASTER_KEY else "a sample key from documentation"
+        if master not in SAMPLE_MASTER_KEYS:
+            what = f"shorter than {MASTER_KEY_MIN} characters"
+        raise LiteLLMError(
+            f"LiteLLM's master key is {what}: not beyond loopback (anyone who guesses it is served on the "
+            "operator's key); `ext-proc keygen --egress-token` prints a random value to base one on"
+        )
+    env[MASTER_KEY_ENV] = master
     return env
+
+
+def master_key(source: dict[str, Any], env: Mapping[str, str]) -> str | None:
+    """LiteLLM's master key as LiteLLM will read it: the config's value, or the variable it names."""
+    value = (source.get("general_settings") or {}).get("master_key")
+    if value is None:
+        return None
+    text = str(value)
+    if text.startswith("os.environ/"):
+        return env.get(text.removeprefix("os.environ/")) or None
+    return text
 
 
 def load(path: Path) -> dict[str, Any]:

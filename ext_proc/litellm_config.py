@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,13 +48,29 @@ def _lines(node: yaml.Node, path: tuple[str | int, ...]) -> int:
     return int(node.start_mark.line) + 1
 
 
-def check(path: Path, egress_token: bytes | None, anthropic_prefix: str, env: Mapping[str, str]) -> list[Finding]:
+def check(
+    path: Path,
+    egress_token: bytes | None,
+    anthropic_prefix: str,
+    env: Mapping[str, str],
+    recognises: Callable[[bytes], bool] | None = None,
+) -> list[Finding]:
     """Every problem with one LiteLLM config file, in file order."""
-    return check_text(path.read_text(), egress_token, anthropic_prefix, env)
+    return check_text(path.read_text(), egress_token, anthropic_prefix, env, recognises)
 
 
-def check_text(text: str, egress_token: bytes | None, anthropic_prefix: str, env: Mapping[str, str]) -> list[Finding]:
-    """The same, for a config in hand (`up --litellm-config` checks the copy it derives before starting anything)."""
+def check_text(
+    text: str,
+    egress_token: bytes | None,
+    anthropic_prefix: str,
+    env: Mapping[str, str],
+    recognises: Callable[[bytes], bool] | None = None,
+) -> list[Finding]:
+    """The same, for a config in hand (`up --litellm-config` checks the copy it derives before starting anything).
+
+    ``recognises`` says whether the egress would find a LiteLLM key in a header (its patterns and the keys it
+    knows by value); a master key it would not is an error, since LiteLLM forwards what clients put in headers.
+    """
     doc: Any = yaml.safe_load(text) or {}
     root = yaml.compose(text)
     findings: list[Finding] = []
@@ -64,6 +80,12 @@ def check_text(text: str, egress_token: bytes | None, anthropic_prefix: str, env
 
     models = doc.get("model_list") or []
     general = doc.get("general_settings") or {}
+    master = _resolved(general.get("master_key"), env)
+    if recognises is not None and master is not None and not recognises(master.encode("latin-1", "replace")):
+        add(True, ("general_settings", "master_key"), "the master key does not have LiteLLM's key shape (sk-...) "
+            "and the gateway does not know it, so the egress could not find it in a header LiteLLM forwards to "
+            "Anthropic (rule E7): give it to the gateway (litellm_key_file), or use a master key starting with "
+            "sk-")  # fmt: skip
     groups_forwarded = set(
         ((doc.get("litellm_settings") or {}).get("model_group_settings") or {}).get("forward_client_headers_to_llm_api")
         or []
@@ -100,6 +122,13 @@ def check_text(text: str, egress_token: bytes | None, anthropic_prefix: str, env
             f"client x-* headers, the sealed handoff among them, are forwarded to every provider ({', '.join(others)}"
             "); forward per model group instead, or route those providers through the egress (--upstream)")  # fmt: skip
     return sorted(findings, key=lambda f: f.line)
+
+
+def _resolved(value: Any, env: Mapping[str, str]) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    return env.get(text.removeprefix(_ENV)) if text.startswith(_ENV) else text
 
 
 def _key_problem(key: Any, token: bytes | None, prefix: str, env: Mapping[str, str]) -> str | None:

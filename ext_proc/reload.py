@@ -58,28 +58,31 @@ class RuleSource:
                 "no egress token configured: the egress leg attaches the server credential and sealed "
                 "credentials to whatever reaches it, not only to LiteLLM (docs/rules.md E0)"
             )
-        self.current = RuleContext.from_config(config, keyring, credential, token)
-        self._stamps = {
-            "seal_key_file": _stamp(config.seal_key_file),
-            "server_credential_file": _stamp(config.server_credential_file),
-            "egress_token_file": _stamp(config.egress_token_file),
-        }
+        litellm_keys = config.load_litellm_keys()
+        if litellm_keys:
+            log.info("LiteLLM keys known by value: %d", len(litellm_keys))
+        self.current = RuleContext.from_config(config, keyring, credential, token, litellm_keys)
+        self._stamps = {setting: _stamp(path) for setting, path in self._files()}
+
+    def _files(self) -> tuple[tuple[str, Path | None], ...]:
+        c = self._config
+        return (
+            ("seal_key_file", c.seal_key_file),
+            ("server_credential_file", c.server_credential_file),
+            ("egress_token_file", c.egress_token_file),
+            ("litellm_key_file", c.litellm_key_file),
+        )
 
     def __call__(self) -> RuleContext:
         return self.current
 
     @property
     def watched(self) -> bool:
-        files = (self._config.seal_key_file, self._config.server_credential_file, self._config.egress_token_file)
-        return any(path is not None for path in files)
+        return any(path is not None for _, path in self._files())
 
     def check(self) -> None:
         """Reload whichever secret file changed since the last look."""
-        for setting, path in (
-            ("seal_key_file", self._config.seal_key_file),
-            ("server_credential_file", self._config.server_credential_file),
-            ("egress_token_file", self._config.egress_token_file),
-        ):
+        for setting, path in self._files():
             stamp = _stamp(path)
             if path is None or stamp == self._stamps[setting]:
                 continue
@@ -97,6 +100,10 @@ class RuleSource:
                         raise ConfigError(f"{setting} {path}: holds no token")
                     self.current = replace(self.current, egress_token=token)
                     log.info("reloaded %s", setting)
+                elif setting == "litellm_key_file":
+                    keys = self._config.load_litellm_keys()
+                    self.current = replace(self.current, litellm_keys=keys)
+                    log.info("reloaded %s: %d keys", setting, len(keys))
                 else:
                     credential = self._config.load_server_credential()
                     self.current = replace(self.current, server_credential=credential)

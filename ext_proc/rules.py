@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from ext_proc.config import Config
 from ext_proc.credentials import (
@@ -138,6 +139,8 @@ class RuleContext:
     egress_token: bytes | None
     # The one piece of state the rules are handed: how often each handoff was opened (shared across reloads).
     opens: OpenCounter
+    # LiteLLM keys known by value (its master key when it is not of the sk- shape): never let out on the egress.
+    litellm_keys: tuple[bytes, ...] = ()
     # LiteLLM's route tables: where a client's own credential is carried (I7). Loaded once, shared by reloads.
     routes: Routes = field(default_factory=Routes.shipped)
     # A memo of strips_on_egress (a pure function of the fields above), never part of the context's value; each
@@ -153,6 +156,7 @@ class RuleContext:
         keyring: Keyring,
         server_credential: Credential | None,
         egress_token: bytes | None = None,
+        litellm_keys: tuple[bytes, ...] = (),
     ) -> RuleContext:
         return cls(
             keyring=keyring,
@@ -166,6 +170,7 @@ class RuleContext:
             secrets=config.secret_pattern(),
             egress_token=egress_token,
             opens=OpenCounter(config.seal_max_opens),
+            litellm_keys=litellm_keys,
         )
 
     def allowed(self, name: str) -> bool:
@@ -175,12 +180,17 @@ class RuleContext:
         """Whether a header value holds Anthropic's prefix or a LiteLLM key's shape (rule E7)."""
         verdict = self._secret_verdicts.get(value)
         if verdict is None:
-            verdict = self.secrets.search(value) is not None
+            verdict = self.secrets.search(value) is not None or any(k in value for k in self.litellm_keys)
             if len(value) <= _MEMO_VALUE_BYTES:
                 if len(self._secret_verdicts) >= _VERDICT_CACHE_SIZE:
                     self._secret_verdicts.clear()
                 self._secret_verdicts[value] = verdict
         return verdict
+
+    def name_holds_secret(self, name: str) -> bool:
+        """Whether a header name holds a credential: Envoy lower-cases names, so a lower-case key survives there."""
+        raw = name.encode("latin-1", "replace")
+        return self.holds_secret(raw) or any(k.lower() in raw for k in self.litellm_keys)
 
     def strips_on_egress(self, name: str) -> bool:
         """Whether the egress leg removes this header whatever its value (anthropic-beta is decided apart)."""
@@ -249,7 +259,12 @@ def _ingress(headers: HeaderView, ctx: RuleContext, now: float, base: Audit) -> 
         removed.append(ctx.handoff_header)
     anthropic = ctx.prefixes.anthropic
     for name, value in headers:
-        # An Anthropic credential anywhere else (another header, the URL) would reach LiteLLM as it is.
+        # An Anthropic credential anywhere else (another header, a header's name, the URL as LiteLLM decodes it)
+        # would reach LiteLLM as it is.
+        if anthropic in name.encode("latin-1", "replace"):
+            raise _Reject(_misplaced_in_name())
+        if name == PATH and any(anthropic in form for form in _decodings(value)):
+            raise _Reject(_misplaced(name))
         if anthropic in value and name not in CREDENTIAL_HEADERS and name != ctx.handoff_header:
             raise _Reject(_misplaced(name))
     sealed: list[tuple[str, Credential]] = []
@@ -300,10 +315,18 @@ def _egress_anthropic(headers: HeaderView, ctx: RuleContext, now: float, base: A
     if dropped and ANTHROPIC_BETA not in stripped:
         stripped.append(ANTHROPIC_BETA)
     removed = [*stripped, *(n for n in scrubbed if n not in stripped)]
+    secret_names = frozenset(n for n in removed if ctx.name_holds_secret(n))
     if chosen is None:
-        return _decision(removed, sets, base, source=source, scrubbed=scrubbed)
+        return _decision(removed, sets, base, source=source, scrubbed=scrubbed, secret_names=secret_names)
     return _decision(
-        removed, sets, base, source=source, kind=chosen.kind.value, fingerprint=chosen.fingerprint(), scrubbed=scrubbed
+        removed,
+        sets,
+        base,
+        source=source,
+        kind=chosen.kind.value,
+        fingerprint=chosen.fingerprint(),
+        scrubbed=scrubbed,
+        secret_names=secret_names,
     )
 
 
@@ -312,7 +335,13 @@ def _egress_other(headers: HeaderView, ctx: RuleContext, base: Audit) -> Decisio
     for name in CREDENTIAL_HEADERS:
         _credential_in(headers, name, ctx.prefixes)  # refuses a header holding more than one credential
     anthropic = ctx.prefixes.anthropic
-    holding = [n for n in headers.names() if any(anthropic in v for v in headers.get_all(n))]
+    token = ctx.egress_token
+    holding = [
+        n
+        for n in headers.names()
+        if anthropic in n.encode("latin-1", "replace")
+        or any(anthropic in v or (token is not None and token in v) for v in headers.get_all(n))
+    ]
     if PATH in holding:
         raise _Reject(_misplaced(PATH))
     removed = [
@@ -320,7 +349,8 @@ def _egress_other(headers: HeaderView, ctx: RuleContext, base: Audit) -> Decisio
         for name in headers.names()
         if not _untouchable(name) and (name == ctx.handoff_header or name in ctx.litellm_headers or name in holding)
     ]
-    return _decision(removed, (), base, source=Source.NONE)
+    secret_names = frozenset(n for n in removed if anthropic in n.encode("latin-1", "replace"))
+    return _decision(removed, (), base, source=Source.NONE, secret_names=secret_names)
 
 
 def _decision(
@@ -333,14 +363,45 @@ def _decision(
     fingerprint: str | None = None,
     sealed: tuple[str, ...] = (),
     scrubbed: tuple[str, ...] = (),
+    secret_names: frozenset[str] = frozenset(),
 ) -> Decision:
-    """A set replaces every value of its name, so a name that is set is never also removed."""
+    """A set replaces every value of its name, so a name that is set is never also removed.
+
+    The audit record names removed headers, except a name that itself holds a credential: that one is logged as
+    a digest (``name:sha256:…``), never as it is.
+    """
     set_names = {name for name, _ in sets}
     remove = tuple(n for n in removed if n not in set_names)
+
+    def shown(names: tuple[str, ...]) -> tuple[str, ...]:
+        if not secret_names:
+            return names
+        return tuple(_hidden_name(n) if n in secret_names else n for n in names)
+
     audit = Audit(
-        base.leg, base.policy, "forward", base.request_id, source, kind, fingerprint, sealed, remove, None, scrubbed
+        base.leg,
+        base.policy,
+        "forward",
+        base.request_id,
+        source,
+        kind,
+        fingerprint,
+        sealed,
+        shown(remove),
+        None,
+        shown(scrubbed),
     )
     return Decision(remove, tuple(sets), audit)
+
+
+def _hidden_name(name: str) -> str:
+    return "name:sha256:" + hashlib.sha256(name.encode("latin-1", "replace")).hexdigest()[:8]
+
+
+def _decodings(target: bytes) -> tuple[bytes, ...]:
+    """A URL as sent and as percent-decoded once and twice (LiteLLM decodes once, and may log that decoded form)."""
+    once = unquote_to_bytes(target)
+    return (target, once, unquote_to_bytes(once))
 
 
 def _open_handoff(headers: HeaderView, ctx: RuleContext, now: float) -> dict[str, Credential]:
@@ -392,8 +453,11 @@ def _holding_secrets(headers: HeaderView, names: Iterable[str], ctx: RuleContext
     for name in names:
         if name != PATH and _untouchable(name):
             continue
+        if ctx.name_holds_secret(name):
+            found.append(name)
+            continue
         for value in headers.get_all(name):
-            if ctx.holds_secret(value):
+            if any(ctx.holds_secret(form) for form in (_decodings(value) if name == PATH else (value,))):
                 if name == PATH:
                     raise _Reject(_misplaced(name))
                 found.append(name)
@@ -460,6 +524,16 @@ def _misplaced(name: str) -> Rejection:
         f"The request's {where} carries a credential; send it only as x-api-key or Authorization: Bearer.",
         f"misplaced-{name.lstrip(':')}",
         "misplaced-path" if name == PATH else "misplaced-header",
+    )
+
+
+def _misplaced_in_name() -> Rejection:
+    return Rejection(
+        400,
+        "invalid_request_error",
+        "A header name in the request carries a credential; send it only as x-api-key or Authorization: Bearer.",
+        "misplaced-header-name",
+        "misplaced-header",
     )
 
 

@@ -17,8 +17,10 @@ import http.client
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import urllib.request
@@ -29,7 +31,7 @@ from typing import Any
 import yaml
 
 from ext_proc import litellm as litellm_child
-from ext_proc.config import Config, new_egress_token
+from ext_proc.config import LITELLM_KEY_MIN, Config, new_egress_token
 from ext_proc.envoy import HostPort, Layout, find_envoy, log_caps, render
 from ext_proc.litellm_config import check_text as check_litellm
 from ext_proc.server import Server
@@ -104,6 +106,7 @@ def _die_with_parent() -> None:
 # Envoy's workers: the one-threaded ext_proc server saturates long before two workers do (docs/performance.md),
 # and Envoy's default, one per CPU, only adds idle threads and connections.
 ENVOY_WORKERS = 2
+WORKDIR_PREFIX = "ext-proc-up-"
 
 
 async def run(
@@ -122,9 +125,11 @@ async def run(
     for at, what in places:
         if isinstance(at, HostPort):
             ensure_free(at, what)
+    _remove_stale_workdirs()
     # Private to this user (0700): the server's socket and Envoy's admin socket live here.
-    with tempfile.TemporaryDirectory(prefix="ext-proc-") as workdir:
+    with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX) as workdir:
         work = Path(workdir)
+        (work / "pid").write_text(f"{os.getpid()}\n")
         socket_path = f"unix:{work / 'ext-proc.sock'}"
         if layout.admin is None:
             layout = replace(layout, admin=f"unix:{work / 'envoy-admin.sock'}")
@@ -134,6 +139,9 @@ async def run(
                 "level (which prints credentials); leave --admin-listen unset for a private Unix socket",
                 layout.admin,
             )
+        if litellm is not None and litellm.master_key:
+            # LiteLLM's master key, known by value: the egress removes it wherever it appears (rule E7).
+            config = replace(config, litellm_keys=(*config.litellm_keys, litellm.master_key))
         server = Server(replace(config, listen=socket_path))
         await server.start()
         if server.metrics_port is not None and config.metrics_address is not None:
@@ -199,6 +207,29 @@ async def run(
             await server.stop(drain_seconds=0)  # Envoy, its only client, has stopped
 
 
+def _remove_stale_workdirs() -> None:
+    """Private directories of earlier runs that ended without cleaning up (SIGKILL): removed at the next start.
+
+    Only real directories of this user's, named as ours, holding the pid of a process that no longer exists.
+    """
+    uid = os.getuid()
+    for candidate in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        try:
+            st = candidate.lstat()
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+                continue
+            pid = int((candidate / "pid").read_text().strip())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(candidate, ignore_errors=True)
+            log.info("removed %s, left by an earlier run (pid %d) that was killed", candidate, pid)
+        except PermissionError:
+            continue
+
+
 class _LiteLLMPlan:
     """What `up --litellm-config` runs: the user's config (read now, so a bad one fails before anything starts)."""
 
@@ -209,6 +240,9 @@ class _LiteLLMPlan:
         self.binary = binary
         self.path = path
         self.output: asyncio.Task[None] | None = None
+        master = env.get(litellm_child.MASTER_KEY_ENV)
+        # Known by value when long enough to search for without false matches (shorter ones are loopback-only).
+        self.master_key = master if master and len(master) >= LITELLM_KEY_MIN else None
 
     @classmethod
     def of(cls, path: Path, layout: Layout, config: Config) -> _LiteLLMPlan:

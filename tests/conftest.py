@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,10 @@ import pytest
 from ext_proc.envoy import HostPort, Layout, Upstream
 from tests.support.processes import STARTED, Envoy, Proc, free_port, start_envoy, start_server
 from tests.support.recorder import Recorder
+
+# Secret files are refused when others may read them (config.check_secret_mode); every file a test writes is
+# private, as a careful operator's would be. Tests of the refusal set their modes themselves.
+os.umask(0o077)
 
 SEAL_KEY = base64.urlsafe_b64encode(bytes(range(100, 132))).decode()
 # Any fake credential the tests use, in any of the forms they use it.

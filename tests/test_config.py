@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from ext_proc.config import Config, ConfigError, new_seal_key
 from ext_proc.credentials import ApiKey, OAuthToken
+from tests.support.processes import BIN
 
 KEY1 = base64.b64encode(bytes(32)).decode()
 KEY2 = new_seal_key()
@@ -107,3 +110,69 @@ def test_secret_patterns_from_the_environment_are_one_per_line() -> None:
     config = Config.load(env={"EXT_PROC_SECRET_PATTERNS": "corp-[0-9]{4,}\nkey_[a-z]{2,3}"})
     assert config.secret_patterns == ("corp-[0-9]{4,}", "key_[a-z]{2,3}")
     assert config.secret_pattern().search(b"x corp-12345") and not config.secret_pattern().search(b"sk-abcdef")
+
+
+SECRET_SETTINGS = [
+    ("server_credential_file", "sk-ant-api03-MODESECRET"),
+    ("egress_token_file", "egress-test-token-0123456789abcdefghij"),
+    ("seal_key_file", KEY1),
+    ("litellm_key_file", "mk-litellm-master-0123456789"),
+]
+
+
+def _load(setting: str, path: Path) -> object:
+    config = Config(**{setting: path})
+    loaders = {
+        "server_credential_file": config.load_server_credential,
+        "egress_token_file": config.load_egress_token,
+        "seal_key_file": config.keyring,
+        "litellm_key_file": config.load_litellm_keys,
+    }
+    return loaders[setting]()
+
+
+@pytest.mark.parametrize(("setting", "value"), SECRET_SETTINGS)
+@pytest.mark.parametrize(
+    ("mode", "owner", "allowed"),
+    [(0o600, "self", True), (0o400, "self", True), (0o644, "self", False), (0o604, "self", False),
+     (0o640, "root", True), (0o440, "root", True), (0o644, "root", False), (0o640, "other", False)],
+)  # fmt: skip
+def test_a_secret_file_others_can_read_is_refused_as_postgresql_refuses_its_key_file(
+    tmp_path: Path, setting: str, value: str, mode: int, owner: str, allowed: bool
+) -> None:
+    """Owned by the user: 0600 or less. Owned by root: 0640 or less (a Kubernetes Secret with defaultMode 0440)."""
+    if owner != "self" and os.geteuid() != 0:
+        pytest.skip("changing a file's owner needs root")
+    path = tmp_path / "secret"
+    path.write_text(value + "\n")
+    path.chmod(mode)
+    if owner == "other":
+        os.chown(path, 65534, 65534)
+    elif owner == "root":
+        os.chown(path, 0, 0)
+    if owner == "root" and os.geteuid() != 0:
+        pytest.skip("the file must be root's")
+    if allowed:
+        assert _load(setting, path)
+        return
+    with pytest.raises(ConfigError) as refused:
+        _load(setting, path)
+    assert str(refused.value) == (
+        f"{setting} {path}: other users can read it (mode {mode:o}); it holds a secret: chmod 600 {path} (or 640 "
+        "owned by root; a Kubernetes Secret volume: defaultMode: 0440 with the pod's fsGroup)"
+    )
+    assert value not in str(refused.value)
+
+
+def test_up_and_check_refuse_a_world_readable_secret_file(tmp_path: Path) -> None:
+    key = tmp_path / "server-key"
+    key.write_text("sk-ant-api03-MODESECRET\n")
+    key.chmod(0o644)
+    for command in (["check"], ["up", "--ingress-listen", "127.0.0.1:1"]):
+        result = subprocess.run(
+            [str(BIN / "ext-proc"), *command, "--server-credential-file", str(key)],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(tmp_path)},
+        )  # fmt: skip
+        assert result.returncode != 0, command
+        assert f"server_credential_file {key}: other users can read it (mode 644)" in result.stderr, result.stderr
+        assert "MODESECRET" not in result.stdout + result.stderr

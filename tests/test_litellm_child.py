@@ -77,3 +77,29 @@ def test_up_says_when_litellm_is_not_installed(tmp_path: Path) -> None:
     assert result.returncode == 1 and "LiteLLM not found: pip install 'ext-proc-credentials[litellm]'" in (
         result.stderr
     )
+
+
+@pytest.mark.parametrize("master", [*sorted(litellm.SAMPLE_MASTER_KEYS), "sk-short-key"])
+def test_a_master_key_anyone_has_read_or_can_guess_is_refused_beyond_loopback(
+    master: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LITELLM_MASTER_KEY", raising=False)
+    for source in ({"general_settings": {"master_key": master}},
+                   {"general_settings": {"master_key": "os.environ/MY_KEY"}}):  # fmt: skip
+        monkeypatch.setenv("MY_KEY", master)
+        with pytest.raises(litellm.LiteLLMError, match="not beyond loopback"):
+            litellm.environment(source, "egress-token", "127.0.0.1:10000", False)
+        assert litellm.environment(source, "egress-token", "127.0.0.1:10000", True)["LITELLM_MASTER_KEY"] == master
+
+
+def test_the_derived_config_on_disk_holds_no_master_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`up` writes the derived config to its private directory, which a SIGKILL leaves behind until the next start:
+    the master key goes to LiteLLM through its environment instead."""
+    monkeypatch.delenv("LITELLM_MASTER_KEY", raising=False)
+    master = "mk-a-Literal-Master-Key-0123456789"
+    source = {"model_list": [{"model_name": "c", "litellm_params": {"model": "anthropic/c"}}],
+              "general_settings": {"master_key": master}}  # fmt: skip
+    derived = yaml.safe_dump(litellm.derive(source, "127.0.0.1:10000"))
+    assert master not in derived and "os.environ/LITELLM_MASTER_KEY" in derived
+    env = litellm.environment(source, "egress-token", "127.0.0.1:10000", False)
+    assert env["LITELLM_MASTER_KEY"] == master

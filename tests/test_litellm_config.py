@@ -85,3 +85,17 @@ def test_a_config_claude_code_s_models_do_not_match_gets_a_warning(tmp_path: Pat
     )
     code, out = check(tmp_path, wildcard)
     assert code == 0 and "warning" not in out, out
+
+
+def test_a_master_key_the_egress_cannot_recognise_is_an_error_until_the_gateway_knows_it(tmp_path: Path) -> None:
+    """LiteLLM accepts a master key of any shape (it compares it before its sk- check); the egress finds LiteLLM
+    keys by their sk- shape, or by value."""
+    text = GOOD.replace("master_key: sk-master-1234", "master_key: os.environ/MY_MASTER")
+    env = {"MY_MASTER": "mk-NotSkShaped-0123456789"}
+    code, out = check(tmp_path, text, env)
+    assert code == 1 and "line 11: the master key does not have LiteLLM's key shape (sk-...)" in out
+    assert "mk-NotSkShaped" not in out
+    known = tmp_path / "litellm-keys"
+    known.write_text(env["MY_MASTER"] + "\n")
+    code, out = check(tmp_path, text, {**env, "EXT_PROC_LITELLM_KEY_FILE": str(known)})
+    assert code == 0 and f"litellm config OK: {tmp_path / 'litellm.yaml'}" in out and "master key" not in out

@@ -53,7 +53,11 @@ def test_metrics_by_leg_policy_source_rejection_and_latency(tmp_path: Path) -> N
                     (egress, headers_message(("x-credential-handoff", b"v1.junk"))),
                     (
                         (("x-ext-proc-leg", "ingress"),),
-                        headers_message((":path", b"/v1/messages"), ("x-api-key", b"sk-ant-api03-METRICSECRET")),
+                        headers_message(
+                            (":method", b"POST"),
+                            (":path", b"/v1/messages"),
+                            ("x-api-key", b"sk-ant-api03-METRICSECRET"),
+                        ),
                     ),
                     ((("x-ext-proc-leg", "sideways"),), headers_message()),
                 ]

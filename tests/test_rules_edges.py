@@ -318,3 +318,74 @@ def test_i7_the_tables_are_the_supported_releases_and_every_classified_route_is_
         assert len(table.entries) > 500, table.release
         assert set(CLASSIFIED) <= table.templates(), (table.release, set(CLASSIFIED) - table.templates())
     assert {t for t, kind in CLASSIFIED.items() if kind == Route.REROUTE} == set(REROUTES)
+
+
+MASTER = "sk-master-HIDDEN1234"
+MK_MASTER = "mk-Master-NotSkShaped99"
+TOKEN = b"egress-test-token-0123456789abcdefghij"
+
+HIDDEN_KEYS = [
+    # (id, headers LiteLLM sends to the egress besides its token, names that must not reach Anthropic)
+    ("no separator before sk-", (("x-stainless-foo", f"X{MASTER}"),), {"x-stainless-foo"}),
+    ("digits before sk-", (("user-agent", f"tool/1.0 9{MASTER}"),), {"user-agent"}),
+    ("key in an allowlisted name", ((f"x-stainless-{MASTER.lower()}", "1"),), {f"x-stainless-{MASTER.lower()}"}),
+    ("key in another name", ((f"x-{MASTER.lower()}", "1"),), {f"x-{MASTER.lower()}"}),
+    ("anthropic key in a name", (("x-stainless-sk-ant-api03-abcdef", "1"),), {"x-stainless-sk-ant-api03-abcdef"}),
+    # Dropped whole; the OAuth flag alone is written again.
+    ("known master key in anthropic-beta", (("anthropic-beta", f"a-2025,{MK_MASTER}"),), set()),
+    ("known master key mid-value", (("x-app", f"cli{MK_MASTER}x"),), {"x-app"}),
+    ("known master key in a name, lower-cased", ((f"x-stainless-{MK_MASTER.lower()}", "1"),),
+     {f"x-stainless-{MK_MASTER.lower()}"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("headers", "gone"), [c[1:] for c in HIDDEN_KEYS], ids=[c[0] for c in HIDDEN_KEYS])
+def test_e7_litellm_keys_are_found_in_any_value_and_any_name(
+    headers: tuple[tuple[str, str], ...], gone: set[str]
+) -> None:
+    ctx = replace(context(), egress_token=TOKEN, litellm_keys=(MK_MASTER.encode(),))
+    sent = HeaderView.of(("x-api-key", TOKEN.decode()), ("authorization", f"Bearer {OAUTH}"), *headers)
+    decision, out = run("egress", "anthropic", sent, ctx)
+    assert decision.rejection is None and decision.audit.source == "request-authorization"
+    assert not gone & set(out.names())
+    assert out.get_all("authorization") == (f"Bearer {OAUTH}".encode(),)
+    logged = json.dumps(decision.audit.as_dict())
+    assert MASTER.lower() not in logged.lower() and MK_MASTER.lower() not in logged.lower()
+    assert "sk-ant-api03-abcdef" not in logged
+    for name, value in out:
+        assert not ctx.holds_secret(value) or name == "authorization", name
+        assert MK_MASTER.lower().encode() not in value.lower() and MK_MASTER.lower() not in name
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/messages?key=sk%2Dant%2Dapi03-HIDDEN", "/v1/messages?key=%73k-ant-api03-HIDDEN",
+     "/v1/messages?key=sk%252Dant%252Dapi03-HIDDEN", "/v1/messages/sk-ant-api03-HIDDEN"],
+)  # fmt: skip
+def test_i6_e7_an_anthropic_key_in_the_url_is_found_decoded_too(path: str) -> None:
+    ingress, _ = run("ingress", "", HeaderView.of((":method", "POST"), (":path", path)))
+    assert ingress.rejection is not None and ingress.rejection.reason == "misplaced-path"
+    egress, _ = run("egress", "anthropic", HeaderView.of((":path", path)))
+    assert egress.rejection is not None and egress.rejection.reason == "misplaced-path"
+    other, _ = run("egress", "other", HeaderView.of((":path", path)))
+    assert other.rejection is None or other.rejection.reason == "misplaced-path"
+
+
+def test_i6_an_anthropic_key_in_a_header_name_is_refused_without_repeating_it() -> None:
+    decision, _ = run("ingress", "", HeaderView.of(("x-sk-ant-api03-hiddenkey", "1"), ("x-api-key", KEY)))
+    assert decision.rejection is not None
+    assert (decision.rejection.status, decision.rejection.reason) == (400, "misplaced-header-name")
+    assert decision.rejection.metric_label == "misplaced-header"
+    assert "hiddenkey" not in decision.rejection.message + json.dumps(decision.audit.as_dict())
+
+
+def test_o1_policy_other_strips_the_egress_token_and_anthropic_keys_in_names() -> None:
+    ctx = replace(context(), egress_token=TOKEN)
+    headers = HeaderView.of(
+        ("authorization", "Bearer sk-openai-PROVIDERKEY"), ("x-api-key", TOKEN.decode()),
+        ("x-note", f"t={TOKEN.decode()}"), ("x-sk-ant-api03-named", "1"), ("x-ok", "1"),
+    )  # fmt: skip
+    decision, out = run("egress", "other", headers, ctx)
+    assert decision.rejection is None
+    assert sorted(out.names()) == ["authorization", "x-ok"]
+    assert "named" not in json.dumps(decision.audit.as_dict())

@@ -53,7 +53,7 @@ def one_span(
 ) -> ReadableSpan:
     tracing, exporter = traced
     ctx = RuleContext.from_config(Config(), KEYRING, ApiKey(SERVER_KEY.encode()), TOKEN.encode())
-    decision = decide(leg, policy, HeaderView([(":path", b"/v1/messages"), *headers]), ctx, NOW)
+    decision = decide(leg, policy, HeaderView([(":method", b"POST"), (":path", b"/v1/messages"), *headers]), ctx, NOW)
     tracing.record(leg, policy, decision, 1_000, 2_000, metadata, headers)
     tracing._provider.force_flush()
     (span,) = exporter.get_finished_spans()

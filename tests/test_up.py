@@ -161,8 +161,14 @@ def test_egress_attaches_no_server_key_or_sealed_credential_without_litellm_s_to
 
 
 def test_sigkill_of_up_takes_envoy_with_it_and_the_ports_are_free_again(tmp_path: Path) -> None:
+    """... and the private directory it could not remove (which may hold a derived LiteLLM config) is removed by
+    the next start."""
+    private = tmp_path / "tmp"
+    private.mkdir(mode=0o700)
     with Recorder() as recorder:
-        with running_up(tmp_path, recorder) as (up, ingress, egress):
+        with running_up(tmp_path, recorder, env={"TMPDIR": str(private)}) as (up, ingress, egress):
+            (left,) = list(private.glob("ext-proc-up-*"))
+            assert (left / "pid").read_text().strip() == str(up.pid)
             envoy = _envoy_pid(up)
             stop = threading.Event()
             statuses: list[int] = []
@@ -186,10 +192,13 @@ def test_sigkill_of_up_takes_envoy_with_it_and_the_ports_are_free_again(tmp_path
         again = up_process(
             "--ingress-listen", f"127.0.0.1:{ingress.port}", "--egress-listen", f"127.0.0.1:{egress.port}",
             "--litellm", f"http://127.0.0.1:{egress.port}", "--anthropic", recorder.url, "--metrics-listen", "off",
-            "--egress-token-file", str(tmp_path / "egress-token"),
+            "--egress-token-file", str(tmp_path / "egress-token"), env={"TMPDIR": str(private)},
         )  # fmt: skip
         try:
+            assert left.exists(), "SIGKILL left it behind"
             again.wait_line("ready ", timeout=15)
+            assert not left.exists()
+            assert len(list(private.glob("ext-proc-up-*"))) == 1, "only the running one's"
             assert send(ingress, "POST", "/v1/messages", [("x-api-key", TOKEN)], b"{}")[0] == 200
         finally:
             again.stop()

@@ -113,11 +113,14 @@ class Pod:
             data = self.secrets[volume["secret"]["secretName"]]
         else:
             return  # emptyDir
+        # As the kubelet writes them: a Secret's files get the volume's defaultMode (0644 when unset).
+        mode = volume["secret"].get("defaultMode", 0o644) if "secret" in volume else 0o644
         for key, value in data.items():
             text = self.local(value)
             if key.endswith(".yaml") and "static_resources" in value:
                 text = self._envoy(text)
             (directory / key).write_text(text)
+            (directory / key).chmod(mode)
 
     def _envoy(self, text: str) -> str:
         doc = yaml.safe_load(text)

@@ -20,7 +20,7 @@ def up_process(*args: str, env: dict[str, str] | None = None) -> Proc:
 
 @contextmanager
 def running_up(
-    tmp_path: Path, recorder: Recorder, *extra: str, litellm: str | None = None
+    tmp_path: Path, recorder: Recorder, *extra: str, litellm: str | None = None, env: dict[str, str] | None = None
 ) -> Iterator[tuple[Proc, HostPort, HostPort]]:
     """`up` whose ingress goes straight to its egress (a client plays LiteLLM's part), with a token and server key."""
     ingress, egress = free_port(), free_port()
@@ -31,6 +31,7 @@ def running_up(
         "--ingress-listen", f"127.0.0.1:{ingress}", "--egress-listen", f"127.0.0.1:{egress}",
         "--litellm", litellm or f"http://127.0.0.1:{egress}", "--anthropic", recorder.url,
         "--metrics-listen", "off", "--egress-token-file", str(token), "--server-credential-file", str(key), *extra,
+        env=env,
     )  # fmt: skip
     try:
         up.ready_line = up.wait_line("ready ")
