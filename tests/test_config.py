@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import subprocess
 from pathlib import Path
@@ -121,7 +122,7 @@ SECRET_SETTINGS = [
 
 
 def _load(setting: str, path: Path) -> object:
-    config = Config(**{setting: path})
+    config = dataclasses.replace(Config(), **{setting: path})
     loaders = {
         "server_credential_file": config.load_server_credential,
         "egress_token_file": config.load_egress_token,
