@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import os
 import subprocess
 from pathlib import Path
@@ -122,12 +121,11 @@ SECRET_SETTINGS = [
 
 
 def _load(setting: str, path: Path) -> object:
-    config = dataclasses.replace(Config(), **{setting: path})
     loaders = {
-        "server_credential_file": config.load_server_credential,
-        "egress_token_file": config.load_egress_token,
-        "seal_key_file": config.keyring,
-        "litellm_key_file": config.load_litellm_keys,
+        "server_credential_file": lambda: Config(server_credential_file=path).load_server_credential(),
+        "egress_token_file": lambda: Config(egress_token_file=path).load_egress_token(),
+        "seal_key_file": lambda: Config(seal_key_file=path).keyring(),
+        "litellm_key_file": lambda: Config(litellm_key_file=path).load_litellm_keys(),
     }
     return loaders[setting]()
 
