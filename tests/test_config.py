@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,7 @@ SECRET_SETTINGS = [
 
 
 def _load(setting: str, path: Path) -> object:
-    loaders = {
+    loaders: dict[str, Callable[[], object]] = {
         "server_credential_file": lambda: Config(server_credential_file=path).load_server_credential(),
         "egress_token_file": lambda: Config(egress_token_file=path).load_egress_token(),
         "seal_key_file": lambda: Config(seal_key_file=path).keyring(),
