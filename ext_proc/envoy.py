@@ -295,17 +295,28 @@ def _ingress_listener(layout: Layout) -> dict[str, Any]:
     hcm = _hcm("ingress", layout, [{"match": {"prefix": "/"}, "route": route}], "LiteLLM", [leg_metadata(Leg.INGRESS)])
     # The ingress is the edge: a client's x-request-id is dropped before Envoy makes its own, so ids in the logs
     # (and the audit's sampling) are Envoy's, never client text.
-    hcm["early_header_mutation_extensions"] = [
+    hcm["early_header_mutation_extensions"] = _early_removals("x-request-id", *_FREE_TEXT_TRACE_HEADERS)
+    return _http_listener("ingress", layout.ingress, hcm)
+
+
+# W3C trace headers whose value is free text a client writes: Envoy's tracer copies tracestate into every span it
+# exports (and the ext_proc client spans inherit it), and baggage travels on. Removed before the tracer reads the
+# request, on both legs (LiteLLM forwards a client's to the egress); traceparent, ids only, still joins traces.
+_FREE_TEXT_TRACE_HEADERS = ("tracestate", "baggage")
+
+
+def _early_removals(*names: str) -> list[dict[str, Any]]:
+    """Headers removed as the request arrives, before request ids and tracing (HCM early header mutation)."""
+    return [
         {
             "name": "envoy.http.early_header_mutation.header_mutation",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3"
                 ".HeaderMutation",
-                "mutations": [{"remove": "x-request-id"}],
+                "mutations": [{"remove": name} for name in names],
             },
         }
     ]
-    return _http_listener("ingress", layout.ingress, hcm)
 
 
 def _egress_listener(layout: Layout) -> dict[str, Any]:
@@ -325,7 +336,9 @@ def _egress_listener(layout: Layout) -> dict[str, Any]:
     routes.append({"match": {"prefix": "/"}, "route": _route("anthropic", layout.anthropic.authority)})
     hop = "the upstream API"
     metadata = [leg_metadata(Leg.EGRESS), {"key": POLICY_METADATA, "value": Policy.ANTHROPIC.value}]
-    return _http_listener("egress", layout.egress, _hcm("egress", layout, routes, hop, metadata))
+    hcm = _hcm("egress", layout, routes, hop, metadata)
+    hcm["early_header_mutation_extensions"] = _early_removals(*_FREE_TEXT_TRACE_HEADERS)
+    return _http_listener("egress", layout.egress, hcm)
 
 
 def leg_metadata(leg: Leg) -> dict[str, str]:

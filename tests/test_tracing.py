@@ -169,10 +169,14 @@ def test_envoy_and_the_server_export_one_joined_trace_and_no_credential(tmp_path
         # The LiteLLM key also where Envoy's standard span tags read the client's own text.
         headers = [("authorization", f"Bearer {OAUTH}"), ("x-litellm-api-key", litellm_key),
                    ("user-agent", f"agent {litellm_key}"), ("traceparent", PARENT),
-                   ("x-client-trace-id", litellm_key), ("x-envoy-downstream-service-cluster", litellm_key)]  # fmt: skip
+                   ("x-client-trace-id", litellm_key), ("x-envoy-downstream-service-cluster", litellm_key),
+                   ("tracestate", f"rt={litellm_key}"), ("baggage", f"k={litellm_key}")]  # fmt: skip
         # The ingress sends to the egress directly here (LiteLLM's part is played by the test: no token, so 401).
         send(ingress, "POST", f"/v1/messages?note={litellm_key}", headers, b"{}")
-        send(egress, "POST", "/v1/messages", [("x-api-key", TOKEN), ("traceparent", PARENT)], b"{}")
+        # And as LiteLLM would forward a client's trace headers to the egress.
+        egress_key = "sk-litellm-EGRESSTRACEKEY"
+        send(egress, "POST", "/v1/messages", [("x-api-key", TOKEN), ("traceparent", PARENT),
+             ("tracestate", f"rt={egress_key}"), ("baggage", f"k={egress_key}")], b"{}")  # fmt: skip
         server = collector.wait_for(3, "ext-proc-credentials")
         assert {s.trace_id for s in server} == {TRACE_ID}, "every decision joins the client's trace"
         assert sorted(s.attributes["ext_proc.leg"] for s in server) == ["egress", "egress", "ingress"]
@@ -185,7 +189,7 @@ def test_envoy_and_the_server_export_one_joined_trace_and_no_credential(tmp_path
         collector.wait_until(joined, "every server span's parent is one of Envoy's spans")
         assert {s.service for s in collector.spans()} >= {"ext-proc-envoy-ingress", "ext-proc-envoy-egress"}
         exported = collector.raw()
-        for secret in (OAUTH, "TRACEDLITELLMKEY", TOKEN, SERVER_KEY):
+        for secret in (OAUTH, "TRACEDLITELLMKEY", "EGRESSTRACEKEY", TOKEN, SERVER_KEY):
             assert secret.encode() not in exported, f"{secret[:12]}... reached the collector"
 
 
