@@ -11,6 +11,7 @@ from pathlib import Path
 from ext_proc.deployed import DEPLOYED, MESH_FILTER
 from ext_proc.envoy import bootstrap, find_envoy, render
 from ext_proc.istio import render_envoyfilter
+from tests.e2e.matrix import ROUTES
 from tests.support.processes import BIN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,3 +66,25 @@ def test_writing_envoy_configs_imports_neither_grpc_nor_the_server() -> None:
     probe = "import sys, ext_proc.deployed; print(sorted(m for m in sys.modules if m in ('grpc', 'ext_proc.server')))"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_readme_s_headline_numbers_are_the_measured_tables() -> None:
+    """The README's "before and after" sentence states what docs/before-after.md (checked against every run) holds."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    headings = re.findall(
+        r"^#### LiteLLM (\S+) (alone|behind the gateway), [^:]+: (\d+) of (\d+) requests break a rule "
+        r"\((\d+) wrong[^,]*, (\d+) leak the LiteLLM key\)$",
+        (ROOT / "docs" / "before-after.md").read_text(),
+        re.MULTILINE,
+    )
+    before = [int(h[2]) for h in headings if h[1] == "alone"]
+    totals = {int(h[3]) for h in headings}
+    routes = len(ROUTES)
+    assert len(headings) == 8 and len(totals) == 1 and all(int(h[2]) == 0 for h in headings if h[1] != "alone")
+    (total,) = totals
+    assert (
+        f"({routes} routes and streaming variants \N{MULTIPLICATION SIGN} {total // routes} client credential setups): alone, "
+        f"{min(before)} to {max(before)} of the {total} requests per setup break a rule" in readme
+    )
+    leaks = {h[5] for h in headings if h[0] == "1.81.14" and h[1] == "alone"}
+    assert leaks == {"20"} and "on 1.81.14, 20 of them send LiteLLM's own key to Anthropic" in readme
