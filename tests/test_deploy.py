@@ -83,7 +83,8 @@ def test_the_readme_s_headline_numbers_are_the_measured_tables() -> None:
     assert len(headings) == 8 and len(totals) == 1 and all(int(h[2]) == 0 for h in headings if h[1] != "alone")
     (total,) = totals
     assert (
-        f"({routes} routes and streaming variants \N{MULTIPLICATION SIGN} {total // routes} client credential setups): alone, "
+        f"({routes} routes and streaming variants \N{MULTIPLICATION SIGN} {total // routes} client credential "
+        "setups): alone, "
         f"{min(before)} to {max(before)} of the {total} requests per setup break a rule" in readme
     )
     leaks = {h[5] for h in headings if h[0] == "1.81.14" and h[1] == "alone"}
