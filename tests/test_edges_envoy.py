@@ -179,3 +179,30 @@ def test_a_client_s_x_envoy_header_neither_fails_the_request_nor_reaches_anthrop
     (got,) = legs.recorder.take()
     assert got.get(credential[0]) == [credential[1]]
     assert not [n for n in got.names if n.startswith("x-envoy-")], got.names
+
+
+DOT_PATHS = [
+    # (path as sent, forwarded: LiteLLM (Starlette) routes exactly this path, and the rules decided on it)
+    ("/anthropic/../v1/skills", True),  # the pass-through, endpoint "../v1/skills"
+    ("/anthropic/v1/./messages", True),
+    ("/v1/messages/../skills", False),  # no LiteLLM route: refused, not resolved to /v1/skills
+    ("/v1/skills/../messages", False),  # not resolved to /v1/messages either
+    ("/v1/%2e%2e/v1/messages", False),
+    ("/anthropic%2fv1%2ffiles", False),  # uvicorn decodes it to /anthropic/v1/files, which LiteLLM serves itself
+    ("//v1/messages", False),
+    ("/anthropic//v1/messages", True),
+]
+
+
+@pytest.mark.parametrize(("path", "forwarded"), DOT_PATHS)
+def test_the_path_the_rules_decide_on_is_the_path_litellm_receives(legs: Legs, path: str, forwarded: bool) -> None:
+    """Envoy forwards the request target as the ext_proc server saw it: dot segments, doubled slashes and escapes
+    reach LiteLLM unresolved, and the route decision is made on that same text."""
+    status, body, _ = send(legs.ingress, "POST", path, [("x-api-key", KEY)], b"{}")
+    if not forwarded:
+        assert status == 400 and json.loads(body)["error"]["type"] == "invalid_request_error", body
+        assert legs.recorder.take() == []
+        return
+    assert status == 200
+    (got,) = legs.recorder.take()
+    assert got.path == path and got.get("x-api-key") == [KEY]
