@@ -537,10 +537,16 @@ def _misplaced_in_name() -> Rejection:
     )
 
 
+# The egress answers LiteLLM, whose router cools a deployment down for everyone on 401, 402, 404, 408, 429 and 5xx,
+# retries 408, 409, 429 and 5xx, and (1.108.7) falls back on anything but a provider's 400: a refusal of one request
+# is a 400, so it fails that request only (docs/rules.md, "Refusals and LiteLLM's router").
+REFUSAL_STATUS = 400
+
+
 def _unverifiable(reason: SealFailure) -> Rejection:
     return Rejection(
-        401,
-        "authentication_error",
+        REFUSAL_STATUS,
+        "invalid_request_error",
         f"The credential handoff header could not be verified ({reason}).",
         f"seal-{reason}",
     )
@@ -548,8 +554,8 @@ def _unverifiable(reason: SealFailure) -> Rejection:
 
 def _unproven() -> Rejection:
     return Rejection(
-        401,
-        "authentication_error",
+        REFUSAL_STATUS,
+        "invalid_request_error",
         "The egress leg releases a sealed credential only to LiteLLM, and this request did not carry LiteLLM's "
         "egress token as its Anthropic key (set LiteLLM's Anthropic api_key to the gateway's egress token).",
         "egress-unproven",

@@ -86,7 +86,7 @@ def test_conflicting_credentials_answered_by_gateway_never_forwarded(legs: Legs)
 
 
 @pytest.mark.parametrize("handoff", ["v1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "forged"])
-def test_forged_handoff_at_egress_is_401_never_forwarded(legs: Legs, handoff: str) -> None:
+def test_forged_handoff_at_egress_is_400_never_forwarded(legs: Legs, handoff: str) -> None:
     status, body, _ = send(
         legs.egress,
         "POST",
@@ -94,7 +94,7 @@ def test_forged_handoff_at_egress_is_401_never_forwarded(legs: Legs, handoff: st
         [("x-credential-handoff", handoff), ("x-api-key", "sk-ant-api03-SERVER")],
         b"{}",
     )
-    assert status == 401 and json.loads(body)["error"]["type"] == "authentication_error"
+    assert status == 400 and json.loads(body)["error"]["type"] == "invalid_request_error"
     assert legs.recorder.take() == []
 
 

@@ -41,7 +41,7 @@ def with_token(**config: Any) -> RuleContext:
 
 REJECTIONS = [
     # (leg, policy, headers, status, error type, message, reason)
-    ("egress", "anthropic", ((H, "v1.x"),), 401, "authentication_error",
+    ("egress", "anthropic", ((H, "v1.x"),), 400, "invalid_request_error",
      "The egress leg releases a sealed credential only to LiteLLM, and this request did not carry LiteLLM's egress "
      "token as its Anthropic key (set LiteLLM's Anthropic api_key to the gateway's egress token).", "egress-unproven"),
     ("ingress", "", (("x-note", KEY),), 400, "invalid_request_error",
@@ -59,7 +59,7 @@ REJECTIONS = [
      "The request carries conflicting values for the x-api-key header.", "conflict-x-api-key"),
     ("egress", "anthropic", ((H, "v1.a"), (H, "v1.b"), ("x-api-key", TOKEN.decode())), 400, "invalid_request_error",
      "The request carries conflicting values for the x-credential-handoff header.", "conflict-x-credential-handoff"),
-    ("egress", "anthropic", ((H, "v1.AAAA"), ("x-api-key", TOKEN.decode())), 401, "authentication_error",
+    ("egress", "anthropic", ((H, "v1.AAAA"), ("x-api-key", TOKEN.decode())), 400, "invalid_request_error",
      "The credential handoff header could not be verified (malformed).", "seal-malformed"),
     ("sideways", "", (), 500, "api_error", "The credential gateway is misconfigured: unknown leg 'sideways'.",
      "config-leg"),
@@ -269,7 +269,7 @@ def test_process_decides_with_its_clock_counts_by_leg_and_policy_and_caches_forw
     processor = CredentialProcessor(lambda: context(), AuditLog(), metrics, clock=lambda: late)
     sealed = handoff(("x-api-key", KEY)).encode()
     answer = _process(processor, _Context([headers_message((H, sealed))], EGRESS_META))
-    assert answer is not None and answer.immediate_response.status.code == 401, "the processor's clock: expired"
+    assert answer is not None and answer.immediate_response.status.code == 400, "the processor's clock: expired"
     sample = metrics.registry.get_sample_value
     assert sample("ext_proc_rejections_total", {"reason": "seal-expired"}) == 1
     first = _process(processor, _Context([headers_message(("x-api-key", KEY.encode()))], EGRESS_META))

@@ -269,8 +269,8 @@ def test_s1_a_handoff_opens_at_most_max_opens_times() -> None:
     outcomes = [run("egress", "anthropic", headers, ctx)[0] for _ in range(4)]
     assert [d.audit.source for d in outcomes[:3]] == ["sealed-x-api-key"] * 3
     replayed = outcomes[3].rejection
-    assert replayed is not None and (replayed.status, replayed.reason) == (401, "seal-replayed")
-    assert json.loads(replayed.body())["error"]["type"] == "authentication_error"
+    assert replayed is not None and (replayed.status, replayed.reason) == (400, "seal-replayed")
+    assert json.loads(replayed.body())["error"]["type"] == "invalid_request_error"
     # Another handoff of the same credential is its own count.
     assert run("egress", "anthropic", HeaderView.of((H, other)), ctx)[0].rejection is None
 

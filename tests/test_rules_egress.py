@@ -262,14 +262,14 @@ def test_sets_replace_and_never_overlap_removals() -> None:
     ],
     ids=["tampered", "non-alphabet", "version", "garbage", "unknown-key", "expired", "from-the-future"],
 )
-def test_e1_untrusted_handoff_is_401_and_never_forwarded(mutate: object, reason: str) -> None:
+def test_e1_untrusted_handoff_is_400_and_never_forwarded(mutate: object, reason: str) -> None:
     token = mutate(handoff(("x-api-key", KEY)))  # type: ignore[operator]
     decision, _ = run("egress", "anthropic", HeaderView.of((H, token), ("x-api-key", SERVER_KEY)))
     assert decision.rejection is not None
-    assert decision.rejection.status == 401 and decision.rejection.reason == reason
+    assert decision.rejection.status == 400 and decision.rejection.reason == reason
     assert json.loads(decision.rejection.body()) == {
         "type": "error",
-        "error": {"type": "authentication_error", "message": decision.rejection.message},
+        "error": {"type": "invalid_request_error", "message": decision.rejection.message},
     }
     assert decision.set == () and decision.remove == ()
     assert KEY not in decision.rejection.message and token not in decision.rejection.message

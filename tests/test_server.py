@@ -112,8 +112,8 @@ def test_a_stream_closed_before_any_message_is_refused_not_left_open(tmp_path: P
 def test_rejection_is_an_immediate_anthropic_error(tmp_path: Path) -> None:
     (response,) = asyncio.run(exchange(tmp_path, [headers_message(("x-credential-handoff", b"v1.forged"))]))
     immediate = response.immediate_response
-    assert immediate.status.code == 401
-    assert json.loads(immediate.body)["error"]["type"] == "authentication_error"
+    assert immediate.status.code == 400
+    assert json.loads(immediate.body)["error"]["type"] == "invalid_request_error"
     assert [(h.header.key, h.header.raw_value) for h in immediate.headers.set_headers] == [
         ("content-type", b"application/json")
     ]

@@ -171,7 +171,7 @@ def test_envoy_and_the_server_export_one_joined_trace_and_no_credential(tmp_path
                    ("user-agent", f"agent {litellm_key}"), ("traceparent", PARENT),
                    ("x-client-trace-id", litellm_key), ("x-envoy-downstream-service-cluster", litellm_key),
                    ("tracestate", f"rt={litellm_key}"), ("baggage", f"k={litellm_key}")]  # fmt: skip
-        # The ingress sends to the egress directly here (LiteLLM's part is played by the test: no token, so 401).
+        # The ingress sends to the egress directly here (LiteLLM's part is played by the test: no token, so 400).
         send(ingress, "POST", f"/v1/messages?note={litellm_key}", headers, b"{}")
         # And as LiteLLM would forward a client's trace headers to the egress.
         egress_key = "sk-litellm-EGRESSTRACEKEY"

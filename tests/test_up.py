@@ -151,12 +151,12 @@ def test_egress_attaches_no_server_key_or_sealed_credential_without_litellm_s_to
         (seen,) = litellm.take()
         (handoff,) = seen.get("x-credential-handoff")
         status, body, _ = send(egress, "POST", "/v1/messages", [("x-credential-handoff", handoff)], b"{}")
-        assert status == 401 and json.loads(body)["error"]["type"] == "authentication_error"
+        assert status == 400 and json.loads(body)["error"]["type"] == "invalid_request_error"
         assert "egress token" in json.loads(body)["error"]["message"]
         # Replayed with the token (through LiteLLM's extra_headers, say): three opens, then refused.
         replay = [("x-credential-handoff", handoff), ("x-api-key", TOKEN)]
         statuses = [send(egress, "POST", "/v1/messages", replay, b"{}")[0] for _ in range(4)]
-        assert statuses == [200, 200, 200, 401]
+        assert statuses == [200, 200, 200, 400]
         assert [g.get("authorization") for g in recorder.take()] == [["Bearer sk-ant-oat01-VICTIM"]] * 3
 
 

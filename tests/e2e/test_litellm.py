@@ -84,6 +84,7 @@ def gateway(
     *extra: str,
     openai: Recorder | None = None,
     started: list[Proc] | None = None,
+    default_router: bool = False,
 ) -> Iterator[HostPort]:
     """`ext-proc up` around a real LiteLLM whose Anthropic base URL is the gateway's egress listener."""
     ingress, egress, litellm_port = free_port(), free_port(), free_port()
@@ -105,7 +106,7 @@ def gateway(
         started.append(up)
     try:
         up.wait_line("ready ")
-        config = Setup(version, f"http://127.0.0.1:{egress}", setup.litellm_key, forward)
+        config = Setup(version, f"http://127.0.0.1:{egress}", setup.litellm_key, forward, default_router=default_router)
         if openai is not None:
             # The worst case for other providers: forwarding for every model group.
             base = f"http://127.0.0.1:{egress}/upstreams/openai/v1"
@@ -419,3 +420,29 @@ def test_credential_edges_through_litellm(version: str, recorder: Recorder, tmp_
         assert got.get("authorization") == [f"Bearer {CLIENT_OAUTH}"]
         assert not got.names & {"x-app", "x-stainless-bar"}
         assert not any(MASTER_KEY in v or EGRESS_TOKEN in v or OTHER_VIRTUAL_KEY in v for _, v in got.headers)
+
+
+@pytest.mark.parametrize("version", RELEASES)
+def test_a_request_the_egress_refuses_fails_only_itself_under_default_router_settings(
+    version: str, recorder: Recorder, tmp_path: Path
+) -> None:
+    """LiteLLM's router cools a deployment down on 401, 402, 404, 408, 429 and 5xx (its group's only one too) and
+    then answers everyone 429: a refusal of the egress must not be one of those, or any LiteLLM key holder could
+    take the gateway down for all by sending one bad request every few seconds."""
+    body = {"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    # The body's extra_headers replace LiteLLM's own Anthropic key (the egress token): the egress cannot tell the
+    # request comes from LiteLLM and refuses to open the handoff (E0).
+    attack = json.dumps({**body, "extra_headers": {"x-api-key": MASTER_KEY}}).encode()
+    headers = [("x-litellm-api-key", MASTER_KEY), ("content-type", "application/json"),
+               ("anthropic-version", "2023-06-01")]  # fmt: skip
+    with gateway(version, AFTER[0], recorder, tmp_path, default_router=True) as at:
+        recorder.take()
+        status, answer, _ = send(at, "POST", "/v1/messages", [("authorization", f"Bearer {CLIENT_OAUTH}"), *headers],
+                                 attack)  # fmt: skip
+        assert status == 400, answer
+        assert recorder.take() == [], "refused at the egress, nothing reached Anthropic"
+        for n in range(5):
+            status, answer, _ = send(at, "POST", "/v1/messages", [("x-api-key", f"{CLIENT_KEY}{n}"), *headers],
+                                     json.dumps(body).encode())  # fmt: skip
+            assert status == 200, (n, answer)
+        assert [g.get("x-api-key") for g in recorder.take()] == [[f"{CLIENT_KEY}{n}"] for n in range(5)]

@@ -61,6 +61,8 @@ class Setup:
     openai_base: str | None = None
     # Forwarding for every provider (general_settings), as the earlier guide said, instead of per model group.
     forward_globally: bool = False
+    # LiteLLM's default router settings (cooldowns on) instead of cooldowns off.
+    default_router: bool = False
 
 
 OPENAI_MODEL = "gpt-4o"
@@ -88,7 +90,7 @@ def config_yaml(setup: Setup) -> str:
     if setup.forward_client_headers and setup.forward_globally:
         general += "  forward_client_headers_to_llm_api: true\n"
     # Cooldowns would turn a failed call into 429s for the calls after it: each cell must stand alone.
-    router = "router_settings:\n  disable_cooldowns: true\n"
+    router = "" if setup.default_router else "router_settings:\n  disable_cooldowns: true\n"
     return f"model_list:\n{models}{forward}{general}{router}"
 
 
