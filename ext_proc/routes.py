@@ -112,6 +112,11 @@ class Table:
         return None
 
 
+@functools.cache
+def shipped_tables() -> tuple[Table, ...]:
+    return tuple(Table.load(release) for release in RELEASES)
+
+
 def route_path(target: bytes) -> str:
     """The path LiteLLM's router matches, for a raw ``:path`` (uvicorn: split off the query, percent-decode)."""
     raw = target.split(b"?", 1)[0].decode("latin-1")
@@ -125,11 +130,10 @@ class Routes:
         self.tables = tables
         self._verdicts: dict[tuple[bytes, bytes], RouteVerdict] = {}
 
-    @staticmethod
-    @functools.cache
-    def shipped() -> Routes:
-        """The tables of every supported release, loaded once per process."""
-        return Routes(tuple(Table.load(release) for release in RELEASES))
+    @classmethod
+    def shipped(cls) -> Routes:
+        """The tables of every supported release (loaded once per process), with a verdict memo of its own."""
+        return cls(shipped_tables())
 
     def for_client_credential(self, method: bytes, target: bytes) -> RouteVerdict:
         """What to do with a request that carries the client's own Anthropic credential to LiteLLM."""

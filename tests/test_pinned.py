@@ -21,7 +21,7 @@ from ext_proc.credentials import ApiKey, Prefixes, Problem, UnreadableCredential
 from ext_proc.headers import HeaderView
 from ext_proc.metrics import Metrics
 from ext_proc.routes import Routes, route_path
-from ext_proc.rules import Audit, Decision, Rejection, RuleContext, Source, loggable_id
+from ext_proc.rules import Audit, Decision, Rejection, RuleContext, Source, decide, loggable_id
 from ext_proc.seal import Keyring, OpenCounter, SealError, SealFailure
 from ext_proc.server import CredentialProcessor, response_of
 from ext_proc.tracing import Tracing
@@ -71,7 +71,28 @@ REJECTIONS = [
      "LiteLLM answers POST /v1/skills with its own call, which would not carry your own Anthropic credential "
      "(it would use the operator's key instead); use LiteLLM's Anthropic pass-through, /anthropic/v1/skills, or send "
      "only your LiteLLM key.", "route-drops-credential"),
+    ("ingress", "", (("x-sk-ant-api03-named", "1"),), 400, "invalid_request_error",
+     "A header name in the request carries a credential; send it only as x-api-key or Authorization: Bearer.",
+     "misplaced-header-name"),
+    ("ingress", "", ((":path", "/v1/messages?k=sk%2Dant%2Dapi03-K"),), 400, "invalid_request_error",
+     "The request's URL carries a credential; send it only as x-api-key or Authorization: Bearer.", "misplaced-path"),
+    ("egress", "anthropic", ((":path", "/v1/messages?k=sk%252Dant%252Dapi03-K"),), 400, "invalid_request_error",
+     "The request's URL carries a credential; send it only as x-api-key or Authorization: Bearer.", "misplaced-path"),
 ]  # fmt: skip
+
+
+def test_a_removed_header_whose_name_holds_a_key_is_logged_as_a_digest() -> None:
+    name = "x-stainless-sk-master-hidden1234"
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    decision = decide("egress", "anthropic", HeaderView.of((name, "1"), ("x-junk", "2")), with_token(), NOW)
+    # Stripped (off the allowlist) first, then scrubbed (an allowlisted name holding a key).
+    assert decision.remove == ("x-junk", name)
+    assert decision.audit.removed == ("x-junk", f"name:sha256:{digest}")
+    assert decision.audit.scrubbed == (f"name:sha256:{digest}",)
+    other = "x-sk-ant-api03-hidden"
+    on_other = decide("egress", "other", HeaderView.of((other, "1"), ("x-api-key", TOKEN.decode())), with_token(), NOW)
+    assert on_other.remove == (other, "x-api-key")
+    assert on_other.audit.removed == ("name:sha256:" + hashlib.sha256(other.encode()).hexdigest()[:8], "x-api-key")
 
 
 @pytest.mark.parametrize(("leg", "policy", "headers", "status", "kind", "message", "reason"), REJECTIONS)

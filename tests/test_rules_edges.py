@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +19,7 @@ from ext_proc.config import Config
 from ext_proc.headers import HeaderView
 from ext_proc.metrics import Metrics
 from ext_proc.reload import RuleSource
-from ext_proc.routes import CLASSIFIED, RELEASES, REROUTES, Route, Routes, route_path
+from ext_proc.routes import CLASSIFIED, RELEASES, REROUTES, Route, Routes, Table, route_path
 from ext_proc.seal import Keyring, OpenCounter
 from tests.support.litellm import RELEASES as TESTED
 from tests.support.rules import KEY_A, KEYRING, NOW, context, handoff, run
@@ -389,3 +390,16 @@ def test_o1_policy_other_strips_the_egress_token_and_anthropic_keys_in_names() -
     assert decision.rejection is None
     assert sorted(out.names()) == ["authorization", "x-ok"]
     assert "named" not in json.dumps(decision.audit.as_dict())
+
+
+def test_i7_a_release_table_loads_as_written() -> None:
+    table = Table.load("1.108.7")
+    raw = json.loads((Path(__file__).parents[1] / "ext_proc" / "data" / "litellm-routes-1.108.7.json").read_text())
+    assert table.release == "1.108.7" and len(table.entries) == len(raw["routes"])
+    for entry, route in zip(table.entries, raw["routes"], strict=True):
+        assert entry.template == route["path"] and entry.regex.pattern == route["regex"]
+        assert entry.methods == (frozenset(route["methods"]) if route["methods"] else None)
+    assert any(e.methods is None for e in table.entries), "mounts match any method"
+    assert table.handler("POST", "/v1/messages") == "/v1/messages"
+    assert table.handler("GET", "/v1/messages") is None, "a path match with another method is no handler"
+    assert table.handler("POST", "/models/c:generateContent") == "/models/{model_name:path}:generateContent"
