@@ -29,7 +29,7 @@ from ext_proc.credentials import (
 from ext_proc.headers import HeaderView
 from ext_proc.names import POLICIES, Leg, Policy
 from ext_proc.routes import Routes
-from ext_proc.seal import Keyring, OpenCounter, SealError, SealFailure
+from ext_proc.seal import Keyring, OpenCounter, SealError, SealFailure, tracker_capacity
 
 ANTHROPIC_BETA = "anthropic-beta"
 COOKIE = "cookie"
@@ -169,7 +169,7 @@ class RuleContext:
             oauth_beta=config.oauth_beta.encode(),
             secrets=config.secret_pattern(),
             egress_token=egress_token,
-            opens=OpenCounter(config.seal_max_opens),
+            opens=OpenCounter(config.seal_max_opens, tracker_capacity(config.seal_ttl_seconds)),
             litellm_keys=litellm_keys,
         )
 
@@ -544,6 +544,14 @@ REFUSAL_STATUS = 400
 
 
 def _unverifiable(reason: SealFailure) -> Rejection:
+    if reason == SealFailure.TRACKER_FULL:
+        # Not this request's doing: the gateway is full, and says so as Anthropic does when overloaded.
+        return Rejection(
+            503,
+            "overloaded_error",
+            "The credential gateway is counting as many live handoffs as it can; retry shortly.",
+            f"seal-{reason}",
+        )
     return Rejection(
         REFUSAL_STATUS,
         "invalid_request_error",

@@ -37,6 +37,9 @@ class SealFailure(StrEnum):
     TAMPERED = "tampered"
     EXPIRED = "expired"
     REPLAYED = "replayed"
+    # The counter of opens holds as many live handoffs as it may: new ones are refused rather than a live one
+    # forgotten (which would admit its replays again).
+    TRACKER_FULL = "tracker-full"
 
 
 class SealError(Exception):
@@ -121,34 +124,58 @@ class Keyring:
         return sealed
 
 
+# One replica decides at most ~2,800 requests a second (the server's event loop at full CPU, docs/performance.md);
+# the counter is sized for more than that, for a handoff's whole life (its TTL plus the clock skew allowed).
+MAX_OPENS_PER_SECOND = 3_000
+
+
+def tracker_capacity(ttl_seconds: int) -> int:
+    """Live handoffs one process must be able to count: lifetime x the rate it can serve (~153 bytes each)."""
+    return (ttl_seconds + _CLOCK_SKEW_SECONDS) * MAX_OPENS_PER_SECOND
+
+
 class OpenCounter:
     """How many times each handoff has been opened by this process, kept until the handoff expires.
 
     A handoff is a bearer token for its lifetime: whoever holds a copy (LiteLLM's logs, spend logs, callbacks)
     could send it again. A real request opens its handoff once per upstream call LiteLLM makes for it (the call
     and its retries), so opens beyond ``max_opens`` are refused. Counted per process: N egress replicas allow up to
-    N times as many. Bounded: past ``capacity`` live handoffs the oldest entry is forgotten.
+    N times as many. Bounded without forgetting: a live handoff is never dropped to make room; when ``capacity``
+    live handoffs are counted, a new one is refused (``TRACKER_FULL``, fail closed) until some expire. The capacity
+    is sized (``tracker_capacity``) so that one process cannot fill it at the rate it can serve.
     """
 
-    __slots__ = ("_capacity", "_counts", "max_opens")
+    __slots__ = ("_capacity", "_counts", "_swept_at", "max_opens")
 
-    def __init__(self, max_opens: int, capacity: int = 200_000) -> None:
+    def __init__(self, max_opens: int, capacity: int = tracker_capacity(60)) -> None:
         if max_opens <= 0:
             raise ValueError("a handoff must be allowed at least one open")
         self.max_opens = max_opens
         self._capacity = capacity
         # nonce -> (opens so far, when it can be forgotten); insertion order is close to expiry order.
         self._counts: dict[bytes, tuple[int, float]] = {}
+        self._swept_at = float("-inf")
 
     def admit(self, nonce: bytes, forget_at: float, now: float) -> bool:
-        """Count one open; False once this handoff has been opened ``max_opens`` times."""
+        """Count one open; False once this handoff has been opened ``max_opens`` times.
+
+        Raises ``SealError(TRACKER_FULL)`` for a handoff not yet counted when every place holds a live one.
+        """
         counts = self._counts
         while counts:
             oldest = next(iter(counts))
-            if counts[oldest][1] >= now and len(counts) < self._capacity:
+            if counts[oldest][1] >= now:
                 break
             del counts[oldest]
         opened, _ = counts.get(nonce, (0, forget_at))
+        if opened == 0 and len(counts) >= self._capacity:
+            # Insertion order is only close to expiry order (issue times may differ by the clock skew): sweep the
+            # rest, at most once a second, so a flood of refused opens costs no more than the refusal.
+            if now >= self._swept_at + 1:
+                self._swept_at = now
+                self._counts = counts = {n: entry for n, entry in counts.items() if entry[1] >= now}
+            if len(counts) >= self._capacity:
+                raise SealError(SealFailure.TRACKER_FULL)
         if opened >= self.max_opens:
             return False
         counts[nonce] = (opened + 1, forget_at)

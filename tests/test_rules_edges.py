@@ -20,7 +20,7 @@ from ext_proc.headers import HeaderView
 from ext_proc.metrics import Metrics
 from ext_proc.reload import RuleSource
 from ext_proc.routes import CLASSIFIED, RELEASES, REROUTES, Route, Routes, Table, route_path
-from ext_proc.seal import Keyring, OpenCounter
+from ext_proc.seal import MAX_OPENS_PER_SECOND, Keyring, OpenCounter, SealError, SealFailure, tracker_capacity
 from tests.support.litellm import RELEASES as TESTED
 from tests.support.rules import KEY_A, KEYRING, NOW, context, handoff, run
 
@@ -287,14 +287,38 @@ def test_s1_default_window_is_one_minute_and_three_opens() -> None:
     assert late.rejection is not None and late.rejection.reason == "seal-expired"
 
 
-def test_s1_counter_forgets_expired_handoffs_and_stays_bounded() -> None:
+def test_s1_counter_forgets_expired_handoffs_and_never_a_live_one() -> None:
     counter = OpenCounter(max_opens=1, capacity=3)
     assert counter.admit(b"a", 10.0, 0.0) and not counter.admit(b"a", 10.0, 1.0)
     assert counter.admit(b"b", 20.0, 1.0) and counter.admit(b"c", 20.0, 1.0)
+    # Full of live handoffs: a new one is refused, fail closed, and the live ones keep their counts.
+    with pytest.raises(SealError) as full:
+        counter.admit(b"d", 20.0, 2.0)
+    assert full.value.reason == SealFailure.TRACKER_FULL
+    assert not counter.admit(b"a", 10.0, 2.0) and not counter.admit(b"b", 20.0, 2.0) and len(counter) == 3
     assert counter.admit(b"a", 30.0, 11.0)  # the first "a" expired at 10 and was forgotten
-    for n in range(10):
-        counter.admit(bytes([n]), 100.0, 12.0)
-    assert len(counter) <= 3
+    # Expired entries behind a live one (issue times differ by the clock skew) make room too.
+    late = OpenCounter(max_opens=1, capacity=2)
+    assert late.admit(b"x", 50.0, 0.0) and late.admit(b"y", 5.0, 0.0)
+    assert late.admit(b"z", 50.0, 6.0) and len(late) == 2
+
+
+def test_s1_a_handoff_opened_past_its_bound_stays_refused_whatever_else_is_opened() -> None:
+    ctx = replace(context(seal_max_opens=3), opens=OpenCounter(3, capacity=50))
+    victim = HeaderView.of((H, handoff(("x-api-key", KEY))))
+    assert [run("egress", "anthropic", victim, ctx)[0].rejection for _ in range(3)] == [None] * 3
+    outcomes = [run("egress", "anthropic", HeaderView.of((H, handoff(("x-api-key", KEY)))), ctx)[0] for _ in range(60)]
+    assert [o.rejection is None for o in outcomes] == [True] * 49 + [False] * 11
+    full = outcomes[-1].rejection
+    assert full is not None and (full.status, full.reason) == (503, "seal-tracker-full")
+    assert json.loads(full.body())["error"]["type"] == "overloaded_error"
+    replayed = run("egress", "anthropic", victim, ctx)[0].rejection
+    assert replayed is not None and replayed.reason == "seal-replayed"
+
+
+def test_s1_the_counter_holds_what_one_replica_can_open_in_a_handoff_s_life() -> None:
+    assert tracker_capacity(60) == (60 + 30) * MAX_OPENS_PER_SECOND == 270_000
+    assert context(seal_ttl_seconds=120).opens._capacity == tracker_capacity(120)
 
 
 def test_s1_reload_keeps_the_count(tmp_path: pytest.TempPathFactory) -> None:
