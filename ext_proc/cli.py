@@ -313,7 +313,9 @@ def _check(config: Config, envoy_config: str | None, envoy: str | None) -> int:
 
 def _check_litellm(config: Config, path: Path) -> int:
     """LiteLLM's side: its Anthropic deployments call the egress, with the egress token, forwarding the handoff."""
-    from ext_proc.litellm_config import check
+    import yaml
+
+    from ext_proc.litellm_config import attempts, check
     from ext_proc.up import default_egress_token_path
 
     token = config.load_egress_token()
@@ -325,7 +327,8 @@ def _check_litellm(config: Config, path: Path) -> int:
         return pattern.search(key) is not None or any(k in key for k in known)
 
     try:
-        findings = check(path, token, config.anthropic_prefix, os.environ, recognises)
+        findings = check(path, token, config.anthropic_prefix, os.environ, recognises, config.seal_max_opens)
+        print(f"{path}: {attempts(yaml.safe_load(path.read_text()) or {})}; seal_max_opens is {config.seal_max_opens}")
     except (OSError, ValueError) as exc:
         print(f"ext-proc: cannot read {path}: {exc}", file=sys.stderr)
         return 2

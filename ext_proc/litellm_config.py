@@ -23,6 +23,71 @@ CLAUDE_CODE_MODELS = ("claude-opus-5-5", "claude-sonnet-5-5")
 _FORWARD = ("litellm_settings", "model_group_settings", "forward_client_headers_to_llm_api")
 
 
+# LiteLLM's defaults, measured on 1.81.14 and 1.108.7: a router call is retried twice, and at most 5 fallbacks.
+DEFAULT_NUM_RETRIES = 2
+DEFAULT_MAX_FALLBACKS = 5
+_FALLBACK_SETTINGS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
+
+
+@dataclass(frozen=True, slots=True)
+class Attempts:
+    """How many calls to Anthropic LiteLLM may make for one client request, each opening its handoff once.
+
+    Measured on both releases with every call failing (tests/e2e/test_litellm.py): (1 + num_retries) calls for
+    each model group tried, the requested one and every fallback group reachable from it. The pass-through makes
+    one call.
+    """
+
+    retries: int
+    groups: int
+
+    @property
+    def calls(self) -> int:
+        return (1 + self.retries) * self.groups
+
+    def __str__(self) -> str:
+        return (
+            f"LiteLLM may call Anthropic up to {self.calls} times for one request ({1 + self.retries} tries in each "
+            f"of {self.groups} model group{'s' if self.groups != 1 else ''}), each opening the request's handoff"
+        )
+
+
+def attempts(doc: Mapping[str, Any]) -> Attempts:
+    """The most calls one request can cost, from a LiteLLM config (its router and litellm settings)."""
+    router = doc.get("router_settings") or {}
+    settings = doc.get("litellm_settings") or {}
+    models = doc.get("model_list") or []
+    retries = [router.get("num_retries"), settings.get("num_retries")]
+    retries += [(m.get("litellm_params") or {}).get("num_retries") for m in models]
+    for policy in (router.get("retry_policy") or {}, *((router.get("model_group_retry_policy") or {}).values())):
+        retries += list((policy or {}).values()) if isinstance(policy, Mapping) else []
+    explicit = [int(r) for r in retries if isinstance(r, int | float | str) and str(r).strip().isdigit()]
+    most = max(explicit) if explicit else DEFAULT_NUM_RETRIES
+    edges: dict[str, set[str]] = {}
+    for section in (router, settings):
+        for name in _FALLBACK_SETTINGS:
+            for entry in section.get(name) or []:
+                for source, targets in entry.items() if isinstance(entry, Mapping) else ():
+                    edges.setdefault(str(source), set()).update(str(t) for t in targets or [])
+    cap = 1 + int(router.get("max_fallbacks", DEFAULT_MAX_FALLBACKS))
+    groups = {str(m.get("model_name")) for m in models} | set(edges)
+    widest = max((_reachable(group, edges) for group in groups), default=1)
+    return Attempts(most, min(widest, cap))
+
+
+def _reachable(start: str, edges: Mapping[str, set[str]]) -> int:
+    """The groups one request can be tried in: the requested one, its fallbacks, theirs, each once ("*" for any)."""
+    seen = {start}
+    todo = [start]
+    while todo:
+        group = todo.pop()
+        for target in edges.get(group, edges.get("*", set())):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return len(seen)
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
     error: bool
@@ -54,9 +119,10 @@ def check(
     anthropic_prefix: str,
     env: Mapping[str, str],
     recognises: Callable[[bytes], bool] | None = None,
+    seal_max_opens: int | None = None,
 ) -> list[Finding]:
     """Every problem with one LiteLLM config file, in file order."""
-    return check_text(path.read_text(), egress_token, anthropic_prefix, env, recognises)
+    return check_text(path.read_text(), egress_token, anthropic_prefix, env, recognises, seal_max_opens)
 
 
 def check_text(
@@ -65,6 +131,7 @@ def check_text(
     anthropic_prefix: str,
     env: Mapping[str, str],
     recognises: Callable[[bytes], bool] | None = None,
+    seal_max_opens: int | None = None,
 ) -> list[Finding]:
     """The same, for a config in hand (`up --litellm-config` checks the copy it derives before starting anything).
 
@@ -80,6 +147,11 @@ def check_text(
 
     models = doc.get("model_list") or []
     general = doc.get("general_settings") or {}
+    calls = attempts(doc)
+    if seal_max_opens is not None and calls.calls > seal_max_opens:
+        add(True, ("router_settings",), f"{calls}, and the gateway allows {seal_max_opens} (seal_max_opens): the "
+            f"later calls would be refused; set seal_max_opens to {calls.calls} (EXT_PROC_SEAL_MAX_OPENS="
+            f"{calls.calls}; `up --litellm-config` derives it)")  # fmt: skip
     master = _resolved(general.get("master_key"), env)
     if recognises is not None and master is not None and not recognises(master.encode("latin-1", "replace")):
         add(True, ("general_settings", "master_key"), "the master key does not have LiteLLM's key shape (sk-...) "

@@ -33,6 +33,7 @@ import yaml
 from ext_proc import litellm as litellm_child
 from ext_proc.config import LITELLM_KEY_MIN, Config, new_egress_token
 from ext_proc.envoy import HostPort, Layout, find_envoy, log_caps, render
+from ext_proc.litellm_config import attempts
 from ext_proc.litellm_config import check_text as check_litellm
 from ext_proc.server import Server
 
@@ -142,6 +143,10 @@ async def run(
         if litellm is not None and litellm.master_key:
             # LiteLLM's master key, known by value: the egress removes it wherever it appears (rule E7).
             config = replace(config, litellm_keys=(*config.litellm_keys, litellm.master_key))
+        if litellm is not None and litellm.attempts.calls > config.seal_max_opens:
+            # Every call LiteLLM makes for a request (retries, fallbacks) opens its handoff once (rule S1).
+            log.info("%s: seal_max_opens %d", litellm.attempts, litellm.attempts.calls)
+            config = replace(config, seal_max_opens=litellm.attempts.calls)
         server = Server(replace(config, listen=socket_path))
         await server.start()
         if server.metrics_port is not None and config.metrics_address is not None:
@@ -240,6 +245,7 @@ class _LiteLLMPlan:
         self.binary = binary
         self.path = path
         self.output: asyncio.Task[None] | None = None
+        self.attempts = attempts(source)
         master = env.get(litellm_child.MASTER_KEY_ENV)
         # Known by value when long enough to search for without false matches (shorter ones are loopback-only).
         self.master_key = master if master and len(master) >= LITELLM_KEY_MIN else None

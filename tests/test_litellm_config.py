@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from ext_proc.litellm_config import attempts
 from tests.support.processes import BIN
 
 TOKEN = "egress-test-token-0123456789abcdefghij"
@@ -99,3 +101,43 @@ def test_a_master_key_the_egress_cannot_recognise_is_an_error_until_the_gateway_
     known.write_text(env["MY_MASTER"] + "\n")
     code, out = check(tmp_path, text, {**env, "EXT_PROC_LITELLM_KEY_FILE": str(known)})
     assert code == 0 and f"litellm config OK: {tmp_path / 'litellm.yaml'}" in out and "master key" not in out
+
+
+M = "claude-sonnet-4-5"
+ATTEMPTS = [
+    # (id, config, calls): measured on 1.81.14 and 1.108.7 with every call failing (tests/e2e/test_router.py)
+    ("defaults", {}, 3),
+    ("litellm num_retries", {"litellm_settings": {"num_retries": 5}}, 6),
+    ("router num_retries", {"router_settings": {"num_retries": 4}}, 5),
+    ("one fallback group", {"router_settings": {"fallbacks": [{M: ["backup"]}]}}, 6),
+    ("two fallback groups", {"router_settings": {"fallbacks": [{M: ["backup", "backup2"]}]}}, 9),
+    ("nested fallbacks", {"router_settings": {"fallbacks": [{M: ["backup"]}, {"backup": ["backup2"]}]}}, 9),
+    ("fallbacks and retries", {"router_settings": {"fallbacks": [{M: ["backup"]}], "num_retries": 3}}, 8),
+    # Not measured one by one; read the same way: each group once, the widest setting wins, the cap holds.
+    ("a cycle", {"router_settings": {"fallbacks": [{M: ["backup"]}, {"backup": [M]}]}}, 6),
+    ("generic fallback", {"router_settings": {"fallbacks": [{"*": ["backup"]}]}}, 6),
+    ("context window fallbacks", {"litellm_settings": {"context_window_fallbacks": [{M: ["big"]}]}}, 6),
+    ("retry policy", {"router_settings": {"retry_policy": {"RateLimitErrorRetries": 7}}}, 8),
+    ("per-deployment retries", {"model_list": [{"model_name": M, "litellm_params": {"num_retries": 4}}]}, 5),
+    ("max_fallbacks caps the groups",
+     {"router_settings": {"fallbacks": [{M: ["a", "b", "c", "d"]}], "max_fallbacks": 2}}, 9),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("config", "calls"), [a[1:] for a in ATTEMPTS], ids=[a[0] for a in ATTEMPTS])
+def test_the_calls_one_request_can_cost_follow_from_litellm_s_config(config: dict[str, Any], calls: int) -> None:
+    doc = {"model_list": [{"model_name": M, "litellm_params": {"model": f"anthropic/{M}"}}], **config}
+    assert attempts(doc).calls == calls
+
+
+def test_check_says_what_seal_max_opens_a_config_needs(tmp_path: Path) -> None:
+    text = GOOD + "router_settings:\n  fallbacks: [{claude-sonnet-4-5: [backup]}]\n"
+    code, out = check(tmp_path, text)
+    assert code == 1
+    assert (
+        "error: line 13: LiteLLM may call Anthropic up to 6 times for one request (3 tries in each of 2 model "
+        "groups), each opening the request's handoff, and the gateway allows 3 (seal_max_opens): the later calls "
+        "would be refused; set seal_max_opens to 6 (EXT_PROC_SEAL_MAX_OPENS=6; `up --litellm-config` derives it)"
+    ) in out.replace(f"{tmp_path / 'litellm.yaml'}: ", "")
+    code, out = check(tmp_path, text, {"EXT_PROC_SEAL_MAX_OPENS": "6"})
+    assert code == 0 and "up to 6 times" in out and "seal_max_opens is 6" in out

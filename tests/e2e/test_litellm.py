@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,6 +86,9 @@ def gateway(
     openai: Recorder | None = None,
     started: list[Proc] | None = None,
     default_router: bool = False,
+    more_groups: tuple[str, ...] = (),
+    settings: tuple[tuple[str, dict[str, Any]], ...] = (),
+    env: dict[str, str] | None = None,
 ) -> Iterator[HostPort]:
     """`ext-proc up` around a real LiteLLM whose Anthropic base URL is the gateway's egress listener."""
     ingress, egress, litellm_port = free_port(), free_port(), free_port()
@@ -101,12 +105,13 @@ def gateway(
         args += ["--server-credential-file", str(key_file)]
     if openai is not None:
         args += ["--upstream", f"openai={openai.url}"]
-    up = Proc([str(BIN / "ext-proc"), "up", *args])
+    up = Proc([str(BIN / "ext-proc"), "up", *args], env)
     if started is not None:
         started.append(up)
     try:
         up.wait_line("ready ")
-        config = Setup(version, f"http://127.0.0.1:{egress}", setup.litellm_key, forward, default_router=default_router)
+        config = Setup(version, f"http://127.0.0.1:{egress}", setup.litellm_key, forward,
+                       default_router=default_router, more_groups=more_groups, settings=settings)  # fmt: skip
         if openai is not None:
             # The worst case for other providers: forwarding for every model group.
             base = f"http://127.0.0.1:{egress}/upstreams/openai/v1"

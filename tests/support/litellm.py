@@ -14,6 +14,9 @@ import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from tests.support.processes import Proc, free_port, wait_for
 
@@ -63,35 +66,41 @@ class Setup:
     forward_globally: bool = False
     # LiteLLM's default router settings (cooldowns on) instead of cooldowns off.
     default_router: bool = False
+    # More Anthropic model groups (fallback targets), and settings merged into the config's top-level sections.
+    more_groups: tuple[str, ...] = ()
+    settings: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
+# LiteLLM waits 0.5 s doubling per retry, plus up to 0.75 s of jitter (both read from its environment): tests that
+# make it retry need not wait.
+NO_RETRY_WAIT = {"INITIAL_RETRY_DELAY": "0", "JITTER": "0"}
 OPENAI_MODEL = "gpt-4o"
 OPENAI_KEY = "sk-proj-FAKEOPENAIKEY"
 
 
 def config_yaml(setup: Setup) -> str:
-    key = f"      api_key: {setup.api_key}\n" if setup.api_key is not None else ""
+    params = {"model": f"anthropic/{MODEL}"} | ({"api_key": setup.api_key} if setup.api_key is not None else {})
     routes = [(MODEL, setup.anthropic_base)] + ([(DIRECT_MODEL, setup.direct_base)] if setup.direct_base else [])
-    models = "".join(
-        f"  - model_name: {name}\n    litellm_params:\n      model: anthropic/{MODEL}\n      api_base: {base}\n{key}"
-        for name, base in routes
-    )
+    routes += [(name, setup.anthropic_base) for name in setup.more_groups]
+    models: list[dict[str, Any]] = [
+        {"model_name": name, "litellm_params": {**params, "api_base": base}} for name, base in routes
+    ]
     if setup.openai_base:
-        models += (
-            f"  - model_name: {OPENAI_MODEL}\n    litellm_params:\n      model: openai/{OPENAI_MODEL}\n"
-            f"      api_base: {setup.openai_base}\n      api_key: {OPENAI_KEY}\n"
-        )
-    # The recommended form: forwarding for the Anthropic model groups only (docs/litellm.md).
-    groups = ", ".join(name for name, _ in routes)
-    forward = ""
+        models.append({"model_name": OPENAI_MODEL, "litellm_params": {
+            "model": f"openai/{OPENAI_MODEL}", "api_base": setup.openai_base, "api_key": OPENAI_KEY}})  # fmt: skip
+    doc: dict[str, Any] = {"model_list": models, "general_settings": {"master_key": MASTER_KEY}}
     if setup.forward_client_headers and not setup.forward_globally:
-        forward = f"litellm_settings:\n  model_group_settings:\n    forward_client_headers_to_llm_api: [{groups}]\n"
-    general = f"general_settings:\n  master_key: {MASTER_KEY}\n"
+        # The recommended form: forwarding for the Anthropic model groups only (docs/litellm.md).
+        doc["litellm_settings"] = {"model_group_settings": {
+            "forward_client_headers_to_llm_api": [name for name, _ in routes]}}  # fmt: skip
     if setup.forward_client_headers and setup.forward_globally:
-        general += "  forward_client_headers_to_llm_api: true\n"
-    # Cooldowns would turn a failed call into 429s for the calls after it: each cell must stand alone.
-    router = "" if setup.default_router else "router_settings:\n  disable_cooldowns: true\n"
-    return f"model_list:\n{models}{forward}{general}{router}"
+        doc["general_settings"]["forward_client_headers_to_llm_api"] = True
+    if not setup.default_router:
+        # Cooldowns would turn a failed call into 429s for the calls after it: each cell must stand alone.
+        doc["router_settings"] = {"disable_cooldowns": True}
+    for section, values in setup.settings:
+        doc.setdefault(section, {}).update(values)
+    return str(yaml.safe_dump(doc, sort_keys=False))
 
 
 @dataclass
@@ -121,6 +130,7 @@ def start(setup: Setup, workdir: Path, port: int | None = None) -> LiteLLM:
         "DISABLE_SCHEMA_UPDATE": "True",
         "NO_DOCS": "True",
         "HOME": str(workdir),
+        **NO_RETRY_WAIT,
     }
     if setup.api_key is not None:
         env["ANTHROPIC_API_KEY"] = setup.api_key

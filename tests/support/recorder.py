@@ -86,6 +86,10 @@ def message_events(model: str) -> list[tuple[str, dict[str, Any]]]:
     ]  # fmt: skip
 
 
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "not_found_error", 429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}  # fmt: skip
+
+
 class Recorder:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -93,6 +97,8 @@ class Recorder:
         # Cleared by a test to hold every answer (after recording the request) until it is set again.
         self.gate = threading.Event()
         self.gate.set()
+        # Statuses the next requests are answered with, in Anthropic's error shape (``fail_next``).
+        self._failures: list[int] = []
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -106,6 +112,9 @@ class Recorder:
                 body = self.rfile.read(length) if length else b""
                 recorder._record(Received(self.command, self.path, tuple(self.headers.items()), body))
                 recorder.gate.wait(timeout=120)
+                failure = recorder._next_failure()
+                if failure is not None:
+                    return self._error(failure)
                 path = self.path.removeprefix("/anthropic")
                 if self.command == "GET" and path.startswith("/bytes/"):
                     return self._stream(sse_chunks(int(path.split("/")[2])))
@@ -132,6 +141,15 @@ class Recorder:
                 self.end_headers()
                 self.wfile.write(payload)
 
+            def _error(self, status: int) -> None:
+                kind = ERROR_TYPES.get(status, "api_error")
+                payload = json.dumps({"type": "error", "error": {"type": kind, "message": f"stand-in {status}"}})
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload.encode())
+
             def _stream(self, pieces: Iterator[bytes] | Any) -> None:
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
@@ -149,6 +167,15 @@ class Recorder:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def fail_next(self, *statuses: int) -> None:
+        """Answer the next requests with these statuses, one each, as Anthropic shapes its errors."""
+        with self._lock:
+            self._failures = list(statuses)
+
+    def _next_failure(self) -> int | None:
+        with self._lock:
+            return self._failures.pop(0) if self._failures else None
 
     def _record(self, received: Received) -> None:
         with self._lock:

@@ -1,0 +1,119 @@
+"""LiteLLM's router (retries, fallbacks) through the gateway: every call it makes for a request carries the
+client's own credential, and the bound on a handoff's opens follows from LiteLLM's config (docs/rules.md S1).
+
+The stand-in answers 529 (Anthropic's "overloaded") as many times as a case asks; LiteLLM retries and falls back
+on it. The number of calls measured must be the number `ext_proc.litellm_config.attempts` derives from the same
+config, on every supported release.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ext_proc.envoy import HostPort
+from ext_proc.litellm_config import attempts
+from tests.e2e.matrix import CLIENT_OAUTH
+from tests.e2e.test_litellm import AFTER, gateway
+from tests.support import litellm
+from tests.support.http import send
+from tests.support.litellm import MASTER_KEY, MODEL, RELEASES, Setup
+from tests.support.processes import BIN, Proc, free_port
+from tests.support.recorder import Recorder
+
+pytestmark = pytest.mark.litellm
+HEADERS = [("x-litellm-api-key", MASTER_KEY), ("content-type", "application/json"),
+           ("anthropic-version", "2023-06-01"), ("authorization", f"Bearer {CLIENT_OAUTH}")]  # fmt: skip
+BODY = {"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+CASES: dict[str, tuple[tuple[str, ...], tuple[tuple[str, dict[str, Any]], ...]]] = {
+    "defaults": ((), ()),
+    "num_retries 5": ((), (("litellm_settings", {"num_retries": 5}),)),
+    "nested fallbacks, num_retries 3": (
+        ("backup", "backup2"),
+        (("router_settings", {"fallbacks": [{MODEL: ["backup"]}, {"backup": ["backup2"]}], "num_retries": 3}),),
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def recorder() -> Any:
+    with Recorder() as r:
+        yield r
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("version", RELEASES)
+def test_the_calls_litellm_makes_for_one_request_are_the_ones_derived_from_its_config(
+    version: str, case: str, recorder: Recorder, tmp_path: Path
+) -> None:
+    groups, settings = CASES[case]
+    doc = yaml.safe_load(litellm.config_yaml(Setup(version, "http://x", "k", more_groups=groups, settings=settings)))
+    derived = attempts(doc).calls
+    with gateway(version, AFTER[0], recorder, tmp_path, more_groups=groups, settings=settings,
+                 env={"EXT_PROC_SEAL_MAX_OPENS": "100"}) as at:  # fmt: skip
+        routes = (("/v1/messages", False, derived), ("/v1/chat/completions", False, derived),
+                  ("/v1/messages", True, derived), ("/anthropic/v1/messages", False, 1))  # fmt: skip
+        for route, stream, expected in routes:
+            recorder.take()
+            recorder.fail_next(*[529] * 100)
+            send(at, "POST", route, HEADERS, json.dumps({**BODY, "stream": stream}).encode())
+            calls = recorder.take()
+            recorder.fail_next()
+            assert len(calls) == expected, (route, stream)
+            assert all(c.get("authorization") == [f"Bearer {CLIENT_OAUTH}"] for c in calls), "the client's own"
+
+
+CONFIG = f"""model_list:
+  - model_name: claude-primary
+    litellm_params: {{model: anthropic/{MODEL}}}
+  - model_name: claude-backup
+    litellm_params: {{model: anthropic/{MODEL}}}
+general_settings:
+  master_key: os.environ/LITELLM_MASTER_KEY
+"""
+SUCCEEDS = {
+    # (router settings, failures before the call that succeeds)
+    "fallback after three 529s": ({"fallbacks": [{"claude-primary": ["claude-backup"]}]}, 3),
+    "sixth try of num_retries 5": ({"num_retries": 5}, 5),
+}
+
+
+@pytest.mark.parametrize("case", list(SUCCEEDS))
+@pytest.mark.parametrize("version", RELEASES)
+def test_up_derives_the_bound_so_a_request_succeeds_when_a_retry_or_fallback_does(
+    version: str, case: str, recorder: Recorder, tmp_path: Path
+) -> None:
+    router, failures = SUCCEEDS[case]
+    config = tmp_path / "litellm.yaml"
+    config.write_text(CONFIG + yaml.safe_dump({"router_settings": router}))
+    ingress = HostPort("127.0.0.1", free_port())
+    env = {
+        "PATH": f"{litellm.venv(version) / 'bin'}:{BIN}:{os.environ.get('PATH', '')}",
+        "XDG_CONFIG_HOME": str(tmp_path / "config"), "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_TELEMETRY": "False", "LITELLM_MASTER_KEY": MASTER_KEY, **litellm.NO_RETRY_WAIT,
+    }  # fmt: skip
+    up = Proc([str(BIN / "ext-proc"), "up", "--litellm-config", str(config), "--ingress-listen", str(ingress),
+               "--egress-listen", f"127.0.0.1:{free_port()}", "--litellm", f"http://127.0.0.1:{free_port()}",
+               "--anthropic", recorder.url, "--metrics-listen", "off"], env)  # fmt: skip
+    try:
+        up.wait_line("ready ", timeout=240)
+        calls = (1 + failures) if "fallback" in case else 6
+        assert f"LiteLLM may call Anthropic up to {max(calls, 6)} times for one request" in up.output
+        recorder.take()
+        recorder.fail_next(*[529] * failures)
+        status, answer, _ = send(ingress, "POST", "/v1/messages", HEADERS,
+                                 json.dumps({**BODY, "model": "claude-primary"}).encode())  # fmt: skip
+        assert status == 200, answer[:400]
+        got = recorder.take()
+        assert len(got) == failures + 1
+        assert all(c.get("authorization") == [f"Bearer {CLIENT_OAUTH}"] for c in got), "each try: the client's own"
+    finally:
+        recorder.fail_next()
+        up.signal(signal.SIGTERM)
+        up.stop(60)
