@@ -42,9 +42,10 @@ class RuleSource:
         keyring = config.keyring()
         if keyring is None:
             keyring = Keyring.generate(config.seal_ttl_seconds)
-            log.warning(
-                "no seal key configured: generated an ephemeral one (key id %s). Fine when one process serves "
-                "both legs; replicas and restarts need a shared seal_key_file.",
+            log.info(
+                "no seal key configured: generated one for this process (key id %s): a handoff opens only here, "
+                "which is right when one process serves both legs (up, the sidecar and mesh forms); gateway "
+                "replicas that open each other's handoffs need a shared seal_key_file",
                 keyring.key_ids[0],
             )
         else:

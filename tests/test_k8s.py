@@ -118,14 +118,24 @@ def test_embedded_ext_proc_config_is_valid(tmp_path: Path) -> None:
             d for d in render_overlay(name) if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "ext-proc-config"
         ]
         settings = tomllib.loads(cm["data"]["config.toml"])
-        keys = tmp_path / "seal-keys"
-        keys.write_text("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n")
+        assert "seal_key_file" not in settings, "one server per pod makes its own key (the gateway form sets one)"
         path = tmp_path / "config.toml"
         token = tmp_path / "egress-token"
         token.write_text("egress-" + "k" * 43 + "\n")
-        text = cm["data"]["config.toml"].replace(settings["seal_key_file"], str(keys))
-        path.write_text(text.replace(settings["egress_token_file"], str(token)))
+        path.write_text(cm["data"]["config.toml"].replace(settings["egress_token_file"], str(token)))
         assert Config.load(path, {}).log_format == "json"
+
+
+def test_only_the_gateway_form_shares_a_seal_key_across_replicas() -> None:
+    """In the sidecar and mesh forms one server seals and opens a pod's handoffs: a key of its own makes a handoff
+    open only there, so N replicas do not multiply the bound on its opens. The gateway form's replicas must share."""
+    for name in OVERLAYS:
+        docs = render_overlay(name)
+        pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment"]
+        containers = [c for pod in pods for c in (*pod.get("initContainers", []), *pod["containers"])]
+        env = [item for c in containers if c["name"] == "ext-proc" for item in c.get("env", [])]
+        shared = {"name": "EXT_PROC_SEAL_KEY_FILE", "value": "/etc/ext-proc/secrets/seal-keys"}
+        assert (shared in env) == (name == "gateway"), name
 
 
 def _envoyfilter() -> dict[str, Any]:
