@@ -315,7 +315,7 @@ def _check_litellm(config: Config, path: Path) -> int:
     """LiteLLM's side: its Anthropic deployments call the egress, with the egress token, forwarding the handoff."""
     import yaml
 
-    from ext_proc.litellm_config import attempts, check
+    from ext_proc.litellm_config import attempts, check_text
     from ext_proc.up import default_egress_token_path
 
     token = config.load_egress_token()
@@ -327,8 +327,9 @@ def _check_litellm(config: Config, path: Path) -> int:
         return pattern.search(key) is not None or any(k in key for k in known)
 
     try:
-        findings = check(path, token, config.anthropic_prefix, os.environ, recognises, config.seal_max_opens)
-        print(f"{path}: {attempts(yaml.safe_load(path.read_text()) or {})}; seal_max_opens is {config.seal_max_opens}")
+        text = path.read_text()
+        findings = check_text(text, token, config.anthropic_prefix, os.environ, recognises, config.seal_max_opens)
+        print(f"{path}: {attempts(yaml.safe_load(text) or {})}; seal_max_opens is {config.seal_max_opens}")
     except (OSError, ValueError) as exc:
         print(f"ext-proc: cannot read {path}: {exc}", file=sys.stderr)
         return 2

@@ -11,7 +11,6 @@ import fnmatch
 import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -113,18 +112,6 @@ def _lines(node: yaml.Node, path: tuple[str | int, ...]) -> int:
     return int(node.start_mark.line) + 1
 
 
-def check(
-    path: Path,
-    egress_token: bytes | None,
-    anthropic_prefix: str,
-    env: Mapping[str, str],
-    recognises: Callable[[bytes], bool] | None = None,
-    seal_max_opens: int | None = None,
-) -> list[Finding]:
-    """Every problem with one LiteLLM config file, in file order."""
-    return check_text(path.read_text(), egress_token, anthropic_prefix, env, recognises, seal_max_opens)
-
-
 def check_text(
     text: str,
     egress_token: bytes | None,
@@ -133,7 +120,8 @@ def check_text(
     recognises: Callable[[bytes], bool] | None = None,
     seal_max_opens: int | None = None,
 ) -> list[Finding]:
-    """The same, for a config in hand (`up --litellm-config` checks the copy it derives before starting anything).
+    """Every problem with one LiteLLM config, in file order (`check --litellm-config`; `up --litellm-config` checks
+    the copy it derives before starting anything).
 
     ``recognises`` says whether the egress would find a LiteLLM key in a header (its patterns and the keys it
     knows by value); a master key it would not is an error, since LiteLLM forwards what clients put in headers.

@@ -25,7 +25,7 @@ from tests.support import litellm
 from tests.support.http import send
 from tests.support.litellm import MASTER_KEY, MODEL, RELEASES, Setup
 from tests.support.processes import BIN, Proc, free_port
-from tests.support.recorder import Recorder
+from tests.support.recorder import Received, Recorder
 
 pytestmark = pytest.mark.litellm
 HEADERS = [("x-litellm-api-key", MASTER_KEY), ("content-type", "application/json"),
@@ -60,11 +60,7 @@ def test_the_calls_litellm_makes_for_one_request_are_the_ones_derived_from_its_c
         routes = (("/v1/messages", False, derived), ("/v1/chat/completions", False, derived),
                   ("/v1/messages", True, derived), ("/anthropic/v1/messages", False, 1))  # fmt: skip
         for route, stream, expected in routes:
-            recorder.take()
-            recorder.fail_next(*[529] * 100)
-            send(at, "POST", route, HEADERS, json.dumps({**BODY, "stream": stream}).encode())
-            calls = recorder.take()
-            recorder.fail_next()
+            _, calls = _after_failures(recorder, 100, at, route, {**BODY, "stream": stream})
             assert len(calls) == expected, (route, stream)
             assert all(c.get("authorization") == [f"Bearer {CLIENT_OAUTH}"] for c in calls), "the client's own"
 
@@ -78,10 +74,23 @@ general_settings:
   master_key: os.environ/LITELLM_MASTER_KEY
 """
 SUCCEEDS = {
-    # (router settings, failures before the call that succeeds)
-    "fallback after three 529s": ({"fallbacks": [{"claude-primary": ["claude-backup"]}]}, 3),
-    "sixth try of num_retries 5": ({"num_retries": 5}, 5),
+    # (router settings, failures before the call that succeeds, the bound `up` derives)
+    "fallback after three 529s": ({"fallbacks": [{"claude-primary": ["claude-backup"]}]}, 3, 6),
+    "sixth try of num_retries 5": ({"num_retries": 5}, 5, 6),
 }
+
+
+def _after_failures(
+    recorder: Recorder, failures: int, at: HostPort, route: str, body: dict[str, Any]
+) -> tuple[tuple[int, bytes], list[Received]]:
+    """One request while the stand-in answers 529 to the next ``failures`` calls: its answer, and every call made."""
+    recorder.take()
+    recorder.fail_next(*[529] * failures)
+    try:
+        status, answer, _ = send(at, "POST", route, HEADERS, json.dumps(body).encode())
+        return (status, answer), recorder.take()
+    finally:
+        recorder.fail_next()
 
 
 @pytest.mark.parametrize("case", list(SUCCEEDS))
@@ -89,7 +98,7 @@ SUCCEEDS = {
 def test_up_derives_the_bound_so_a_request_succeeds_when_a_retry_or_fallback_does(
     version: str, case: str, recorder: Recorder, tmp_path: Path
 ) -> None:
-    router, failures = SUCCEEDS[case]
+    router, failures, bound = SUCCEEDS[case]
     config = tmp_path / "litellm.yaml"
     config.write_text(CONFIG + yaml.safe_dump({"router_settings": router}))
     ingress = HostPort("127.0.0.1", free_port())
@@ -103,17 +112,12 @@ def test_up_derives_the_bound_so_a_request_succeeds_when_a_retry_or_fallback_doe
                "--anthropic", recorder.url, "--metrics-listen", "off"], env)  # fmt: skip
     try:
         up.wait_line("ready ", timeout=240)
-        calls = (1 + failures) if "fallback" in case else 6
-        assert f"LiteLLM may call Anthropic up to {max(calls, 6)} times for one request" in up.output
-        recorder.take()
-        recorder.fail_next(*[529] * failures)
-        status, answer, _ = send(ingress, "POST", "/v1/messages", HEADERS,
-                                 json.dumps({**BODY, "model": "claude-primary"}).encode())  # fmt: skip
+        assert f"LiteLLM may call Anthropic up to {bound} times for one request" in up.output
+        (status, answer), got = _after_failures(recorder, failures, ingress, "/v1/messages",
+                                                {**BODY, "model": "claude-primary"})  # fmt: skip
         assert status == 200, answer[:400]
-        got = recorder.take()
         assert len(got) == failures + 1
         assert all(c.get("authorization") == [f"Bearer {CLIENT_OAUTH}"] for c in got), "each try: the client's own"
     finally:
-        recorder.fail_next()
         up.signal(signal.SIGTERM)
         up.stop(60)
