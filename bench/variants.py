@@ -159,9 +159,10 @@ def client_headers(key_only: bool = False) -> list[tuple[str, str]]:
 
 def _server(socket_path: Path, work: Path, *extra: str) -> Proc:
     keys, token, server_key = work / "seal-keys", work / "egress-token", work / "server-key"
-    keys.write_text(base64.urlsafe_b64encode(SEAL_KEY).decode() + "\n")
-    token.write_text(litellm.EGRESS_TOKEN + "\n")
-    server_key.write_text(SERVER_KEY + "\n")
+    for path, text in ((keys, base64.urlsafe_b64encode(SEAL_KEY).decode()), (token, litellm.EGRESS_TOKEN),
+                       (server_key, SERVER_KEY)):  # fmt: skip
+        path.write_text(text + "\n")
+        path.chmod(0o600)  # the server refuses secret files others can read
     server = Proc([str(BIN / "ext-proc"), "serve", "--listen", f"unix:{socket_path}", "--seal-key-file", str(keys),
                    "--egress-token-file", str(token), "--server-credential-file", str(server_key),
                    "--metrics-listen", f"127.0.0.1:{free_port()}", *extra], REPLAYED_HANDOFF)  # fmt: skip
