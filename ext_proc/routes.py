@@ -71,7 +71,7 @@ CARRIES = RouteVerdict()
 
 
 @dataclass(frozen=True, slots=True)
-class _Entry:
+class Entry:
     methods: frozenset[str] | None
     template: str
     regex: re.Pattern[str]
@@ -82,7 +82,7 @@ class Table:
 
     __slots__ = ("entries", "release")
 
-    def __init__(self, release: str, entries: tuple[_Entry, ...]) -> None:
+    def __init__(self, release: str, entries: tuple[Entry, ...]) -> None:
         self.release = release
         self.entries = entries
 
@@ -92,7 +92,7 @@ class Table:
         return cls(
             release,
             tuple(
-                _Entry(frozenset(r["methods"]) if r["methods"] else None, r["path"], re.compile(r["regex"]))
+                Entry(frozenset(r["methods"]) if r["methods"] else None, r["path"], re.compile(r["regex"]))
                 for r in raw["routes"]
             ),
         )

@@ -263,9 +263,11 @@ def _ingress(headers: HeaderView, ctx: RuleContext, now: float, base: Audit) -> 
         # would reach LiteLLM as it is.
         if anthropic in name.encode("latin-1", "replace"):
             raise _Reject(_misplaced_in_name())
-        if name == PATH and any(anthropic in form for form in _decodings(value)):
-            raise _Reject(_misplaced(name))
-        if anthropic in value and name not in CREDENTIAL_HEADERS and name != ctx.handoff_header:
+        if (
+            name not in CREDENTIAL_HEADERS
+            and name != ctx.handoff_header
+            and any(anthropic in form for form in _decodings(value))
+        ):
             raise _Reject(_misplaced(name))
     sealed: list[tuple[str, Credential]] = []
     for name in CREDENTIAL_HEADERS:
@@ -398,10 +400,13 @@ def _hidden_name(name: str) -> str:
     return "name:sha256:" + hashlib.sha256(name.encode("latin-1", "replace")).hexdigest()[:8]
 
 
-def _decodings(target: bytes) -> tuple[bytes, ...]:
-    """A URL as sent and as percent-decoded once and twice (LiteLLM decodes once, and may log that decoded form)."""
-    once = unquote_to_bytes(target)
-    return (target, once, unquote_to_bytes(once))
+def _decodings(value: bytes) -> tuple[bytes, ...]:
+    """A value as sent and, if it holds a percent-escape, decoded once and twice: LiteLLM decodes the URL once (and
+    may log that form), and an escaped key in any header is a key to whoever reads it."""
+    if b"%" not in value:
+        return (value,)
+    once = unquote_to_bytes(value)
+    return (value, once, unquote_to_bytes(once))
 
 
 def _open_handoff(headers: HeaderView, ctx: RuleContext, now: float) -> dict[str, Credential]:
@@ -457,7 +462,7 @@ def _holding_secrets(headers: HeaderView, names: Iterable[str], ctx: RuleContext
             found.append(name)
             continue
         for value in headers.get_all(name):
-            if any(ctx.holds_secret(form) for form in (_decodings(value) if name == PATH else (value,))):
+            if any(ctx.holds_secret(form) for form in _decodings(value)):
                 if name == PATH:
                     raise _Reject(_misplaced(name))
                 found.append(name)

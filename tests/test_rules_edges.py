@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from ext_proc.config import Config
 from ext_proc.headers import HeaderView
 from ext_proc.metrics import Metrics
 from ext_proc.reload import RuleSource
-from ext_proc.routes import CLASSIFIED, RELEASES, REROUTES, Route, Routes, Table, route_path
+from ext_proc.routes import CARRIES, CLASSIFIED, RELEASES, REROUTES, Entry, Route, Routes, Table, route_path
+from ext_proc.rules import RuleContext
 from ext_proc.seal import MAX_OPENS_PER_SECOND, Keyring, OpenCounter, SealError, SealFailure, tracker_capacity
 from tests.support.litellm import RELEASES as TESTED
 from tests.support.rules import KEY_A, KEYRING, NOW, context, handoff, run
@@ -311,6 +313,7 @@ def test_s1_a_handoff_opened_past_its_bound_stays_refused_whatever_else_is_opene
     assert [o.rejection is None for o in outcomes] == [True] * 49 + [False] * 11
     full = outcomes[-1].rejection
     assert full is not None and (full.status, full.reason) == (503, "seal-tracker-full")
+    assert full.message == "The credential gateway is counting as many live handoffs as it can; retry shortly."
     assert json.loads(full.body())["error"]["type"] == "overloaded_error"
     replayed = run("egress", "anthropic", victim, ctx)[0].rejection
     assert replayed is not None and replayed.reason == "seal-replayed"
@@ -427,3 +430,57 @@ def test_i7_a_release_table_loads_as_written() -> None:
     assert table.handler("POST", "/v1/messages") == "/v1/messages"
     assert table.handler("GET", "/v1/messages") is None, "a path match with another method is no handler"
     assert table.handler("POST", "/models/c:generateContent") == "/models/{model_name:path}:generateContent"
+
+
+def test_i6_e7_a_percent_escaped_key_in_a_header_is_a_key() -> None:
+    escaped = "sk%2Dant%2Dapi03-HIDDEN"
+    ingress, _ = run("ingress", "", HeaderView.of(("x-note", escaped), ("x-api-key", KEY)))
+    assert ingress.rejection is not None and ingress.rejection.reason == "misplaced-x-note"
+    egress, out = run("egress", "anthropic", HeaderView.of(("x-stainless-a", "sk%252Dmaster-HIDDEN1"), ("x-app", "1")))
+    assert egress.rejection is None and list(out.names()) == ["x-app"]
+
+
+def test_e7_every_kept_header_is_searched_after_one_whose_name_holds_a_key() -> None:
+    headers = HeaderView.of(("x-stainless-sk-master-named1", "1"), ("x-app", f"see {MASTER}"), ("x-stainless-b", "1"))
+    decision, out = run("egress", "anthropic", headers)
+    assert decision.audit.scrubbed[1:] == ("x-app",) and list(out.names()) == ["x-stainless-b"]
+
+
+def test_e7_the_litellm_keys_a_context_is_built_with_are_searched() -> None:
+    ctx = RuleContext.from_config(Config(), KEYRING, None, TOKEN, (MK_MASTER.encode(),))
+    assert ctx.litellm_keys == (MK_MASTER.encode(),) and ctx.holds_secret(f"a{MK_MASTER}b".encode())
+
+
+def test_s1_a_full_counter_sweeps_what_expired_behind_a_live_head_at_most_once_a_second() -> None:
+    counter = OpenCounter(max_opens=1, capacity=2)
+    assert counter.admit(b"head", 100.0, 0.0) and counter.admit(b"behind", 2.2, 0.0)
+    with pytest.raises(SealError):
+        counter.admit(b"new", 100.0, 2.0)  # swept at 2: "behind" is still live
+    with pytest.raises(SealError):
+        counter.admit(b"new", 100.0, 2.5)  # "behind" has expired, but the last sweep was within the second
+    assert counter.admit(b"new", 100.0, 3.0)  # swept at 3
+    # A handoff lives through its last second.
+    edge = OpenCounter(max_opens=1, capacity=2)
+    assert edge.admit(b"head", 100.0, 0.0) and edge.admit(b"behind", 3.0, 0.0)
+    with pytest.raises(SealError):
+        edge.admit(b"new", 100.0, 3.0)
+
+
+def test_i7_verdicts_are_remembered_per_request_and_mixed_local_and_carrying_releases_carry() -> None:
+    routes = Routes.shipped()
+    assert routes.for_client_credential(b"POST", b"/v1/messages").refusal is None
+    assert routes.for_client_credential(b"POST", b"/v1/skills").refusal is not None
+    assert routes.for_client_credential(b"POST", b"/v1/messages").refusal is None
+    # One release carries the path, another answers it locally: the handoff goes nowhere else, so it carries.
+    carries = Table("a", (Entry(None, "/v1/messages", re.compile("^/x$")),))
+    local = Table("b", (Entry(None, "/v1/models", re.compile("^/x$")),))
+    assert Routes((carries, local)).for_client_credential(b"GET", b"/x") == CARRIES
+
+
+@pytest.mark.parametrize(("length", "shown"), [(199, True), (200, True), (201, False)])
+def test_i7_a_refusal_shows_a_path_of_up_to_200_printable_characters_as_it_is(length: int, shown: bool) -> None:
+    path = "/" + "a" * (length - 1)
+    refusal = Routes.shipped().for_client_credential(b"POST", path.encode()).refusal
+    assert refusal is not None
+    assert (f"POST {path};" in refusal) == shown
+    assert shown or f"POST {path[:200]!r};" in refusal
