@@ -189,7 +189,7 @@ class RuleContext:
 
     def name_holds_secret(self, name: str) -> bool:
         """Whether a header name holds a credential: Envoy lower-cases names, so a lower-case key survives there."""
-        raw = name.encode("latin-1", "replace")
+        raw = name_bytes(name)
         return self.holds_secret(raw) or any(k.lower() in raw for k in self.litellm_keys)
 
     def strips_on_egress(self, name: str) -> bool:
@@ -211,6 +211,11 @@ class RuleContext:
             if len(self._verdicts) < _VERDICT_CACHE_SIZE:
                 self._verdicts[name] = verdict
         return verdict
+
+
+def name_bytes(name: str) -> bytes:
+    """A header name as bytes, to search it like a value (Envoy's names are ASCII tokens, so nothing is replaced)."""
+    return name.encode("latin-1", "replace")
 
 
 _LOGGABLE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
@@ -261,7 +266,7 @@ def _ingress(headers: HeaderView, ctx: RuleContext, now: float, base: Audit) -> 
     for name, value in headers:
         # An Anthropic credential anywhere else (another header, a header's name, the URL as LiteLLM decodes it)
         # would reach LiteLLM as it is.
-        if anthropic in name.encode("latin-1", "replace"):
+        if anthropic in name_bytes(name):
             raise _Reject(_misplaced_in_name())
         if (
             name not in CREDENTIAL_HEADERS
@@ -341,7 +346,7 @@ def _egress_other(headers: HeaderView, ctx: RuleContext, base: Audit) -> Decisio
     holding = [
         n
         for n in headers.names()
-        if anthropic in n.encode("latin-1", "replace")
+        if anthropic in name_bytes(n)
         or any(anthropic in v or (token is not None and token in v) for v in headers.get_all(n))
     ]
     if PATH in holding:
@@ -351,7 +356,7 @@ def _egress_other(headers: HeaderView, ctx: RuleContext, base: Audit) -> Decisio
         for name in headers.names()
         if not _untouchable(name) and (name == ctx.handoff_header or name in ctx.litellm_headers or name in holding)
     ]
-    secret_names = frozenset(n for n in removed if anthropic in n.encode("latin-1", "replace"))
+    secret_names = frozenset(n for n in removed if anthropic in name_bytes(n))
     return _decision(removed, (), base, source=Source.NONE, secret_names=secret_names)
 
 
@@ -397,7 +402,7 @@ def _decision(
 
 
 def _hidden_name(name: str) -> str:
-    return "name:sha256:" + hashlib.sha256(name.encode("latin-1", "replace")).hexdigest()[:8]
+    return "name:sha256:" + hashlib.sha256(name_bytes(name)).hexdigest()[:8]
 
 
 def _decodings(value: bytes) -> tuple[bytes, ...]:
