@@ -23,11 +23,10 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 def _entry(route: Any, template: str, methods: Any) -> dict[str, Any]:
     regex = getattr(route, "path_regex", None)
-    return {
-        "methods": sorted(methods) if methods else None,
-        "path": template,
-        "regex": regex.pattern if regex is not None else None,
-    }
+    if regex is None:
+        # The gateway matches with Starlette's own expressions; a route without one cannot be shipped.
+        raise SystemExit(f"no path regular expression for {template!r} ({type(route).__name__})")
+    return {"methods": sorted(methods) if methods else None, "path": template, "regex": regex.pattern}
 
 
 def _flatten(routes: list[Any]) -> list[dict[str, Any]]:
