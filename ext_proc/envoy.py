@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from ext_proc.names import LEG_METADATA, POLICY_METADATA, Leg, Policy
+from ext_proc.names import ANSWER_NAMESPACE, LEG_METADATA, POLICY_METADATA, Leg, Policy
 
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 UPSTREAMS_PREFIX = "/upstreams/"
@@ -328,7 +328,12 @@ def _egress_listener(layout: Layout) -> dict[str, Any]:
                 "envoy.filters.http.ext_proc": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
                     "overrides": {"grpc_initial_metadata": [{"key": POLICY_METADATA, "value": Policy.OTHER.value}]},
-                }
+                },
+                # Another provider's answers are not about an Anthropic credential.
+                ANSWER_FILTER: {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+                    "disabled": True,
+                },
             },
         }
         for u in layout.upstreams
@@ -336,7 +341,7 @@ def _egress_listener(layout: Layout) -> dict[str, Any]:
     routes.append({"match": {"prefix": "/"}, "route": _route("anthropic", layout.anthropic.authority)})
     hop = "the upstream API"
     metadata = [leg_metadata(Leg.EGRESS), {"key": POLICY_METADATA, "value": Policy.ANTHROPIC.value}]
-    hcm = _hcm("egress", layout, routes, hop, metadata)
+    hcm = _hcm("egress", layout, routes, hop, metadata, answers=True)
     hcm["early_header_mutation_extensions"] = _early_removals(*_FREE_TEXT_TRACE_HEADERS)
     return _http_listener("egress", layout.egress, hcm)
 
@@ -353,9 +358,15 @@ def _route(cluster: str, host_rewrite: str | None) -> dict[str, Any]:
 
 
 def _hcm(
-    name: str, layout: Layout, routes: list[dict[str, Any]], hop: str, metadata: list[dict[str, str]]
+    name: str,
+    layout: Layout,
+    routes: list[dict[str, Any]],
+    hop: str,
+    metadata: list[dict[str, str]],
+    answers: bool = False,
 ) -> dict[str, Any]:
-    """One leg's HTTP connection manager: the ext_proc filter (fail closed), then the router."""
+    """One leg's HTTP connection manager: the ext_proc filter (fail closed), on the egress the answer filter
+    (rule E9), then the router."""
     hcm = {
         "@type": _HCM_TYPE,
         "stat_prefix": name,
@@ -378,8 +389,13 @@ def _hcm(
         "http_filters": [
             {
                 "name": "envoy.filters.http.ext_proc",
-                "typed_config": ext_proc_filter(metadata, layout.message_timeout_ms),
+                "typed_config": ext_proc_filter(metadata, layout.message_timeout_ms, emits=answers),
             },
+            *(
+                [{"name": ANSWER_FILTER, "typed_config": answer_filter(metadata, layout.message_timeout_ms)}]
+                if answers
+                else []
+            ),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {
@@ -491,10 +507,14 @@ def _http_listener(name: str, at: HostPort, hcm: dict[str, Any]) -> dict[str, An
 
 
 def ext_proc_filter(
-    metadata: list[dict[str, str]], message_timeout_ms: int, cluster: str = "ext_proc"
+    metadata: list[dict[str, str]], message_timeout_ms: int, cluster: str = "ext_proc", emits: bool = False
 ) -> dict[str, Any]:
-    """The ext_proc filter's config, for every form (the Istio patches too): headers only, fail closed."""
-    return {
+    """The ext_proc filter's config, for every form (the Istio patches too): headers only, fail closed.
+
+    ``emits``: the egress's filter, which marks a request sent on a client's own credential in dynamic metadata
+    for the answer filter (the only namespace it may write).
+    """
+    config = {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
         "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "initial_metadata": metadata},
         "failure_mode_allow": False,
@@ -508,6 +528,38 @@ def ext_proc_filter(
         "processing_mode": {
             "request_header_mode": "SEND",
             "response_header_mode": "SKIP",
+            "request_body_mode": "NONE",
+            "response_body_mode": "NONE",
+            "request_trailer_mode": "SKIP",
+            "response_trailer_mode": "SKIP",
+        },
+    }
+    if emits:
+        config["metadata_options"] = {"receiving_namespaces": {"untyped": [ANSWER_NAMESPACE]}}
+    return config
+
+
+ANSWER_FILTER = "ext_proc.credentials.answer"
+
+
+def answer_filter(metadata: list[dict[str, str]], message_timeout_ms: int, cluster: str = "ext_proc") -> dict[str, Any]:
+    """The egress's second ext_proc filter (rule E9): the upstream's response headers only, on a stream of their
+    own that starts when they arrive, so no stream waits through a long answer.
+
+    It fails open: all it can add is ``retry-after: 0`` on a client credential's 4xx, never a credential, and
+    failing closed would turn Anthropic's answer into a 500 that LiteLLM cools the deployment down on.
+    """
+    return {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+        "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "initial_metadata": metadata},
+        "failure_mode_allow": True,
+        "stat_prefix": "answer",
+        "allow_mode_override": False,
+        "message_timeout": f"{message_timeout_ms / 1000:g}s",
+        "metadata_options": {"forwarding_namespaces": {"untyped": [ANSWER_NAMESPACE]}},
+        "processing_mode": {
+            "request_header_mode": "SKIP",
+            "response_header_mode": "SEND",
             "request_body_mode": "NONE",
             "response_body_mode": "NONE",
             "request_trailer_mode": "SKIP",

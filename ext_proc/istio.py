@@ -6,7 +6,15 @@ from typing import Any
 
 import yaml
 
-from ext_proc.envoy import DEPLOYED_SOCKET, Layout, ext_proc_cluster, ext_proc_filter, leg_metadata
+from ext_proc.envoy import (
+    ANSWER_FILTER,
+    DEPLOYED_SOCKET,
+    Layout,
+    answer_filter,
+    ext_proc_cluster,
+    ext_proc_filter,
+    leg_metadata,
+)
 from ext_proc.names import POLICY_METADATA, Leg, Policy
 
 MESH_CLUSTER = "ext_proc_credentials"
@@ -16,8 +24,8 @@ def envoyfilter(layout: Layout | None = None, inbound_port: int = 4000) -> dict[
     """The Istio form: the same filter and cluster, patched into LiteLLM's istio-proxy.
 
     Egress: on the outbound HTTP listener, disabled by default and enabled only on api.anthropic.com's virtual host,
-    so no other upstream's auth is touched. Ingress: on the inbound listener of LiteLLM's port. The server runs in
-    the pod, on a Unix socket in a volume shared with istio-proxy only.
+    so no other upstream's auth is touched; the answer filter (rule E9) likewise. Ingress: on the inbound listener
+    of LiteLLM's port. The server runs in the pod, on a Unix socket in a volume shared with istio-proxy only.
     """
 
     def listener(context: str, port: int) -> dict[str, Any]:
@@ -61,14 +69,21 @@ def envoyfilter(layout: Layout | None = None, inbound_port: int = 4000) -> dict[
                     "applyTo": "HTTP_FILTER",
                     "match": listener("SIDECAR_OUTBOUND", 80),
                     "patch": insert({"name": "envoy.filters.http.ext_proc", "disabled": True,
-                                     "typed_config": ext_proc_filter(egress, timeout, MESH_CLUSTER)}),
+                                     "typed_config": ext_proc_filter(egress, timeout, MESH_CLUSTER, emits=True)}),
+                },
+                {
+                    "applyTo": "HTTP_FILTER",
+                    "match": listener("SIDECAR_OUTBOUND", 80),
+                    "patch": insert({"name": ANSWER_FILTER, "disabled": True,
+                                     "typed_config": answer_filter(egress, timeout, MESH_CLUSTER)}),
                 },
                 {
                     "applyTo": "VIRTUAL_HOST",
                     "match": {"context": "SIDECAR_OUTBOUND",
                               "routeConfiguration": {"portNumber": 80, "vhost": {"name": "api.anthropic.com:80"}}},
                     "patch": {"operation": "MERGE",
-                              "value": {"typed_per_filter_config": {"envoy.filters.http.ext_proc": per_route}}},
+                              "value": {"typed_per_filter_config": {"envoy.filters.http.ext_proc": per_route,
+                                                                    ANSWER_FILTER: per_route}}},
                 },
                 {
                     "applyTo": "HTTP_FILTER",

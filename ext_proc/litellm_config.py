@@ -169,6 +169,13 @@ def check_text(
         problem = _key_problem(key, egress_token, anthropic_prefix, env)
         if problem:
             add(True, (*at, "api_key"), f"{name}: {problem}")
+        for section in ("litellm_params", "model_info"):
+            cooldown = (model.get(section) or {}).get("cooldown_time")
+            if isinstance(cooldown, int | float) and cooldown > 0:
+                add(True, ("model_list", index, section, "cooldown_time"), f"{name}: a deployment's own cooldown_time "
+                    "outranks the retry-after: 0 the egress gives LiteLLM when Anthropic refuses a client's own "
+                    "credential (rule E9), so one client's revoked token would cool this deployment down for "
+                    "everyone; set router_settings.cooldown_time instead")  # fmt: skip
         if not forward_all and name not in groups_forwarded:
             add(True, _FORWARD, f"{name}: client headers are not forwarded for this group, so clients' "
                 "own credentials are lost on /v1/messages and /v1/chat/completions; add it to litellm_settings."

@@ -11,6 +11,11 @@ from enum import StrEnum
 
 LEG_METADATA = "x-ext-proc-leg"
 POLICY_METADATA = "x-ext-proc-policy"
+# The dynamic metadata the egress's request filter emits when a request leaves on a client's own credential, and
+# the answer filter forwards back with the upstream's response headers (rule E9). Only filters can write it.
+ANSWER_NAMESPACE = "ext_proc.credentials"
+ANSWER_KEY = "credential"
+ANSWER_CLIENTS = "client"
 
 
 class Leg(StrEnum):

@@ -1,7 +1,8 @@
 """The credential rules: headers in, decision out. Pure: no gRPC, no I/O, no clock of its own.
 
-``decide`` is the whole policy. The transport turns Envoy's message into a ``HeaderView``, calls ``decide`` and
-turns the ``Decision`` back into a header mutation or an immediate response.
+``decide`` is the whole policy for a request. The transport turns Envoy's message into a ``HeaderView``, calls
+``decide`` and turns the ``Decision`` back into a header mutation or an immediate response. ``answer`` is the one
+rule for the upstream's answer to a request sent on a client's own credential (E9).
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ class Source(StrEnum):
     REQUEST_AUTHORIZATION = "request-authorization"
     SERVER = "server"
     NONE = "none"
+
+    @property
+    def is_clients(self) -> bool:
+        """Whether the credential is one a client brought (its own key or token), not the operator's."""
+        return self not in (Source.SERVER, Source.NONE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +120,12 @@ class Decision:
     set: tuple[tuple[str, bytes], ...]
     audit: Audit
     rejection: Rejection | None = None
+
+    @property
+    def on_clients_credential(self) -> bool:
+        """Whether the request goes out on a client's own credential: its answer is then the client's (E9)."""
+        source = self.audit.source  # a rejection's audit names none
+        return source is not None and source.is_clients
 
     def apply(self, headers: HeaderView) -> HeaderView:
         """The headers Envoy forwards after this decision (a set replaces every value of its name)."""
@@ -256,6 +268,35 @@ def decide(leg: str, policy: str, headers: HeaderView, ctx: RuleContext, now: fl
     except _Reject as rejected:
         r = rejected.rejection
         return Decision((), (), replace(base, outcome="reject", reason=r.reason), r)
+
+
+RETRY_AFTER = "retry-after"
+RETRY_AFTER_MS = "retry-after-ms"
+_STATUS = ":status"
+# Whole seconds Anthropic may ask a client to wait, as digits; longer is not a wait anyone honours.
+_WAIT_DIGITS = 9
+
+
+def answer(headers: HeaderView) -> tuple[tuple[str, bytes], ...]:
+    """E9: the headers to set on the upstream's answer to a request sent on a client's own credential.
+
+    A 4xx answer there is about that client's request or credential (a revoked token, an account over its rate
+    limit), not about the deployment every client shares; LiteLLM's router cools a deployment down for everyone
+    on 401, 402, 404, 408 and 429 unless the answer says ``retry-after: 0`` (it takes the cooldown's length from
+    that header, and does not cool down for 0). Anthropic's wait, when it gave one in seconds, moves to
+    ``retry-after-ms``, which Anthropic's SDKs read first and LiteLLM does not read at all. 5xx answers are
+    Anthropic's trouble, the deployment's: left as they are.
+    """
+    status = headers.get_all(_STATUS)
+    if len(status) != 1 or len(status[0]) != 3 or status[0][:1] != b"4" or not status[0].isdigit():
+        return ()
+    sets: list[tuple[str, bytes]] = [(RETRY_AFTER, b"0")]
+    waits = headers.get_all(RETRY_AFTER)
+    if len(waits) == 1 and RETRY_AFTER_MS not in headers:
+        wait = waits[0].strip()
+        if wait.isdigit() and len(wait) <= _WAIT_DIGITS and int(wait) > 0:
+            sets.append((RETRY_AFTER_MS, b"%d" % (int(wait) * 1000)))
+    return tuple(sets)
 
 
 def _ingress(headers: HeaderView, ctx: RuleContext, now: float, base: Audit) -> Decision:

@@ -20,6 +20,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
@@ -27,9 +28,9 @@ from ext_proc.audit import AuditLog
 from ext_proc.config import Config, default_socket
 from ext_proc.headers import HeaderView
 from ext_proc.metrics import Metrics
-from ext_proc.names import LEG_METADATA, POLICY_METADATA
+from ext_proc.names import ANSWER_CLIENTS, ANSWER_KEY, ANSWER_NAMESPACE, LEG_METADATA, POLICY_METADATA
 from ext_proc.reload import RuleSource
-from ext_proc.rules import Decision, RuleContext, decide
+from ext_proc.rules import Decision, RuleContext, answer, decide
 from ext_proc.tracing import Tracing
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name
@@ -49,6 +50,8 @@ _JSON = base_pb2.HeaderValueOption(
     header=base_pb2.HeaderValue(key="content-type", raw_value=b"application/json"), append_action=_OVERWRITE
 )
 _RESPONSE_CACHE_SIZE = 1024
+_ON_CLIENTS_CREDENTIAL = struct_pb2.Struct()
+_ON_CLIENTS_CREDENTIAL.get_or_create_struct(ANSWER_NAMESPACE)[ANSWER_KEY] = ANSWER_CLIENTS
 
 
 def view_of(headers: pb.HttpHeaders) -> HeaderView:
@@ -66,18 +69,28 @@ def response_of(decision: Decision) -> pb.ProcessingResponse:
                 details=f"ext_proc_credentials_{rejection.reason}".replace("-", "_"),
             )
         )
-    if not decision.remove and not decision.set:
+    # Tells the answer filter (E9) that this request's answer is about a client's own credential.
+    emitted = _ON_CLIENTS_CREDENTIAL if decision.on_clients_credential else None
+    if not decision.remove and not decision.set and emitted is None:
         return _CONTINUE["request_headers"]
-    mutation = pb.HeaderMutation(
-        set_headers=[
-            base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, raw_value=v), append_action=_OVERWRITE)
-            for k, v in decision.set
-        ],
-        remove_headers=decision.remove,
-    )
+    mutation = pb.HeaderMutation(set_headers=_sets(decision.set), remove_headers=decision.remove)
     return pb.ProcessingResponse(
-        request_headers=pb.HeadersResponse(response=pb.CommonResponse(header_mutation=mutation))
+        request_headers=pb.HeadersResponse(response=pb.CommonResponse(header_mutation=mutation)),
+        dynamic_metadata=emitted,
     )
+
+
+def _sets(pairs: tuple[tuple[str, bytes], ...]) -> list[base_pb2.HeaderValueOption]:
+    return [
+        base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, raw_value=v), append_action=_OVERWRITE)
+        for k, v in pairs
+    ]
+
+
+def on_clients_credential(request: pb.ProcessingRequest) -> bool:
+    """Whether the request filter marked this stream's request as sent on a client's own credential."""
+    emitted = request.metadata_context.filter_metadata.get(ANSWER_NAMESPACE)
+    return emitted is not None and emitted.fields.get(ANSWER_KEY) == struct_pb2.Value(string_value=ANSWER_CLIENTS)
 
 
 Process = Callable[
@@ -99,12 +112,14 @@ def process_handler(process: Process) -> grpc.GenericRpcHandler[pb.ProcessingReq
 class CredentialProcessor:
     """Answers the first message of each ext_proc stream, then ends the stream with OK.
 
-    Only the request headers carry work, and Envoy sends them first. ``Process`` is a bidirectional stream; it is
-    served as client-streaming (many in, one out), which is the same on the wire, but lets grpc.aio send the
-    answer and the status in one write and costs markedly less per call than its bidirectional path (docs/
-    performance.md). Ending the stream with the answer also means no server-side state for a long SSE response,
-    nothing to wait for on shutdown, and no stream that Envoy has to cancel (grpc.aio leaks a little native
-    memory per cancelled streaming RPC, grpc#43360). Envoy sends nothing more on a stream the server has ended.
+    Only headers carry work, and each filter's stream starts with the ones it asks for: the request filter's with
+    the request headers, the egress's answer filter's (E9) with the response headers. ``Process`` is a
+    bidirectional stream; it is served as client-streaming (many in, one out), which is the same on the wire, but
+    lets grpc.aio send the answer and the status in one write and costs markedly less per call than its
+    bidirectional path (docs/performance.md). Ending the stream with the answer also means no server-side state
+    for a long SSE response, nothing to wait for on shutdown, and no stream that Envoy has to cancel (grpc.aio
+    leaks a little native memory per cancelled streaming RPC, grpc#43360). Envoy sends nothing more on a stream
+    the server has ended.
     """
 
     def __init__(
@@ -123,7 +138,7 @@ class CredentialProcessor:
         # A client's requests repeat the same mutation (the same headers to drop, the same credential to write),
         # so each distinct forwarded one is built once. Bounded; it holds credentials only as the process already
         # does, and is never logged.
-        self._responses: dict[tuple[tuple[str, ...], tuple[tuple[str, bytes], ...]], pb.ProcessingResponse] = {}
+        self._responses: dict[tuple[tuple[str, ...], tuple[tuple[str, bytes], ...], bool], pb.ProcessingResponse] = {}
 
     def handler(self) -> grpc.GenericRpcHandler[pb.ProcessingRequest, pb.ProcessingResponse]:
         return process_handler(self.process)
@@ -135,6 +150,8 @@ class CredentialProcessor:
         if not isinstance(request, pb.ProcessingRequest):  # grpc.aio.EOF: closed before any message
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream ended before any ProcessingRequest")
         which = request.WhichOneof("request")
+        if which == "response_headers":
+            return self._answer(request)
         if which != "request_headers":
             self._metrics.unexpected.labels(which or "empty").inc()
             if which is None:
@@ -161,13 +178,27 @@ class CredentialProcessor:
         self._audit.record(decision.audit)
         if decision.rejection is not None:
             return response_of(decision)
-        edits = (decision.remove, decision.set)
+        edits = (decision.remove, decision.set, decision.on_clients_credential)
         response = self._responses.get(edits)
         if response is None:
             if len(self._responses) >= _RESPONSE_CACHE_SIZE:
                 self._responses.clear()
             response = self._responses[edits] = response_of(decision)
         return response
+
+    def _answer(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
+        """The answer filter's one message: the upstream's response headers (E9)."""
+        if not on_clients_credential(request):
+            return _CONTINUE["response_headers"]
+        headers = view_of(request.response_headers)
+        sets = answer(headers)
+        if not sets:
+            return _CONTINUE["response_headers"]
+        self._metrics.answers_marked.labels(b"".join(headers.get_all(":status")).decode("ascii")).inc()
+        mutation = pb.HeaderMutation(set_headers=_sets(sets))
+        return pb.ProcessingResponse(
+            response_headers=pb.HeadersResponse(response=pb.CommonResponse(header_mutation=mutation))
+        )
 
 
 def _private_socket_dir(path: Path, default: bool) -> Path:  # pragma: no mutate block (the process tests')

@@ -6,14 +6,15 @@ import hashlib
 import http.client
 import json
 import re
+from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Legs
+from tests.conftest import Legs, running_legs
 from tests.support import fixtures
 from tests.support.http import send
 from tests.support.processes import wait_for
-from tests.support.recorder import expected_stream
+from tests.support.recorder import Recorder, expected_stream
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -133,3 +134,61 @@ def test_no_credential_value_in_any_log(legs: Legs) -> None:
 def test_envoy_health_checks_the_server(legs: Legs) -> None:
     wait_for(lambda: legs.envoy.stats().get("cluster.ext_proc.health_check.success", 0) >= 1, "a health check")
     assert legs.envoy.stats().get("cluster.ext_proc.health_check.failure", 0) == 0
+
+
+CLIENT_TOKEN = "sk-ant-oat01-REFUSEDTOKEN"
+SERVER_KEY = "sk-ant-api03-OPERATORKEY"
+
+
+@pytest.fixture(scope="module")
+def with_server_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Legs]:
+    work = tmp_path_factory.mktemp("server-key")
+    key = work / "server-key"
+    key.write_text(SERVER_KEY + "\n")
+    with Recorder() as recorder, running_legs(work, recorder, "--server-credential-file", str(key)) as gw:
+        yield gw
+
+
+@pytest.mark.parametrize(
+    ("status", "sent", "told"),
+    [
+        (401, (), [("retry-after", "0")]),
+        (404, (), [("retry-after", "0")]),
+        (429, (("retry-after", "30"),), [("retry-after", "0"), ("retry-after-ms", "30000")]),
+        (
+            429,
+            (("retry-after", "30"), ("retry-after-ms", "29500")),
+            [("retry-after", "0"), ("retry-after-ms", "29500")],
+        ),
+        (529, (("retry-after", "5"),), [("retry-after", "5")]),
+        (500, (), []),
+    ],
+)
+def test_e9_a_clients_own_credential_refused_is_answered_retry_after_0(
+    with_server_key: Legs, status: int, sent: tuple[tuple[str, str], ...], told: list[tuple[str, str]]
+) -> None:
+    """Through the real Envoy: Anthropic's 4xx for a client's own credential reaches LiteLLM with
+    ``retry-after: 0`` (its router does not cool the shared deployment down for it) and Anthropic's wait moved
+    to retry-after-ms; its 5xx, and any answer on the operator's key, are passed on as they are."""
+    legs = with_server_key
+    before = legs.envoy.stats()
+    legs.recorder.refuse(CLIENT_TOKEN, status, *sent)
+    legs.recorder.refuse(SERVER_KEY, status, *sent)
+    try:
+        got, _, client = send(legs.ingress, "POST", "/v1/messages", [("authorization", f"Bearer {CLIENT_TOKEN}")],
+                              b"{}")  # fmt: skip
+        _, _, operator = send(legs.ingress, "POST", "/v1/messages", [("x-litellm-api-key", "k")], b"{}")
+    finally:
+        legs.recorder.forgive()
+    assert got == status
+    (to_client, to_operator) = legs.recorder.take()
+    assert to_client.get("authorization") == [f"Bearer {CLIENT_TOKEN}"] and to_operator.get("x-api-key") == [SERVER_KEY]
+    waits = ("retry-after", "retry-after-ms")
+    assert sorted((k, v) for k, v in client.getheaders() if k in waits) == told
+    assert sorted((k, v) for k, v in operator.getheaders() if k in waits) == sorted(sent), "the operator's: as sent"
+    after = legs.envoy.stats()
+    # One answer stream per response of the egress; the request filter's streams still carry one message each.
+    started = "http.egress.ext_proc.answer.streams_started"
+    assert after[started] - before.get(started, 0) == 2
+    assert after["http.egress.ext_proc.answer.failure_mode_allowed"] == 0
+    assert after["http.egress.ext_proc.stream_msgs_sent"] - before["http.egress.ext_proc.stream_msgs_sent"] == 2

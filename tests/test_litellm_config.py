@@ -53,6 +53,18 @@ BROKEN = [
     ("wrong token", GOOD.replace(TOKEN, "egress-some-other-token-0123456789abcdef"), 6, "not the gateway's egress"),
     ("no key", GOOD.replace(f"      api_key: {TOKEN}\n", ""), 4, "no api_key"),
     ("no forwarding", GOOD.replace("[claude-sonnet-4-5]", "[other-group]"), 9, "not forwarded"),
+    (
+        "deployment cooldown",
+        GOOD.replace("      api_key:", "      cooldown_time: 30\n      api_key:"),
+        6,
+        "one client's revoked token would cool this deployment down for everyone",
+    ),
+    (
+        "model_info cooldown",
+        GOOD.replace("litellm_settings:", "    model_info: {cooldown_time: 5}\nlitellm_settings:"),
+        7,
+        "outranks the retry-after: 0",
+    ),
 ]
 
 
@@ -62,6 +74,15 @@ def test_each_broken_setting_is_an_error_naming_its_line(tmp_path: Path, text: s
     assert code == 1, out
     assert f"error: line {line}: claude-sonnet-4-5: " in out and message in out, out
     assert "sk-ant-api03-REALKEY" not in out and TOKEN not in out
+
+
+def test_a_zero_or_router_wide_cooldown_time_is_fine(tmp_path: Path) -> None:
+    """0 turns the deployment's cooldown off; the router's is outranked by the egress's retry-after: 0 (E9)."""
+    zero = GOOD.replace("      api_key:", "      cooldown_time: 0\n      api_key:")
+    router = GOOD + "router_settings:\n  cooldown_time: 60\n"
+    for text in (zero, router):
+        code, out = check(tmp_path, text)
+        assert code == 0 and "litellm config OK" in out, out
 
 
 def test_global_forwarding_with_other_providers_is_a_warning(tmp_path: Path) -> None:

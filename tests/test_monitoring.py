@@ -159,8 +159,9 @@ def _exported(text: str) -> dict[str, set[str]]:
 
 @contextmanager
 def scraped_up(tmp_path: Path) -> Iterator[tuple[HostPort, HostPort, int, int]]:
-    """`up` with both scrape endpoints (the server's /metrics, Envoy's stats on the probe listener) and two
-    forwarded decisions already counted: one sealed on the ingress, one with the server credential on the egress.
+    """`up` with both scrape endpoints (the server's /metrics, Envoy's stats on the probe listener) and forwarded
+    decisions already counted: sealed on the ingress, with the server credential on the egress, and a client's
+    token Anthropic refuses.
     Yields the ingress, the egress, the metrics port and the probe port."""
     probe, metrics = free_port(), free_port()
     with (
@@ -170,6 +171,10 @@ def scraped_up(tmp_path: Path) -> Iterator[tuple[HostPort, HostPort, int, int]]:
     ):  # fmt: skip
         send(ingress, "POST", "/v1/messages", [("authorization", "Bearer sk-ant-oat01-SCRAPED")], b"{}")
         send(egress, "POST", "/v1/messages", [("x-api-key", TOKEN)], b"{}")
+        # A client's own token Anthropic refuses: its answer is marked for LiteLLM's router (E9).
+        recorder.refuse("sk-ant-oat01-REVOKED", 401)
+        send(ingress, "POST", "/v1/messages", [("authorization", "Bearer sk-ant-oat01-REVOKED"), ("x-api-key", TOKEN)],
+             b"{}")  # fmt: skip
         yield ingress, egress, metrics, probe
 
 

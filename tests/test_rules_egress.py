@@ -12,7 +12,7 @@ import pytest
 
 from ext_proc.credentials import ApiKey, Credential, OAuthToken
 from ext_proc.headers import HeaderView
-from ext_proc.rules import Source
+from ext_proc.rules import Source, answer
 from ext_proc.seal import Keyring
 from tests.support.rules import KEY_B, NOW, context, handoff, run
 
@@ -173,6 +173,8 @@ def test_matrix(case: Case) -> None:
     decision, out = run("egress", "anthropic", HeaderView.of(*headers), context(case.server))
     assert decision.rejection is None
     assert decision.audit.source == case.source
+    # E9: the answer is the client's exactly when a client's own credential leaves.
+    assert decision.on_clients_credential == (case.source not in (Source.SERVER, Source.NONE))
     got = {name: b",".join(out.get_all(name)).decode() for name in ("x-api-key", "authorization", "anthropic-beta")}
     assert {k: v for k, v in got.items() if v} == case.out
     assert all(len(out.get_all(n)) <= 1 for n in ("x-api-key", "authorization", "anthropic-beta"))
@@ -345,3 +347,60 @@ def test_e2_cookie_litellm_and_foreign_credentials_go_even_when_allowlisted() ->
     decision, out = run("egress", "anthropic", headers, context(egress_allowlist=allow))
     assert [n for n, _ in out] == ["content-type"]
     assert set(decision.remove) == {"cookie", "x-litellm-api-key", "api-key", "authorization", "x-api-key"}
+
+
+ANSWERS = [
+    # (id, status and headers Anthropic answered with, what E9 sets)
+    ("revoked token", ((":status", "401"),), (("retry-after", "0"),)),
+    ("model not visible", ((":status", "404"),), (("retry-after", "0"),)),
+    ("bad request", ((":status", "400"),), (("retry-after", "0"),)),
+    (
+        "over rate limit",
+        ((":status", "429"), ("retry-after", "30")),
+        (("retry-after", "0"), ("retry-after-ms", "30000")),
+    ),
+    (
+        "its ms wait kept",
+        ((":status", "429"), ("retry-after", "30"), ("retry-after-ms", "29500")),
+        (("retry-after", "0"),),
+    ),
+    (
+        "a date is not moved",
+        ((":status", "429"), ("retry-after", "Fri, 04 Dec 2026 20:00:00 GMT")),
+        (("retry-after", "0"),),
+    ),
+    ("one second", ((":status", "429"), ("retry-after", "1")), (("retry-after", "0"), ("retry-after-ms", "1000"))),
+    ("zero stays zero", ((":status", "429"), ("retry-after", "0")), (("retry-after", "0"),)),
+    (
+        "surrounding spaces",
+        ((":status", "429"), ("retry-after", " 7 ")),
+        (("retry-after", "0"), ("retry-after-ms", "7000")),
+    ),
+    (
+        "nine digits",
+        ((":status", "429"), ("retry-after", "999999999")),
+        (("retry-after", "0"), ("retry-after-ms", "999999999000")),
+    ),
+    ("ten digits are no wait", ((":status", "429"), ("retry-after", "9999999999")), (("retry-after", "0"),)),
+    (
+        "two waits, neither moved",
+        ((":status", "429"), ("retry-after", "3"), ("retry-after", "4")),
+        (("retry-after", "0"),),
+    ),
+    ("499", ((":status", "499"),), (("retry-after", "0"),)),
+    ("success", ((":status", "200"), ("retry-after", "5")), ()),
+    ("overloaded is Anthropic's", ((":status", "529"), ("retry-after", "5")), ()),
+    ("server error is Anthropic's", ((":status", "500"),), ()),
+    ("399", ((":status", "399"),), ()),
+    ("not digits", ((":status", "4xx"),), ()),
+    ("four digits", ((":status", "4000"),), ()),
+    ("two statuses", ((":status", "401"), (":status", "401")), ()),
+    ("no status", (("retry-after", "5"),), ()),
+]
+
+
+@pytest.mark.parametrize(("headers", "sets"), [a[1:] for a in ANSWERS], ids=[a[0] for a in ANSWERS])
+def test_e9_a_4xx_answer_to_a_clients_credential_tells_litellm_not_to_cool_down(
+    headers: tuple[tuple[str, str], ...], sets: tuple[tuple[str, str], ...]
+) -> None:
+    assert answer(HeaderView.of(*headers)) == tuple((k, v.encode()) for k, v in sets)

@@ -12,6 +12,7 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ext_proc.config import Config
@@ -55,6 +56,50 @@ def test_value_used_when_raw_value_absent(tmp_path: Path) -> None:
     )
     sets = {o.header.key: o.header.raw_value for o in response.request_headers.response.header_mutation.set_headers}
     assert sets == {"authorization": b"Bearer sk-ant-oat01-O", "anthropic-beta": b"oauth-2025-04-20"}
+
+
+def _answered(status: bytes, emitted: struct_pb2.Struct | None) -> pb.ProcessingRequest:
+    headers = base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=":status", raw_value=status),
+                                          base_pb2.HeaderValue(key="retry-after", raw_value=b"12")])  # fmt: skip
+    context = base_pb2.Metadata()
+    for namespace, value in emitted.fields.items() if emitted is not None else ():
+        context.filter_metadata[namespace].CopyFrom(value.struct_value)
+    return pb.ProcessingRequest(response_headers=pb.HttpHeaders(headers=headers), metadata_context=context)
+
+
+def test_e9_the_request_filter_marks_a_clients_credential_and_the_answer_filter_acts_on_the_mark(
+    tmp_path: Path,
+) -> None:
+    """The egress's decision emits the mark only for a client's own credential; the answer filter's stream (its
+    first message is the response headers) sets retry-after: 0 on a 4xx only when the mark came with it."""
+    server_key = tmp_path / "server-key"
+    server_key.write_text("sk-ant-api03-OPERATOR\n")
+
+    async def scenario() -> tuple[list[pb.ProcessingResponse], list[pb.ProcessingResponse], float | None]:
+        async with serving(tmp_path, server_credential_file=str(server_key)) as (server, stub):
+            decided = []
+            for credential in ((("x-api-key", b"sk-ant-api03-CLIENT"),), ()):
+                message = headers_message(*credential)
+                decided += [r async for r in stub.Process(message_stream(message), metadata=EGRESS)]
+            answered = []
+            marks = [mark, mark, None, unmarked]
+            for status, emitted in zip((b"401", b"503", b"401", b"401"), marks, strict=True):
+                answered += [r async for r in stub.Process(message_stream(_answered(status, emitted)), metadata=EGRESS)]
+            count = server.metrics.registry.get_sample_value("ext_proc_answers_marked_total", {"status": "401"})
+            return decided, answered, count
+
+    mark = struct_pb2.Struct()
+    mark.get_or_create_struct("ext_proc.credentials")["credential"] = "client"
+    unmarked = struct_pb2.Struct()
+    unmarked.get_or_create_struct("ext_proc.credentials")["credential"] = "server"
+    decided, answered, count = asyncio.run(scenario())
+    assert [r.dynamic_metadata for r in decided] == [mark, struct_pb2.Struct()]
+    assert [r.HasField("dynamic_metadata") for r in decided] == [True, False]
+    sets = [[(o.header.key, o.header.raw_value) for o in r.response_headers.response.header_mutation.set_headers]
+            for r in answered]  # fmt: skip
+    assert sets == [[("retry-after", b"0"), ("retry-after-ms", b"12000")], [], [], []]
+    assert all(r.WhichOneof("response") == "response_headers" for r in answered)
+    assert count == 1.0
 
 
 def test_every_other_message_gets_an_empty_continue_and_ends_the_stream(tmp_path: Path) -> None:

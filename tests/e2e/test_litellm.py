@@ -89,6 +89,7 @@ def gateway(
     more_groups: tuple[str, ...] = (),
     settings: tuple[tuple[str, dict[str, Any]], ...] = (),
     env: dict[str, str] | None = None,
+    deployments: int = 1,
 ) -> Iterator[HostPort]:
     """`ext-proc up` around a real LiteLLM whose Anthropic base URL is the gateway's egress listener."""
     ingress, egress, litellm_port = free_port(), free_port(), free_port()
@@ -111,7 +112,8 @@ def gateway(
     try:
         up.wait_line("ready ")
         config = Setup(version, f"http://127.0.0.1:{egress}", setup.litellm_key, forward,
-                       default_router=default_router, more_groups=more_groups, settings=settings)  # fmt: skip
+                       default_router=default_router, more_groups=more_groups, settings=settings,
+                       deployments=deployments)  # fmt: skip
         if openai is not None:
             # The worst case for other providers: forwarding for every model group.
             base = f"http://127.0.0.1:{egress}/upstreams/openai/v1"
@@ -451,3 +453,52 @@ def test_a_request_the_egress_refuses_fails_only_itself_under_default_router_set
                                      json.dumps(body).encode())  # fmt: skip
             assert status == 200, (n, answer)
         assert [g.get("x-api-key") for g in recorder.take()] == [[f"{CLIENT_KEY}{n}"] for n in range(5)]
+
+
+REFUSALS_OF_A_CLIENT_CREDENTIAL = {
+    # Anthropic's answers about a credential: revoked or mistyped, no access, a model the account cannot see,
+    # the account over its rate limit (with the wait Anthropic asks for).
+    401: (),
+    403: (),
+    404: (),
+    429: (("retry-after", "30"),),
+}
+
+
+@pytest.mark.parametrize("deployments", [1, 2])
+@pytest.mark.parametrize("version", RELEASES)
+def test_anthropic_refusing_a_clients_own_credential_fails_only_that_client(
+    version: str, deployments: int, recorder: Recorder, tmp_path: Path
+) -> None:
+    """Anthropic's 401, 404 or 429 for one client's own key or token is about that credential, not about the
+    deployment every client shares: LiteLLM's router must not cool the deployment down on it (under its default
+    settings it would, and answer everyone else 429 "No deployments available"). The client still gets
+    Anthropic's status, so Claude Code asks for /login on a 401 and backs off on a 429."""
+    body = json.dumps({"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    headers = [("x-litellm-api-key", MASTER_KEY), ("content-type", "application/json"),
+               ("anthropic-version", "2023-06-01")]  # fmt: skip
+    with gateway(version, AFTER[1], recorder, tmp_path, default_router=True, deployments=deployments) as at:
+        for route in ("/v1/messages", "/v1/chat/completions"):
+            for status, sent in REFUSALS_OF_A_CLIENT_CREDENTIAL.items():
+                recorder.take()
+                recorder.refuse(CLIENT_OAUTH, status, *sent)
+                try:
+                    got, answer, _ = send(at, "POST", route, [("authorization", f"Bearer {CLIENT_OAUTH}"), *headers],
+                                          body)  # fmt: skip
+                finally:
+                    recorder.forgive()
+                # The client acts on 401 (/login) and 429 (back off); LiteLLM maps the others its own way (1.81.14
+                # answers a 403 on chat completions as a 500 "APIConnectionError").
+                assert got == status if status in (401, 429) else got >= 400, (route, status, answer)
+                tried = recorder.take()
+                assert tried and all(t.get("authorization") == [f"Bearer {CLIENT_OAUTH}"] for t in tried), status
+                for n in range(3):
+                    got, answer, _ = send(at, "POST", route, [("x-api-key", f"{CLIENT_KEY}{n}"), *headers], body)
+                    assert got == 200, (route, status, n, answer)
+                # A client on the operator's key shares the same deployment.
+                got, answer, _ = send(at, "POST", route, headers, body)
+                assert got == 200, (route, status, answer)
+                assert [g.get("x-api-key") for g in recorder.take()] == [
+                    *([f"{CLIENT_KEY}{n}"] for n in range(3)),
+                    [SIDECAR_KEY],
+                ], (route, status)

@@ -69,6 +69,8 @@ class Setup:
     # More Anthropic model groups (fallback targets), and settings merged into the config's top-level sections.
     more_groups: tuple[str, ...] = ()
     settings: tuple[tuple[str, dict[str, Any]], ...] = ()
+    # Deployments in MODEL's group, load-balanced by LiteLLM's router (each its own cooldown).
+    deployments: int = 1
 
 
 # LiteLLM waits 0.5 s doubling per retry, plus up to 0.75 s of jitter (both read from its environment): tests that
@@ -80,7 +82,9 @@ OPENAI_KEY = "sk-proj-FAKEOPENAIKEY"
 
 def config_yaml(setup: Setup) -> str:
     params = {"model": f"anthropic/{MODEL}"} | ({"api_key": setup.api_key} if setup.api_key is not None else {})
-    routes = [(MODEL, setup.anthropic_base)] + ([(DIRECT_MODEL, setup.direct_base)] if setup.direct_base else [])
+    routes = [(MODEL, setup.anthropic_base)] * setup.deployments + (
+        [(DIRECT_MODEL, setup.direct_base)] if setup.direct_base else []
+    )
     routes += [(name, setup.anthropic_base) for name in setup.more_groups]
     models: list[dict[str, Any]] = [
         {"model_name": name, "litellm_params": {**params, "api_base": base}} for name, base in routes
@@ -92,7 +96,7 @@ def config_yaml(setup: Setup) -> str:
     if setup.forward_client_headers and not setup.forward_globally:
         # The recommended form: forwarding for the Anthropic model groups only (docs/litellm.md).
         doc["litellm_settings"] = {"model_group_settings": {
-            "forward_client_headers_to_llm_api": [name for name, _ in routes]}}  # fmt: skip
+            "forward_client_headers_to_llm_api": list(dict.fromkeys(name for name, _ in routes))}}  # fmt: skip
     if setup.forward_client_headers and setup.forward_globally:
         doc["general_settings"]["forward_client_headers_to_llm_api"] = True
     if not setup.default_router:

@@ -99,6 +99,8 @@ class Recorder:
         self.gate.set()
         # Statuses the next requests are answered with, in Anthropic's error shape (``fail_next``).
         self._failures: list[int] = []
+        # Credentials Anthropic refuses, whatever the request (``refuse``): value -> status, response headers.
+        self._refused: dict[str, tuple[int, tuple[tuple[str, str], ...]]] = {}
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -112,6 +114,10 @@ class Recorder:
                 body = self.rfile.read(length) if length else b""
                 recorder._record(Received(self.command, self.path, tuple(self.headers.items()), body))
                 recorder.gate.wait(timeout=120)
+                refused = recorder._refusal(self.headers.get_all("x-api-key", []) +
+                                            self.headers.get_all("authorization", []))  # fmt: skip
+                if refused is not None:
+                    return self._error(*refused)
                 failure = recorder._next_failure()
                 if failure is not None:
                     return self._error(failure)
@@ -141,12 +147,14 @@ class Recorder:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            def _error(self, status: int) -> None:
+            def _error(self, status: int, headers: tuple[tuple[str, str], ...] = ()) -> None:
                 kind = ERROR_TYPES.get(status, "api_error")
                 payload = json.dumps({"type": "error", "error": {"type": kind, "message": f"stand-in {status}"}})
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(payload)))
+                for name, value in headers:
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(payload.encode())
 
@@ -172,6 +180,24 @@ class Recorder:
         """Answer the next requests with these statuses, one each, as Anthropic shapes its errors."""
         with self._lock:
             self._failures = list(statuses)
+
+    def refuse(self, credential: str, status: int, *headers: tuple[str, str]) -> None:
+        """Answer every request carrying ``credential`` (as x-api-key or Bearer) with ``status``, as Anthropic
+        answers a revoked key (401) or one over its rate limit (429, with ``retry-after``)."""
+        with self._lock:
+            self._refused[credential] = (status, headers)
+
+    def forgive(self) -> None:
+        with self._lock:
+            self._refused.clear()
+
+    def _refusal(self, values: list[str]) -> tuple[int, tuple[tuple[str, str], ...]] | None:
+        with self._lock:
+            for value in values:
+                found = self._refused.get(value.removeprefix("Bearer "))
+                if found is not None:
+                    return found
+        return None
 
     def _next_failure(self) -> int | None:
         with self._lock:
