@@ -330,10 +330,7 @@ def _egress_listener(layout: Layout) -> dict[str, Any]:
                     "overrides": {"grpc_initial_metadata": [{"key": POLICY_METADATA, "value": Policy.OTHER.value}]},
                 },
                 # Another provider's answers are not about an Anthropic credential.
-                ANSWER_FILTER: {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
-                    "disabled": True,
-                },
+                ANSWER_FILTER: _ANSWER_OFF,
             },
         }
         for u in layout.upstreams
@@ -540,6 +537,10 @@ def ext_proc_filter(
 
 
 ANSWER_FILTER = "ext_proc.credentials.answer"
+_ANSWER_OFF = {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+    "disabled": True,
+}
 
 
 def answer_filter(metadata: list[dict[str, str]], message_timeout_ms: int, cluster: str = "ext_proc") -> dict[str, Any]:

@@ -187,7 +187,8 @@ def test_e9_a_clients_own_credential_refused_is_answered_retry_after_0(
     assert sorted((k, v) for k, v in client.getheaders() if k in waits) == told
     assert sorted((k, v) for k, v in operator.getheaders() if k in waits) == sorted(sent), "the operator's: as sent"
     after = legs.envoy.stats()
-    # One answer stream per response of the egress; the request filter's streams still carry one message each.
+    # One answer stream per answer of the egress (it acts only on the marked one); the request filter's streams
+    # still carry one message each.
     started = "http.egress.ext_proc.answer.streams_started"
     assert after[started] - before.get(started, 0) == 2
     assert after["http.egress.ext_proc.answer.failure_mode_allowed"] == 0
