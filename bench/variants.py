@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.measure import Variant
-from ext_proc.envoy import HostPort, Layout, Upstream, bootstrap
+from ext_proc.envoy import ANSWER_FILTER, HostPort, Layout, Upstream, bootstrap
 from ext_proc.seal import Keyring
 from tests.support import fixtures, litellm
 from tests.support.collector import Collector
@@ -45,6 +45,7 @@ class Name(StrEnum):
     LUA = "b"  # Envoy + the same header rules as a Lua filter
     EGRESS = "c"  # Envoy + the egress leg as shipped (ext-proc serve, a seal opened on every request)
     EGRESS_TRACED = "c+trace"  # the same with tracing_endpoint set (a local recording collector)
+    EGRESS_REQUEST_ONLY = "c-answer"  # c without the answer filter (rule E9): what its stream per answer costs
     CHAIN = "d"  # client -> ingress -> LiteLLM -> egress -> stand-in, Claude Code with an OAuth token
     LITELLM = "e"  # client -> LiteLLM -> stand-in, the same client
     CHAIN_KEY_ONLY = "d-key"  # as d, a client that brings only a LiteLLM key (the server credential goes)
@@ -53,13 +54,14 @@ class Name(StrEnum):
     NULL_SHIPPED = "g"  # the same null server on the transport as shipped (uvloop, one answer per stream)
 
 
-DEFAULT = (Name.PLAIN, Name.LUA, Name.NULL, Name.NULL_SHIPPED, Name.EGRESS, Name.EGRESS_TRACED, Name.CHAIN,
-           Name.LITELLM, Name.CHAIN_KEY_ONLY, Name.LITELLM_KEY_ONLY)  # fmt: skip
+DEFAULT = (Name.PLAIN, Name.LUA, Name.NULL, Name.NULL_SHIPPED, Name.EGRESS, Name.EGRESS_REQUEST_ONLY,
+           Name.EGRESS_TRACED, Name.CHAIN, Name.LITELLM, Name.CHAIN_KEY_ONLY, Name.LITELLM_KEY_ONLY)  # fmt: skip
 WITH_LITELLM = {Name.CHAIN, Name.LITELLM, Name.CHAIN_KEY_ONLY, Name.LITELLM_KEY_ONLY}
 # The ratios reported, top over bottom.
 RATIOS = (
     (Name.EGRESS, Name.NULL), (Name.EGRESS, Name.NULL_SHIPPED), (Name.NULL_SHIPPED, Name.NULL),
     (Name.EGRESS, Name.PLAIN), (Name.NULL, Name.PLAIN), (Name.LUA, Name.PLAIN), (Name.EGRESS_TRACED, Name.EGRESS),
+    (Name.EGRESS, Name.EGRESS_REQUEST_ONLY),
     (Name.CHAIN, Name.LITELLM), (Name.CHAIN_KEY_ONLY, Name.LITELLM_KEY_ONLY),
 )  # fmt: skip
 # What the gateway adds next to LiteLLM, per header set (issue 14's figures).
@@ -111,13 +113,21 @@ def stand_in(port: int, stream_file: Path) -> dict[str, Any]:
 
 
 def egress_document(layout: Layout, filter_kind: str) -> dict[str, Any]:
-    """The shipped bootstrap's egress listener alone, with its ext_proc filter kept, removed or swapped for Lua."""
+    """The shipped bootstrap's egress listener alone, with its ext_proc filters kept, removed or swapped for Lua.
+
+    ``ext_proc`` keeps both (the request filter and the answer filter, rule E9); every other kind keeps at most the
+    request filter, so the floors (f, g) and Lua compare with one filter's work.
+    """
     document = bootstrap(layout)
     resources = document["static_resources"]
     egress = next(item for item in resources["listeners"] if item["name"] == "egress")
     resources["listeners"] = [egress]
     resources["clusters"] = [c for c in resources["clusters"] if c["name"] != "litellm"]
     hcm = egress["filter_chains"][0]["filters"][0]["typed_config"]
+    if filter_kind != "ext_proc":
+        hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != ANSWER_FILTER]
+        for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+            route.get("typed_per_filter_config", {}).pop(ANSWER_FILTER, None)
     if filter_kind == "none":
         hcm["http_filters"] = hcm["http_filters"][1:]
     elif filter_kind == "lua":
@@ -130,7 +140,7 @@ def egress_document(layout: Layout, filter_kind: str) -> dict[str, Any]:
                 "clear_route_cache": False,
             },
         }
-    if filter_kind != "ext_proc":
+    if filter_kind not in ("ext_proc", "ext_proc-request"):
         resources["clusters"] = [c for c in resources["clusters"] if c["name"] != "ext_proc"]
     return document
 
@@ -196,8 +206,9 @@ def started(work: Path, keyring: Keyring, wanted: set[Name]) -> Iterator[dict[Na
                                                   collector.endpoint)  # fmt: skip
             stack.callback(servers[Name.EGRESS_TRACED].stop)
         found: dict[Name, Variant] = {}
-        kinds = {Name.PLAIN: "none", Name.LUA: "lua", Name.NULL: "ext_proc", Name.NULL_SHIPPED: "ext_proc",
-                 Name.EGRESS: "ext_proc", Name.EGRESS_TRACED: "ext_proc"}  # fmt: skip
+        kinds = {Name.PLAIN: "none", Name.LUA: "lua", Name.NULL: "ext_proc-request",
+                 Name.NULL_SHIPPED: "ext_proc-request", Name.EGRESS: "ext_proc",
+                 Name.EGRESS_REQUEST_ONLY: "ext_proc-request", Name.EGRESS_TRACED: "ext_proc"}  # fmt: skip
         for name, kind in kinds.items():
             if name not in wanted and name != Name.EGRESS:  # c always runs: the streams and body bytes use it
                 continue
@@ -207,7 +218,8 @@ def started(work: Path, keyring: Keyring, wanted: set[Name]) -> Iterator[dict[Na
                             admin=ADMIN)  # fmt: skip
             envoy = start_envoy(None, work, egress_document(layout, kind), f"variant-{name}", "error")
             stack.callback(envoy.stop)
-            processes = {"envoy": envoy.proc} | ({"server": servers[name]} if name in servers else {})
+            server = servers.get(Name.EGRESS if name == Name.EGRESS_REQUEST_ONLY else name)
+            processes = {"envoy": envoy.proc} | ({"server": server} if server is not None else {})
             found[name] = Variant(name, f"http://{LOOPBACK}:{port}/v1/messages", egress_headers(keyring), processes,
                                   body())  # fmt: skip
         if wanted & WITH_LITELLM:

@@ -29,11 +29,16 @@ def headers_message(*pairs: tuple[str, bytes], legacy: bool = False) -> pb.Proce
 
 @asynccontextmanager
 async def serving(tmp_path: Path, **overrides: Any) -> AsyncIterator[tuple[Server, pb_grpc.ExternalProcessorStub]]:
-    """A started server (seal key SEAL_KEY, no metrics port) and a stub connected to it."""
+    """A started server (seal key SEAL_KEY, no metrics port) and a stub connected to it.
+
+    No drain period unless a test asks for one: stopping is not what these tests are about, and a second per test
+    was most of the unit suite's time (the drain has its own test).
+    """
     config = Config.load(
         env={"EXT_PROC_SEAL_KEYS": SEAL_KEY},
-        overrides={"listen": f"unix:{tmp_path}/s.sock", "metrics_listen": "off", "grace_seconds": 1, **overrides},
-    )
+        overrides={"listen": f"unix:{tmp_path}/s.sock", "metrics_listen": "off", "grace_seconds": 1,
+                   "drain_seconds": 0, **overrides},
+    )  # fmt: skip
     server = Server(config)
     address = await server.start()
     try:
