@@ -6,6 +6,7 @@ Variants (bench/variants.py `Name`; docs/performance.md):
   g  the same null server on the transport as shipped (uvloop, one answer per stream): the floor pushed down
   c  Envoy + the egress leg as shipped (ext-proc serve, seal opened on every request)
   c+trace  the same with tracing on (spans exported to a local collector)
+  c-answer  c without the answer filter (rule E9): c against it is what that filter's stream per answer costs
   d  client -> ingress -> LiteLLM -> egress -> stand-in    e  client -> LiteLLM -> stand-in (Claude Code, OAuth)
   d-key, e-key  the same two for a client that brings only a LiteLLM key (the server credential goes)
 

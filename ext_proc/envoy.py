@@ -545,11 +545,35 @@ _ANSWER_OFF = {
 
 def answer_filter(metadata: list[dict[str, str]], message_timeout_ms: int, cluster: str = "ext_proc") -> dict[str, Any]:
     """The egress's second ext_proc filter (rule E9): the upstream's response headers only, on a stream of their
-    own that starts when they arrive, so no stream waits through a long answer.
+    own that starts when they arrive, so no stream waits through a long answer, and only for a 4xx answer (an
+    Envoy matcher on ``:status`` skips the filter for every other one: no stream at all on the hot path).
 
     It fails open: all it can add is ``retry-after: 0`` on a client credential's 4xx, never a credential, and
     failing closed would turn Anthropic's answer into a 500 that LiteLLM cools the deployment down on.
     """
+    status = {
+        "name": "status",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.type.matcher.v3.HttpResponseHeaderMatchInput",
+            "header_name": ":status",
+        },
+    }
+    processor = _answer_processor(metadata, message_timeout_ms, cluster)
+    skip = {
+        "name": "skip",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter"},
+    }
+    return {
+        "@type": "type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher",
+        "xds_matcher": {"matcher_list": {"matchers": [{
+            "predicate": {"not_matcher": {"single_predicate": {"input": status, "value_match": {"prefix": "4"}}}},
+            "on_match": {"action": skip},
+        }]}},
+        "extension_config": {"name": ANSWER_FILTER, "typed_config": processor},
+    }  # fmt: skip
+
+
+def _answer_processor(metadata: list[dict[str, str]], message_timeout_ms: int, cluster: str) -> dict[str, Any]:
     return {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
         "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "initial_metadata": metadata},

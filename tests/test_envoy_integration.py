@@ -175,8 +175,8 @@ def test_e9_a_clients_own_credential_refused_is_answered_retry_after_0(
     legs.recorder.refuse(CLIENT_TOKEN, status, *sent)
     legs.recorder.refuse(SERVER_KEY, status, *sent)
     try:
-        got, _, client = send(legs.ingress, "POST", "/v1/messages", [("authorization", f"Bearer {CLIENT_TOKEN}")],
-                              b"{}")  # fmt: skip
+        got, _, client = send(legs.ingress, "POST", "/v1/messages", [("authorization", f"Bearer {CLIENT_TOKEN}"),
+                                                                     ("x-litellm-api-key", "k")], b"{}")  # fmt: skip
         _, _, operator = send(legs.ingress, "POST", "/v1/messages", [("x-litellm-api-key", "k")], b"{}")
     finally:
         legs.recorder.forgive()
@@ -187,9 +187,9 @@ def test_e9_a_clients_own_credential_refused_is_answered_retry_after_0(
     assert sorted((k, v) for k, v in client.getheaders() if k in waits) == told
     assert sorted((k, v) for k, v in operator.getheaders() if k in waits) == sorted(sent), "the operator's: as sent"
     after = legs.envoy.stats()
-    # One answer stream per answer of the egress (it acts only on the marked one); the request filter's streams
-    # still carry one message each.
+    # One answer stream per 4xx answer of the egress (it acts only on the marked one), none for any other status;
+    # the request filter's streams still carry one message each.
     started = "http.egress.ext_proc.answer.streams_started"
-    assert after[started] - before.get(started, 0) == 2
+    assert after.get(started, 0) - before.get(started, 0) == (2 if 400 <= status < 500 else 0)
     assert after["http.egress.ext_proc.answer.failure_mode_allowed"] == 0
     assert after["http.egress.ext_proc.stream_msgs_sent"] - before["http.egress.ext_proc.stream_msgs_sent"] == 2

@@ -29,6 +29,7 @@ from google.protobuf import json_format
 from ext_proc.config import Config
 from ext_proc.deployed import DEPLOYED
 from ext_proc.envoy import (
+    ANSWER_FILTER,
     DEPLOYED_SOCKET,
     HostPort,
     Layout,
@@ -195,8 +196,12 @@ def test_istio_patch_semantics_in_a_real_envoy(tmp_path: Path) -> None:
         config = bootstrap(layout)
         listener = config["static_resources"]["listeners"][1]
         hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-        mesh_filter = dict(_patch("HTTP_FILTER", "SIDECAR_OUTBOUND"))
-        hcm["http_filters"][0] = mesh_filter
+        (mesh_filter, mesh_answer) = [
+            p["patch"]["value"] for p in _envoyfilter()["spec"]["configPatches"]
+            if p["applyTo"] == "HTTP_FILTER" and p["match"]["context"] == "SIDECAR_OUTBOUND"
+        ]  # fmt: skip
+        assert mesh_answer["disabled"] is True and mesh_answer["name"] == ANSWER_FILTER
+        hcm["http_filters"][:2] = [mesh_filter, mesh_answer]
         per_filter = _patch("VIRTUAL_HOST", "SIDECAR_OUTBOUND")["typed_per_filter_config"]
         route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]
         hcm["route_config"]["virtual_hosts"] = [
@@ -216,11 +221,19 @@ def test_istio_patch_semantics_in_a_real_envoy(tmp_path: Path) -> None:
                 status, _, _ = send(layout.egress, "POST", "/v1/messages", headers, b"{}", host=host)
                 assert status == 200
             anthropic, other = recorder.take()
+            # Rule E9 on api.anthropic.com only: a client's own key refused reaches LiteLLM with retry-after: 0.
+            recorder.refuse("sk-ant-api03-MESHKEY", 401)
+            waits = {}
+            for host in ("api.anthropic.com", "bedrock.example"):
+                status, _, answer = send(layout.egress, "POST", "/v1/messages", headers, b"{}", host=host)
+                assert status == 401
+                waits[host] = answer.getheader("retry-after")
         finally:
             envoy.stop()
             server.stop()
     assert "x-litellm-api-key" not in anthropic.names and anthropic.get("x-api-key") == ["sk-ant-api03-MESHKEY"]
     assert other.get("x-litellm-api-key") == ["sk-litellm-MESH"], "the filter must stay off for other hosts"
+    assert waits == {"api.anthropic.com": "0", "bedrock.example": None}
 
 
 def start_envoy_document(document: dict[str, Any], workdir: Path) -> Proc:
