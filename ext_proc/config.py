@@ -78,6 +78,9 @@ class Config:
     # LiteLLM keys the gateway knows by value (its master key): removed wherever they appear on the egress (E7).
     litellm_keys: tuple[str, ...] = field(default=(), repr=False)
     litellm_key_file: Path | None = None
+    # Whether LiteLLM authenticates its callers (it does when it has a master key): a client's own Anthropic
+    # credential without a LiteLLM key is then refused at the ingress (rule I8); `up --litellm-config` derives it.
+    litellm_requires_key: bool = True
     log_level: str = "INFO"
     log_format: str = "text"
     audit_sample_rate: float = 1.0
@@ -280,6 +283,22 @@ def _coerce(name: str, value: Any) -> Any:
             raise ConfigError(f"{name}: expected a list of strings")
         verbatim = name in ("seal_keys", "secret_patterns", "litellm_keys")
         return tuple(v.strip() if verbatim else v.strip().lower() for v in value)
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        words = {
+            "true": True,
+            "1": True,
+            "yes": True,
+            "on": True,
+            "false": False,
+            "0": False,
+            "no": False,
+            "off": False,
+        }
+        if not isinstance(value, str) or value.strip().lower() not in words:
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return words[value.strip().lower()]
     if kind == "int":
         try:
             return int(value)
@@ -314,8 +333,16 @@ def _read_lines(path: Path, setting: str) -> list[str]:
         check_secret_mode(path, setting)
         text = path.read_text(encoding="latin-1")
     except OSError as exc:
-        raise ConfigError(f"{setting} {path}: {exc.strerror}") from None
+        hint = _MAKES.get(setting, "") if isinstance(exc, FileNotFoundError) else ""
+        raise ConfigError(f"{setting} {path}: {exc.strerror}{hint}") from None
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+# What makes a missing secret file, for the error that names it.
+_MAKES = {
+    "egress_token_file": " (`ext-proc keygen --egress-token` prints one; `ext-proc up` makes it on first start)",
+    "seal_key_file": " (`ext-proc keygen` prints a key; without any seal key one is generated for this process)",
+}
 
 
 def check_secret_mode(path: Path, setting: str) -> None:

@@ -39,8 +39,9 @@ def find_litellm() -> Path:
     found = shutil.which("litellm")
     if found is None:
         raise LiteLLMError(
-            "LiteLLM not found: pip install 'ext-proc-credentials[litellm]' (or put litellm on PATH), "
-            "or run LiteLLM yourself and give --litellm URL instead of --litellm-config"
+            "LiteLLM not found: install this package's litellm extra (pip install '.[litellm]' in a clone of the "
+            "repository, 'ext-proc-credentials[litellm]' from a package index) or put litellm on PATH, or run "
+            "LiteLLM yourself and give --litellm URL instead of --litellm-config"
         )
     return Path(found)
 
@@ -121,9 +122,17 @@ def master_key(source: dict[str, Any], env: Mapping[str, str]) -> str | None:
     return text
 
 
+def key_header(source: dict[str, Any]) -> str | None:
+    """The header LiteLLM also reads its callers' keys from (`general_settings.litellm_key_header_name`), lower
+    case as Envoy delivers it; None when the config names none."""
+    name = (source.get("general_settings") or {}).get("litellm_key_header_name")
+    return str(name).strip().lower() or None if name is not None else None
+
+
 def load(path: Path) -> dict[str, Any]:
     try:
-        doc = yaml.safe_load(path.read_text())
+        with path.open() as fh:  # a stream, so that a syntax error names the file
+            doc = yaml.safe_load(fh)
     except (OSError, yaml.YAMLError) as exc:
         raise LiteLLMError(f"cannot read the LiteLLM config {path}: {exc}") from None
     if not isinstance(doc, dict):

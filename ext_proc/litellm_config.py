@@ -119,12 +119,19 @@ def check_text(
     env: Mapping[str, str],
     recognises: Callable[[bytes], bool] | None = None,
     seal_max_opens: int | None = None,
+    *,
+    run_by_up: bool = False,
+    key_headers: frozenset[str] | None = None,
+    requires_key: bool | None = None,
 ) -> list[Finding]:
     """Every problem with one LiteLLM config, in file order (`check --litellm-config`; `up --litellm-config` checks
     the copy it derives before starting anything).
 
     ``recognises`` says whether the egress would find a LiteLLM key in a header (its patterns and the keys it
     knows by value); a master key it would not is an error, since LiteLLM forwards what clients put in headers.
+    ``run_by_up``: the config is for `up --litellm-config`, which sets what ``up_changes`` lists (api_base, api_key,
+    forwarding, seal_max_opens, the ingress's LiteLLM key settings), so none of those is a problem here.
+    ``key_headers`` and ``requires_key`` are the gateway's settings for rule I8, compared with LiteLLM's own.
     """
     doc: Any = yaml.safe_load(text) or {}
     root = yaml.compose(text)
@@ -136,16 +143,32 @@ def check_text(
     models = doc.get("model_list") or []
     general = doc.get("general_settings") or {}
     calls = attempts(doc)
-    if seal_max_opens is not None and calls.calls > seal_max_opens:
+    if not run_by_up and seal_max_opens is not None and calls.calls > seal_max_opens:
         add(True, ("router_settings",), f"{calls}, and the gateway allows {seal_max_opens} (seal_max_opens): the "
             f"later calls would be refused; set seal_max_opens to {calls.calls} (EXT_PROC_SEAL_MAX_OPENS="
             f"{calls.calls}; `up --litellm-config` derives it)")  # fmt: skip
     master = _resolved(general.get("master_key"), env)
-    if recognises is not None and master is not None and not recognises(master.encode("latin-1", "replace")):
+    if (
+        not run_by_up
+        and recognises is not None
+        and master is not None
+        and not recognises(master.encode("latin-1", "replace"))
+    ):
         add(True, ("general_settings", "master_key"), "the master key does not have LiteLLM's key shape (sk-...) "
             "and the gateway does not know it, so the egress could not find it in a header LiteLLM forwards to "
             "Anthropic (rule E7): give it to the gateway (litellm_key_file), or use a master key starting with "
             "sk-")  # fmt: skip
+    key_header = (general.get("litellm_key_header_name") or "").strip().lower()
+    if not run_by_up and key_header and key_headers is not None and key_header not in key_headers:
+        add(True, ("general_settings", "litellm_key_header_name"), f"LiteLLM also reads its callers' keys from "
+            f"{key_header}, which the gateway does not know: a client that sends its LiteLLM key there next to its "
+            f"own Anthropic credential is refused at the ingress (rule I8); add it to litellm_headers "
+            f"(EXT_PROC_LITELLM_HEADERS)")  # fmt: skip
+    if not run_by_up and requires_key and "master_key" not in general:
+        add(False, ("general_settings",), "no master_key here: if LiteLLM runs without one (LITELLM_MASTER_KEY unset "
+            "in its environment too), it asks callers for no key, while the ingress refuses a client's own Anthropic "
+            "credential without a LiteLLM key beside it (rule I8); set litellm_requires_key = false for such a "
+            "LiteLLM")  # fmt: skip
     groups_forwarded = set(
         ((doc.get("litellm_settings") or {}).get("model_group_settings") or {}).get("forward_client_headers_to_llm_api")
         or []
@@ -161,6 +184,15 @@ def check_text(
             others.append(name)
             continue
         anthropic_groups.append(str(name))
+        for section in ("litellm_params", "model_info"):
+            cooldown = (model.get(section) or {}).get("cooldown_time")
+            if isinstance(cooldown, int | float) and cooldown > 0:
+                add(True, ("model_list", index, section, "cooldown_time"), f"{name}: a deployment's own cooldown_time "
+                    "outranks the retry-after: 0 the egress gives LiteLLM when Anthropic refuses a client's own "
+                    "credential (rule E9), so one client's revoked token would cool this deployment down for "
+                    "everyone; set router_settings.cooldown_time instead")  # fmt: skip
+        if run_by_up:
+            continue
         base = params.get("api_base")
         if not base or "api.anthropic.com" in str(base):
             add(True, (*at, "api_base"), f"{name}: calls Anthropic directly, around the egress; set api_base to "
@@ -169,13 +201,6 @@ def check_text(
         problem = _key_problem(key, egress_token, anthropic_prefix, env)
         if problem:
             add(True, (*at, "api_key"), f"{name}: {problem}")
-        for section in ("litellm_params", "model_info"):
-            cooldown = (model.get(section) or {}).get("cooldown_time")
-            if isinstance(cooldown, int | float) and cooldown > 0:
-                add(True, ("model_list", index, section, "cooldown_time"), f"{name}: a deployment's own cooldown_time "
-                    "outranks the retry-after: 0 the egress gives LiteLLM when Anthropic refuses a client's own "
-                    "credential (rule E9), so one client's revoked token would cool this deployment down for "
-                    "everyone; set router_settings.cooldown_time instead")  # fmt: skip
         if not forward_all and name not in groups_forwarded:
             add(True, _FORWARD, f"{name}: client headers are not forwarded for this group, so clients' "
                 "own credentials are lost on /v1/messages and /v1/chat/completions; add it to litellm_settings."
@@ -189,6 +214,32 @@ def check_text(
             f"client x-* headers, the sealed handoff among them, are forwarded to every provider ({', '.join(others)}"
             "); forward per model group instead, or route those providers through the egress (--upstream)")  # fmt: skip
     return sorted(findings, key=lambda f: f.line)
+
+
+def up_changes(doc: Mapping[str, Any], env: Mapping[str, str], seal_max_opens: int, egress: str) -> list[str]:
+    """What `up --litellm-config` sets that the config does not say itself (in the copy LiteLLM runs, and in the
+    gateway), worded for `check`: a LiteLLM run separately needs the first two in its own config."""
+    general = doc.get("general_settings") or {}
+    groups = [str(m.get("model_name")) for m in doc.get("model_list") or []
+              if str((m.get("litellm_params") or {}).get("model", "")).startswith("anthropic/")]  # fmt: skip
+    if not groups:
+        return []
+    named = ", ".join(groups)
+    changes = [f"api_base http://{egress} (the egress listener) and api_key the egress token for {named}"]
+    settings = doc.get("litellm_settings") or {}
+    forwarded = set((settings.get("model_group_settings") or {}).get("forward_client_headers_to_llm_api") or [])
+    if general.get("forward_client_headers_to_llm_api") is not True and set(groups) - forwarded:
+        changes.append(f"client headers forwarded for {', '.join(g for g in groups if g not in forwarded)}")
+    calls = attempts(doc)
+    if calls.calls > seal_max_opens:
+        changes.append(f"seal_max_opens {calls.calls} ({calls})")
+    master = "master_key" in general or bool(env.get("LITELLM_MASTER_KEY"))
+    asked = "true (LiteLLM has a master key)" if master else "false (LiteLLM has no master key, asks callers for none)"
+    changes.append(f"litellm_requires_key {asked}")
+    header = (general.get("litellm_key_header_name") or "").strip().lower()
+    if header:
+        changes.append(f"litellm_headers + {header} (LiteLLM's litellm_key_header_name)")
+    return changes
 
 
 def _resolved(value: Any, env: Mapping[str, str]) -> str | None:

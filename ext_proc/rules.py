@@ -21,6 +21,7 @@ from ext_proc.config import Config
 from ext_proc.credentials import (
     AUTHORIZATION,
     CREDENTIAL_HEADERS,
+    NULLISH,
     X_API_KEY,
     Credential,
     Prefixes,
@@ -39,6 +40,7 @@ PATH = ":path"
 METHOD = ":method"
 # Envoy owns these; a filter that touches them breaks framing or routing.
 NEVER_TOUCHED = frozenset({"host", "content-length", "transfer-encoding"})
+_BEARER_SCHEME = re.compile(rb"(?i)^bearer(?=[ \t]|$)")
 _VERDICT_CACHE_SIZE = 4096
 _MEMO_VALUE_BYTES = 256
 
@@ -153,6 +155,8 @@ class RuleContext:
     opens: OpenCounter
     # LiteLLM keys known by value (its master key when it is not of the sk- shape): never let out on the egress.
     litellm_keys: tuple[bytes, ...] = ()
+    # Whether LiteLLM authenticates its callers: a client's own credential then needs a LiteLLM key beside it (I8).
+    litellm_requires_key: bool = True
     # LiteLLM's route tables: where a client's own credential is carried (I7). Loaded once, shared by reloads.
     routes: Routes = field(default_factory=Routes.shipped)
     # A memo of strips_on_egress (a pure function of the fields above), never part of the context's value; each
@@ -183,6 +187,7 @@ class RuleContext:
             egress_token=egress_token,
             opens=OpenCounter(config.seal_max_opens, tracker_capacity(config.seal_ttl_seconds)),
             litellm_keys=litellm_keys,
+            litellm_requires_key=config.litellm_requires_key,
         )
 
     def allowed(self, name: str) -> bool:
@@ -326,6 +331,8 @@ def _ingress(headers: HeaderView, ctx: RuleContext, now: float, base: Audit) -> 
         verdict = ctx.routes.for_client_credential(b"".join(headers.get_all(METHOD)), b"".join(headers.get_all(PATH)))
         if verdict.refusal is not None:
             raise _Reject(Rejection(400, "invalid_request_error", verdict.refusal, "route-drops-credential"))
+        if ctx.litellm_requires_key and not _litellm_key_left(headers, ctx, removed):
+            raise _Reject(_no_litellm_key())
         if verdict.path is not None:
             sets.append((PATH, verdict.path))
         handoff = ctx.keyring.seal([(name, c.token) for name, c in sealed], now)
@@ -486,6 +493,22 @@ def _from_litellm(headers: HeaderView, token: bytes | None) -> bool:
     return len(values) == 1 and hmac.compare_digest(values[0].strip(), token)
 
 
+def _litellm_key_left(headers: HeaderView, ctx: RuleContext, removed: Iterable[str]) -> bool:
+    """I8: whether a header LiteLLM reads its callers' keys from still holds one once the ingress has sealed.
+
+    Any value counts but an empty one or a placeholder (``None``, ``Bearer null``): which key is valid, and
+    whether another scheme is, is LiteLLM's to judge.
+    """
+    for name in (*CREDENTIAL_HEADERS, *sorted(ctx.litellm_headers)):
+        if name in removed:
+            continue
+        for value in headers.get_all(name):
+            token = _BEARER_SCHEME.sub(b"", value.strip(), count=1).strip()
+            if token.lower() not in NULLISH:
+                return True
+    return False
+
+
 def _credential_in(headers: HeaderView, name: str, prefixes: Prefixes) -> Credential | None:
     """The Anthropic credential one credential header carries, None if it carries a foreign one or none."""
     try:
@@ -564,6 +587,19 @@ def _unreadable(name: str, problem: Problem) -> Rejection:
         "invalid_request_error",
         f"The request carries {_PROBLEMS[problem]} the {name} header; send exactly one credential.",
         f"{problem}-{name}",
+    )
+
+
+def _no_litellm_key() -> Rejection:
+    # 400, as LiteLLM answers a request without a key: Claude Code shows the message and does not retry, where a
+    # 401 would send a subscriber to /login for an Anthropic token that is fine.
+    return Rejection(
+        400,
+        "invalid_request_error",
+        "This gateway needs a LiteLLM key next to your own Anthropic credential: LiteLLM authenticates you with it, "
+        "and never sees your Anthropic credential. Send it as x-litellm-api-key: Bearer <LiteLLM key> (Claude "
+        "Code: ANTHROPIC_CUSTOM_HEADERS='x-litellm-api-key: Bearer <LiteLLM key>').",
+        "no-litellm-key",
     )
 
 

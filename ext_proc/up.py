@@ -86,9 +86,10 @@ def default_egress_token_path() -> Path:
     return Path(base) / "ext-proc" / "egress-token"
 
 
-def egress_token_file() -> Path:
-    """`up`'s egress token, kept across runs so LiteLLM's configuration stays valid; made (0600) on first use."""
-    path = default_egress_token_path()
+def egress_token_file(path: Path | None = None) -> Path:
+    """`up`'s egress token (the default place unless ``path``), kept across runs so LiteLLM's configuration stays
+    valid; made (0600, in a 0700 directory if it has to make one) on first use."""
+    path = path or default_egress_token_path()
     if not path.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -140,9 +141,8 @@ async def run(
                 "level (which prints credentials); leave --admin-listen unset for a private Unix socket",
                 layout.admin,
             )
-        if litellm is not None and litellm.master_key:
-            # LiteLLM's master key, known by value: the egress removes it wherever it appears (rule E7).
-            config = replace(config, litellm_keys=(*config.litellm_keys, litellm.master_key))
+        if litellm is not None:
+            config = litellm.applied(config)
         if litellm is not None and litellm.attempts.calls > config.seal_max_opens:
             # Every call LiteLLM makes for a request (retries, fallbacks) opens its handoff once (rule S1).
             log.info("%s: seal_max_opens %d", litellm.attempts, litellm.attempts.calls)
@@ -249,6 +249,19 @@ class _LiteLLMPlan:
         master = env.get(litellm_child.MASTER_KEY_ENV)
         # Known by value when long enough to search for without false matches (shorter ones are loopback-only).
         self.master_key = master if master and len(master) >= LITELLM_KEY_MIN else None
+        # LiteLLM asks its callers for a key only when it has a master key, from its config or its environment (I8).
+        self.requires_key = bool(master)
+        self.key_header = litellm_child.key_header(source)
+
+    def applied(self, config: Config) -> Config:
+        """The server's settings that follow from this LiteLLM: its master key known by value (rule E7), whether
+        it asks callers for a key and the header it reads one from besides the usual ones (rule I8)."""
+        config = replace(config, litellm_requires_key=self.requires_key)
+        if self.master_key:
+            config = replace(config, litellm_keys=(*config.litellm_keys, self.master_key))
+        if self.key_header and self.key_header not in config.all_litellm_headers:
+            config = replace(config, litellm_headers=(*config.litellm_headers, self.key_header))
+        return config.validated()
 
     @classmethod
     def of(cls, path: Path, layout: Layout, config: Config) -> _LiteLLMPlan:
@@ -406,6 +419,7 @@ def _answers(host: str, port: int) -> bool:
 
 async def _watch_litellm(layout: Layout, up: bool) -> None:
     """Log each change in whether LiteLLM accepts connections: the ingress leg's 503s then name it too."""
+    answered = up
     while True:
         await asyncio.sleep(LITELLM_CHECK_SECONDS)
         now = await asyncio.to_thread(_answers, layout.litellm.host, layout.litellm.port)
@@ -413,7 +427,8 @@ async def _watch_litellm(layout: Layout, up: bool) -> None:
             up = now
             where = f"{layout.litellm.host}:{layout.litellm.port}"
             if up:
-                log.info("LiteLLM at %s answers again", where)
+                log.info("LiteLLM at %s answers%s", where, " again" if answered else "")
+                answered = True
             else:
                 log.warning("LiteLLM at %s does not answer: the ingress leg answers 503 until it does", where)
 

@@ -70,7 +70,8 @@ def test_obs_fold_never_carries_a_second_token(legs: Legs) -> None:
 
 def test_identical_repeats_are_one_credential(legs: Legs) -> None:
     twice = f"Authorization: Bearer {OAUTH}\r\n" * 2
-    status, _ = raw_request(legs.ingress, f"POST /v1/messages HTTP/1.1\r\nhost: x\r\n{twice}".encode())
+    head = f"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-litellm-api-key: {LITELLM}\r\n{twice}"
+    status, _ = raw_request(legs.ingress, head.encode())
     assert status == 200
     (got,) = legs.recorder.take()
     assert got.get("authorization") == [f"Bearer {OAUTH}"]
@@ -105,7 +106,7 @@ def test_routes_that_drop_the_handoff_are_refused_or_rerouted(legs: Legs) -> Non
 
 
 def test_a_client_request_id_is_replaced_at_the_ingress(legs: Legs) -> None:
-    headers = [("x-api-key", KEY), ("x-request-id", "client-chosen-id")]
+    headers = [("x-api-key", KEY), ("x-litellm-api-key", LITELLM), ("x-request-id", "client-chosen-id")]
     assert send(legs.ingress, "POST", "/v1/messages", headers, b"{}")[0] == 200
     (got,) = legs.recorder.take()
     assert got.get("x-request-id") != ["client-chosen-id"] and len(got.get("x-request-id")) == 1
@@ -174,7 +175,8 @@ def test_a_client_s_x_envoy_header_neither_fails_the_request_nor_reaches_anthrop
     legs: Legs, name: str, value: str, credential: tuple[str, str]
 ) -> None:
     """Envoy refuses an ext_proc filter's removal of x-envoy-* unless allowed; refused, the request failed (503)."""
-    status, _, _ = send(legs.ingress, "POST", "/v1/messages", [credential, (name, value)], b"{}")
+    status, _, _ = send(legs.ingress, "POST", "/v1/messages", [credential, ("x-litellm-api-key", LITELLM),
+                                                                (name, value)], b"{}")  # fmt: skip
     assert status == 200
     (got,) = legs.recorder.take()
     assert got.get(credential[0]) == [credential[1]]
@@ -198,7 +200,7 @@ DOT_PATHS = [
 def test_the_path_the_rules_decide_on_is_the_path_litellm_receives(legs: Legs, path: str, forwarded: bool) -> None:
     """Envoy forwards the request target as the ext_proc server saw it: dot segments, doubled slashes and escapes
     reach LiteLLM unresolved, and the route decision is made on that same text."""
-    status, body, _ = send(legs.ingress, "POST", path, [("x-api-key", KEY)], b"{}")
+    status, body, _ = send(legs.ingress, "POST", path, [("x-api-key", KEY), ("x-litellm-api-key", LITELLM)], b"{}")
     if not forwarded:
         assert status == 400 and json.loads(body)["error"]["type"] == "invalid_request_error", body
         assert legs.recorder.take() == []

@@ -74,8 +74,11 @@ def test_up_says_when_litellm_is_not_installed(tmp_path: Path) -> None:
         [str(BIN / "ext-proc"), "up", "--litellm-config", str(ROOT / "examples" / "litellm.yaml")],
         capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
     )  # fmt: skip
-    assert result.returncode == 1 and "LiteLLM not found: pip install 'ext-proc-credentials[litellm]'" in (
-        result.stderr
+    assert (
+        result.returncode == 1
+        and "LiteLLM not found: install this package's litellm extra (pip install "
+        "'.[litellm]' in a clone of the repository"
+        in result.stderr
     )
 
 
@@ -103,3 +106,34 @@ def test_the_derived_config_on_disk_holds_no_master_key(monkeypatch: pytest.Monk
     assert master not in derived and "os.environ/LITELLM_MASTER_KEY" in derived
     env = litellm.environment(source, "egress-token", "127.0.0.1:10000", False)
     assert env["LITELLM_MASTER_KEY"] == master
+
+
+@pytest.mark.parametrize(
+    ("general", "environ", "requires", "extra"),
+    [
+        ({"master_key": "os.environ/LITELLM_MASTER_KEY"}, {}, True, None),  # the development default
+        ({"master_key": "sk-a-configured-master-key"}, {}, True, None),
+        ({}, {}, False, None),  # LiteLLM serves anyone: no key to ask clients for
+        ({}, {"LITELLM_MASTER_KEY": "sk-from-the-environment-0123"}, True, None),  # LiteLLM reads it unasked
+        ({"master_key": "sk-a-configured-master-key", "litellm_key_header_name": "X-Corp-Key"}, {}, True,
+         "x-corp-key"),
+    ],
+)  # fmt: skip
+def test_up_tells_the_ingress_whether_litellm_asks_for_a_key_and_where_it_reads_one(
+    general: dict[str, str], environ: dict[str, str], requires: bool, extra: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Rule I8 follows the LiteLLM that `up` runs: a client's own credential without a LiteLLM key is refused at
+    the ingress only when LiteLLM would refuse it, and a key in LiteLLM's own `litellm_key_header_name` counts."""
+    from ext_proc.config import DEFAULT_EXTRA_LITELLM_HEADERS, Config
+    from ext_proc.up import _LiteLLMPlan
+
+    monkeypatch.delenv("LITELLM_MASTER_KEY", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    source = {"model_list": [{"model_name": "c", "litellm_params": {"model": "anthropic/c"}}],
+              "general_settings": general}  # fmt: skip
+    env = litellm.environment(source, "egress-token", "127.0.0.1:10000", True)
+    config = _LiteLLMPlan(source, "", env, Path("litellm"), Path("c.yaml")).applied(Config())
+    assert config.litellm_requires_key is requires
+    assert config.litellm_headers == (*DEFAULT_EXTRA_LITELLM_HEADERS, *([extra] if extra else []))

@@ -27,12 +27,15 @@ general_settings:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def check(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+def check(
+    tmp_path: Path, text: str, env: dict[str, str] | None = None, run_by: str = "litellm", *flags: str
+) -> tuple[int, str]:
+    """`ext-proc check` as an operator runs it for a LiteLLM it runs itself (``run_by``), or for `up`'s."""
     (tmp_path / "token").write_text(TOKEN + "\n")
     (tmp_path / "litellm.yaml").write_text(text)
     result = subprocess.run(
         [str(BIN / "ext-proc"), "check", "--egress-token-file", str(tmp_path / "token"),
-         "--litellm-config", str(tmp_path / "litellm.yaml")],
+         "--litellm-config", str(tmp_path / "litellm.yaml"), "--run-by", run_by, *flags],
         capture_output=True, text=True, timeout=60, env={"HOME": str(tmp_path), **(env or {})},
     )  # fmt: skip
     return result.returncode, result.stdout + result.stderr
@@ -162,3 +165,45 @@ def test_check_says_what_seal_max_opens_a_config_needs(tmp_path: Path) -> None:
     ) in out.replace(f"{tmp_path / 'litellm.yaml'}: ", "")
     code, out = check(tmp_path, text, {"EXT_PROC_SEAL_MAX_OPENS": "6"})
     assert code == 0 and "up to 6 times" in out and "seal_max_opens is 6" in out
+
+
+def test_the_readme_s_config_is_judged_as_up_runs_it_and_up_s_changes_are_listed(tmp_path: Path) -> None:
+    """`check --litellm-config` on `up`'s input: what `up --litellm-config` derives is no error, and is listed;
+    the same file for a LiteLLM run separately lacks exactly that."""
+    text = (ROOT / "examples" / "litellm.yaml").read_text()
+    code, out = check(tmp_path, text, None, "up")
+    assert code == 0 and "litellm config OK" in out, out
+    for change in ("sets api_base http://127.0.0.1:10000 (the egress listener) and api_key the egress token for "
+                   "claude-*", "sets client headers forwarded for claude-*",
+                   "sets litellm_requires_key true (LiteLLM has a master key)"):  # fmt: skip
+        assert change in out, out
+    code, out = check(tmp_path, text, None, "litellm")
+    assert code == 1 and out.count("error: ") == 3 and "around the egress" in out, out
+    # A retry policy beyond the gateway's bound is `up`'s to raise; a deployment's own cooldown stays an error.
+    code, out = check(tmp_path, text + "router_settings:\n  num_retries: 5\n", None, "up")
+    assert code == 0 and "sets seal_max_opens 6" in out, out
+    code, out = check(tmp_path, text.replace("model: anthropic/claude-*", "model: anthropic/claude-*\n"
+                                             "      cooldown_time: 9"), None, "up")  # fmt: skip
+    assert code == 1 and "outranks the retry-after: 0" in out, out
+
+
+def test_check_compares_litellm_s_key_settings_with_the_ingress_s(tmp_path: Path) -> None:
+    """Rule I8: a key header LiteLLM reads that the gateway does not know is an error for a separate LiteLLM
+    (clients sending their key there would be refused), and `up` adds it itself; no master key is a warning."""
+    text = GOOD.replace("  master_key: sk-master-1234\n", "  master_key: sk-master-1234\n  litellm_key_header_name: "
+                        "X-Corp-Key\n")  # fmt: skip
+    code, out = check(tmp_path, text)
+    assert code == 1 and "error: line 12: LiteLLM also reads its callers' keys from x-corp-key" in out, out
+    code, out = check(tmp_path, text, {"EXT_PROC_LITELLM_HEADERS": "api-key,x-corp-key"})
+    assert code == 0, out
+    code, out = check(tmp_path, text, None, "up")
+    assert code == 0 and "sets litellm_headers + x-corp-key" in out, out
+    keyless = GOOD.replace("general_settings:\n  master_key: sk-master-1234\n", "general_settings: {}\n")
+    code, out = check(tmp_path, keyless)
+    assert code == 0 and "warning: line 10: no master_key here" in out, out
+    code, out = check(tmp_path, keyless, {"EXT_PROC_LITELLM_REQUIRES_KEY": "false"})
+    assert code == 0 and "no master_key" not in out, out
+    code, out = check(tmp_path, keyless, None, "up")
+    assert "sets litellm_requires_key false (LiteLLM has no master key" in out, out
+    code, out = check(tmp_path, GOOD, None, "nobody")
+    assert code == 2 and "--run-by: 'up' or 'litellm'" in out, out

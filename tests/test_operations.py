@@ -57,6 +57,7 @@ def test_metrics_by_leg_policy_source_rejection_and_latency(tmp_path: Path) -> N
                             (":method", b"POST"),
                             (":path", b"/v1/messages"),
                             ("x-api-key", b"sk-ant-api03-METRICSECRET"),
+                            ("x-litellm-api-key", b"sk-litellm-METRICS"),
                         ),
                     ),
                     ((("x-ext-proc-leg", "sideways"),), headers_message()),

@@ -83,7 +83,7 @@ def test_e6_i5_o3_a_credential_header_holds_one_token_or_the_request_is_refused(
     ],
 )
 def test_i4_identical_repeats_joined_by_envoy_are_one_value(name: str, value: str, token: str) -> None:
-    _, out = run("ingress", "", HeaderView.of((name, value)))
+    _, out = run("ingress", "", HeaderView.of((name, value), ("x-litellm-api-key", LITELLM)))
     (sealed,) = out.get_all(H)
     assert list(KEYRING.open(sealed, NOW).entries) == [(name, token.encode())]
     assert name not in out
@@ -152,9 +152,9 @@ def test_e7_nothing_scrubbed_from_real_client_header_sets() -> None:
 
     for name in (fixtures.CLAUDE_CODE_API_KEY, fixtures.CLAUDE_CODE_OAUTH):
         recorded = fixtures.load(name)
-        client = HeaderView.of(*recorded.without("x-litellm-api-key"))
-        _, at_litellm = run("ingress", "", client)
-        decision, _ = run("egress", "anthropic", HeaderView([*at_litellm, ("x-api-key", b"placeholder")]))
+        _, at_litellm = run("ingress", "", HeaderView.of(*recorded.headers))
+        forwarded = [(n, v) for n, v in at_litellm if n != "x-litellm-api-key"]  # the key LiteLLM authenticated
+        decision, _ = run("egress", "anthropic", HeaderView([*forwarded, ("x-api-key", b"placeholder")]))
         assert decision.rejection is None and decision.audit.scrubbed == ()
 
 

@@ -314,7 +314,8 @@ def test_credential_outside_the_alphabet_is_refused_never_passed_on() -> None:
 
 
 def test_non_utf8_header_values_round_trip_exactly() -> None:
-    decision, out = run("ingress", "", HeaderView.of(("x-api-key", KEY), ("x-bin", b"\xc3\x28")))
+    headers = HeaderView.of(("x-api-key", KEY), ("authorization", "Bearer sk-litellm-1"), ("x-bin", b"\xc3\x28"))
+    decision, out = run("ingress", "", headers)
     assert out.get_all("x-bin") == (b"\xc3\x28",)
     assert decision.rejection is None
 

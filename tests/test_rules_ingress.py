@@ -14,6 +14,7 @@ from tests.support.rules import KEYRING, NOW, context, handoff, run
 H = "x-credential-handoff"
 OAUTH = "sk-ant-oat01-CLIENTOAUTH"
 KEY = "sk-ant-api03-CLIENTKEY"
+LITELLM_KEY = ("x-litellm-api-key", "sk-litellm-CLIENT")
 
 
 def opened(out: HeaderView) -> list[tuple[str, bytes]]:
@@ -28,12 +29,12 @@ def test_i1_client_handoff_removed_when_nothing_to_seal() -> None:
 
 def test_i1_client_handoff_replaced_by_ours() -> None:
     forged = handoff(("x-api-key", "sk-ant-api03-ATTACKER"))
-    _, out = run("ingress", "", HeaderView.of((H, forged), (H, "junk"), ("x-api-key", KEY)))
+    _, out = run("ingress", "", HeaderView.of((H, forged), (H, "junk"), ("x-api-key", KEY), LITELLM_KEY))
     assert out.get_all(H) != (forged.encode(),) and opened(out) == [("x-api-key", KEY.encode())]
 
 
 def test_i2_both_anthropic_credentials_sealed_with_origin_and_removed() -> None:
-    headers = HeaderView.of(("X-Api-Key", KEY), ("Authorization", f"bearer {OAUTH}"), ("x-app", "cli"))
+    headers = HeaderView.of(("X-Api-Key", KEY), ("Authorization", f"bearer {OAUTH}"), ("x-app", "cli"), LITELLM_KEY)
     decision, out = run("ingress", "", headers)
     assert opened(out) == [("x-api-key", KEY.encode()), ("authorization", OAUTH.encode())]
     assert "x-api-key" not in out and "authorization" not in out
@@ -68,8 +69,67 @@ def test_i4_conflicting_duplicates_rejected_with_anthropic_json(name: str, a: st
 
 
 def test_i4_identical_duplicates_are_one_value() -> None:
-    _, out = run("ingress", "", HeaderView.of(("x-api-key", KEY), ("x-api-key", f" {KEY} ")))
+    _, out = run("ingress", "", HeaderView.of(("x-api-key", KEY), ("x-api-key", f" {KEY} "), LITELLM_KEY))
     assert opened(out) == [("x-api-key", KEY.encode())]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        (("x-api-key", KEY),),
+        (("authorization", f"Bearer {OAUTH}"),),
+        (("x-api-key", KEY), ("authorization", f"Bearer {OAUTH}")),
+        (("authorization", f"Bearer {OAUTH}"), ("x-litellm-api-key", "")),
+        (("authorization", f"Bearer {OAUTH}"), ("x-litellm-api-key", "Bearer None")),
+        (("authorization", f"Bearer {OAUTH}"), ("x-api-key", "null")),
+        (("x-api-key", KEY), ("authorization", "Bearer")),
+        (("x-api-key", KEY), ("authorization", "bearer  undefined"), ("api-key", " ")),
+    ],
+)
+def test_i8_a_clients_own_credential_without_a_litellm_key_is_refused_saying_how_to_send_one(
+    headers: tuple[tuple[str, str], ...],
+) -> None:
+    """LiteLLM with a master key answered such a request (its only key sealed away) with a bare 500 on 1.108.7,
+    which Claude Code retried for minutes; the ingress knows the case and says what to do."""
+    decision, _ = run("ingress", "", HeaderView.of(*headers))
+    assert decision.rejection is not None and decision.rejection.status == 400
+    assert decision.rejection.reason == "no-litellm-key" and decision.set == () and decision.remove == ()
+    body = json.loads(decision.rejection.body())
+    assert body["error"]["type"] == "invalid_request_error"
+    assert (
+        "x-litellm-api-key: Bearer" in body["error"]["message"]
+        and "ANTHROPIC_CUSTOM_HEADERS" in body["error"]["message"]
+    )
+    assert KEY not in body["error"]["message"] and OAUTH not in body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        ("x-litellm-api-key", "Bearer sk-litellm-1"),
+        ("x-litellm-api-key", "sk-litellm-1"),
+        ("authorization", "Bearer sk-litellm-1"),
+        ("authorization", "Basic dXNlcjpwYXNz"),  # another scheme: LiteLLM's to judge
+        ("api-key", "azure-style"),
+        ("x-goog-api-key", "g"),
+        ("ocp-apim-subscription-key", "apim"),
+        ("x-corp-key", "sk-litellm-1"),  # a header the operator named (litellm_headers)
+    ],
+)
+def test_i8_any_litellm_key_beside_it_lets_the_request_through(key: tuple[str, str]) -> None:
+    credential = ("x-api-key", KEY) if key[0] == "authorization" else ("authorization", f"Bearer {OAUTH}")
+    ctx = context(litellm_headers=("api-key", "x-goog-api-key", "ocp-apim-subscription-key", "x-corp-key"))
+    decision, out = run("ingress", "", HeaderView.of(credential, key), ctx)
+    assert decision.rejection is None and out.get_all(key[0]) == (key[1].encode(),)
+    assert [name for name, _ in opened(out)] == [credential[0]]
+
+
+def test_i8_off_when_litellm_asks_no_key_and_never_for_requests_without_a_client_credential() -> None:
+    decision, out = run("ingress", "", HeaderView.of(("x-api-key", KEY)), context(litellm_requires_key=False))
+    assert decision.rejection is None and opened(out) == [("x-api-key", KEY.encode())]
+    # Without an Anthropic credential, a missing LiteLLM key is LiteLLM's to answer.
+    decision, _ = run("ingress", "", HeaderView.of(("content-type", "application/json")))
+    assert decision.rejection is None
 
 
 def test_other_policy_strips_ours_and_anthropic_keeps_provider_auth() -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from ext_proc import cli
+from ext_proc.config import Config
 from ext_proc.envoy import HostPort
 from ext_proc.up import port_holder
 from tests.support.http import send
@@ -99,6 +100,24 @@ def test_the_server_runs_grpc_without_its_event_engine_experiments_unless_told(
     assert os.environ["GRPC_EXPERIMENTS"] == (preset or cli.GRPC_EXPERIMENTS)
 
 
+def test_grpc_s_fork_handlers_are_off_so_up_prints_no_grpc_info_lines(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`up` forks only to exec Envoy and LiteLLM; gRPC's fork handlers printed "fork_posix.cc ... skipping fork()
+    handlers" at start whenever the server's threads were busy. An operator's own setting is kept."""
+    monkeypatch.setenv("GRPC_ENABLE_FORK_SUPPORT", "")
+    monkeypatch.delenv("GRPC_ENABLE_FORK_SUPPORT")
+    assert cli.main(["keygen"]) == 0
+    capsys.readouterr()
+    assert os.environ["GRPC_ENABLE_FORK_SUPPORT"] == "false"
+    monkeypatch.setenv("GRPC_ENABLE_FORK_SUPPORT", "true")
+    assert cli.main(["keygen"]) == 0 and os.environ["GRPC_ENABLE_FORK_SUPPORT"] == "true"
+    monkeypatch.delenv("GRPC_ENABLE_FORK_SUPPORT")  # `up` as users start it
+    with Recorder() as recorder, running_up(tmp_path, recorder) as (up, _, _):
+        assert "fork_posix" not in up.output and not any(line[:1] == "I" and line[1:5].isdigit()
+                                                         for line in up.output.splitlines()), up.output  # fmt: skip
+
+
 def test_this_grpcio_knows_every_experiment_the_server_turns_off(tmp_path: Path) -> None:
     """A grpcio release that drops one of the names says so at start ("Unknown experiment"): caught here."""
     env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
@@ -147,7 +166,8 @@ def test_egress_attaches_no_server_key_or_sealed_credential_without_litellm_s_to
         (got,) = recorder.take()
         assert got.get("x-api-key") == []
         # A handoff as LiteLLM sees (and may log) it, replayed straight at the egress: refused, nothing sent.
-        send(ingress, "POST", "/v1/messages", [("authorization", "Bearer sk-ant-oat01-VICTIM")], b"{}")
+        send(ingress, "POST", "/v1/messages", [("authorization", "Bearer sk-ant-oat01-VICTIM"),
+                                               ("x-litellm-api-key", "sk-litellm-VICTIM")], b"{}")  # fmt: skip
         (seen,) = litellm.take()
         (handoff,) = seen.get("x-credential-handoff")
         status, body, _ = send(egress, "POST", "/v1/messages", [("x-credential-handoff", handoff)], b"{}")
@@ -420,3 +440,46 @@ def test_serve_prints_the_real_path_of_its_default_socket(shared_tmp: Path, tmp_
     finally:
         serve.stop()
     assert line == f"serving ext_proc on unix:{shared_tmp / f'ext-proc-{os.getuid()}' / 'ext-proc.sock'}"
+
+
+def test_up_makes_the_egress_token_file_it_is_named_and_serve_says_how_to_make_one(tmp_path: Path) -> None:
+    """As for the default place: `up --egress-token-file PATH` makes the token on first start (0600, in a 0700
+    directory), and LiteLLM's key is then that file's token; `serve` makes none and names the command that does."""
+    named = tmp_path / "secrets" / "egress-token"
+    with Recorder() as recorder, running_up(tmp_path, recorder, "--egress-token-file", str(named)) as (_, _, egress):
+        token = named.read_text().strip()
+        assert stat.S_IMODE(named.stat().st_mode) == 0o600 and stat.S_IMODE(named.parent.stat().st_mode) == 0o700
+        assert token != TOKEN and Config(egress_token=token).load_egress_token() == token.encode()
+        send(egress, "POST", "/v1/messages", [("x-api-key", token)], b"{}")
+        send(egress, "POST", "/v1/messages", [("x-api-key", TOKEN)], b"{}")
+        proved, unproved = recorder.take()
+    assert proved.get("x-api-key") == [SERVER_KEY] and unproved.get("x-api-key") == []
+    missing = tmp_path / "elsewhere" / "egress-token"
+    result = subprocess.run([str(BIN / "ext-proc"), "serve", "--egress-token-file", str(missing)],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2 and not missing.exists()
+    assert "No such file or directory (`ext-proc keygen --egress-token` prints one" in result.stderr
+
+
+def test_litellm_coming_up_after_the_gateway_is_logged_as_answering_not_answering_again(tmp_path: Path) -> None:
+    port = free_port()
+    with Recorder() as recorder, running_up(tmp_path, recorder, litellm=f"http://127.0.0.1:{port}") as (up, _, _):
+        assert up.ready_line.endswith(f"litellm=down (127.0.0.1:{port})")
+        with socket.create_server(("127.0.0.1", port)):
+            line = ""
+            while f"LiteLLM at 127.0.0.1:{port} answers" not in line:
+                line = up.wait_line("", timeout=30)
+    assert line.endswith(f"LiteLLM at 127.0.0.1:{port} answers"), line
+
+
+def test_a_litellm_config_that_is_not_yaml_is_named_with_its_line(tmp_path: Path) -> None:
+    bad = tmp_path / "litellm.yaml"
+    bad.write_text("model_list:\n  - model_name: [x\n")
+    result = subprocess.run([str(BIN / "ext-proc"), "check", "--litellm-config", str(bad)], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)})  # fmt: skip
+    assert result.returncode == 2 and f"cannot read {bad}: while parsing" in result.stderr
+    assert f'in "{bad}", line 2' in result.stderr and "Traceback" not in result.stderr
+    from ext_proc import litellm
+
+    with pytest.raises(litellm.LiteLLMError, match=f'in "{bad}", line 2'):
+        litellm.load(bad)

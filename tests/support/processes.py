@@ -66,6 +66,7 @@ class Proc:
     args: Sequence[str]
     env: Mapping[str, str] | None = None
     unset: Sequence[str] = ()
+    cwd: Path | None = None
     lines: list[str] = field(default_factory=list)
     ready_line: str = ""
 
@@ -76,6 +77,7 @@ class Proc:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env={**base, **(self.env or {})},
+            cwd=self.cwd,
             text=True,
             errors="backslashreplace",
         )
