@@ -13,7 +13,6 @@ import re
 import shlex
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import claude_code, litellm
-from tests.support.processes import BIN, Proc, wait_for
+from tests.support.processes import BIN, Proc, answers_ok, wait_for
 from tests.support.recorder import Recorder
 
 pytestmark = pytest.mark.litellm
@@ -87,14 +86,9 @@ def guide(tmp_path: Path) -> Iterator[Guide]:
                                     "False", "NO_DOCS": "True"}, cwd=tmp_path, unset=("DATABASE_URL",))  # fmt: skip
             port = command[command.index("--port") + 1]
 
-            def alive() -> bool:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/liveliness", timeout=2) as r:
-                        return bool(r.status == 200)
-                except OSError:
-                    return False
-
-            wait_for(alive, "LiteLLM liveliness", timeout=180)
+            wait_for(
+                lambda: answers_ok(f"http://127.0.0.1:{port}/health/liveliness"), "LiteLLM liveliness", timeout=180
+            )
             checked = subprocess.run(
                 [str(BIN / "ext-proc"), "check", "--litellm-config", "config.yaml", "--run-by", "litellm"],
                 env={**base, **env}, cwd=tmp_path, capture_output=True, text=True, timeout=60,

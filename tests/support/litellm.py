@@ -11,14 +11,13 @@ import fcntl
 import hashlib
 import subprocess
 import sys
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.support.processes import Proc, free_port, wait_for
+from tests.support.processes import Proc, answers_ok, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache"
@@ -148,11 +147,7 @@ def start(setup: Setup, workdir: Path, port: int | None = None) -> LiteLLM:
     def alive() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"LiteLLM {setup.version} exited:\n{proc.output[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"{litellm.url}/health/liveliness", timeout=2) as response:  # noqa: S310
-                return bool(response.status == 200)
-        except OSError:
-            return False
+        return answers_ok(f"{litellm.url}/health/liveliness")
 
     wait_for(alive, f"LiteLLM {setup.version} liveliness", timeout=180)
     return litellm

@@ -188,12 +188,14 @@ def start_envoy(
         raise RuntimeError(f"envoy {name} exited:\n{proc.output}")
     admin = admin_file.read_text().strip()
 
-    def ready() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{admin}/ready", timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    wait_for(ready, f"envoy {name} /ready")
+    wait_for(lambda: answers_ok(f"http://{admin}/ready", 1), f"envoy {name} /ready")
     return Envoy(proc, admin)
+
+
+def answers_ok(url: str, timeout: float = 2) -> bool:
+    """Whether a GET of ``url`` answers 200 now (a readiness or liveness endpoint); False on any connection error."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (local test URLs)
+            return bool(response.status == 200)
+    except OSError:
+        return False
