@@ -503,7 +503,7 @@ def _litellm_key_left(headers: HeaderView, ctx: RuleContext, removed: Iterable[s
         if name in removed:
             continue
         for value in headers.get_all(name):
-            token = _BEARER_SCHEME.sub(b"", value.strip(), count=1).strip()
+            token = _BEARER_SCHEME.sub(b"", value.strip()).strip()  # anchored: at most one match
             if token.lower() not in NULLISH:
                 return True
     return False

@@ -96,9 +96,10 @@ def test_i8_a_clients_own_credential_without_a_litellm_key_is_refused_saying_how
     assert decision.rejection.reason == "no-litellm-key" and decision.set == () and decision.remove == ()
     body = json.loads(decision.rejection.body())
     assert body["error"]["type"] == "invalid_request_error"
-    assert (
-        "x-litellm-api-key: Bearer" in body["error"]["message"]
-        and "ANTHROPIC_CUSTOM_HEADERS" in body["error"]["message"]
+    assert body["error"]["message"] == (
+        "This gateway needs a LiteLLM key next to your own Anthropic credential: LiteLLM authenticates you with it, "
+        "and never sees your Anthropic credential. Send it as x-litellm-api-key: Bearer <LiteLLM key> (Claude "
+        "Code: ANTHROPIC_CUSTOM_HEADERS='x-litellm-api-key: Bearer <LiteLLM key>')."
     )
     assert KEY not in body["error"]["message"] and OAUTH not in body["error"]["message"]
 
