@@ -351,19 +351,18 @@ def _check_litellm(config: Config, path: Path, run_by_up: bool) -> int:
         return pattern.search(key) is not None or any(k in key for k in known)
 
     try:
-        with path.open() as fh:
-            yaml.safe_load(fh)  # a syntax error named by the file's path, line and column
+        with path.open() as fh:  # a stream, so that a syntax error names the file, its line and column
+            doc = yaml.safe_load(fh) or {}
         text = path.read_text()
-        findings = check_text(text, token, config.anthropic_prefix, os.environ, recognises, config.seal_max_opens,
-                              run_by_up=run_by_up, key_headers=config.all_litellm_headers,
-                              requires_key=config.litellm_requires_key)  # fmt: skip
-        doc = yaml.safe_load(text) or {}
     except (OSError, ValueError, yaml.YAMLError) as exc:
         print(f"ext-proc: cannot read {path}: {exc}", file=sys.stderr)
         return 2
     if not isinstance(doc, dict):
         print(f"ext-proc: {path}: not a YAML mapping", file=sys.stderr)
         return 2
+    findings = check_text(text, token, config.anthropic_prefix, os.environ, recognises, config.seal_max_opens,
+                          run_by_up=run_by_up, key_headers=config.all_litellm_headers,
+                          requires_key=config.litellm_requires_key)  # fmt: skip
     if run_by_up:
         for change in up_changes(doc, os.environ, config.seal_max_opens, str(Layout().egress)):
             print(f"{path}: `up --litellm-config` sets {change}")

@@ -48,6 +48,8 @@ DEFAULT_EGRESS_ALLOWLIST = (
 DEFAULT_SECRET_PATTERNS = (r"sk-[A-Za-z0-9_-]{4,}",)
 EGRESS_TOKEN_MIN = 32
 LITELLM_KEY_MIN = 8
+# How a boolean setting may be spelt in the environment (a TOML file has its own true and false).
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 
 
@@ -286,19 +288,9 @@ def _coerce(name: str, value: Any) -> Any:
     if kind == "bool":
         if isinstance(value, bool):
             return value
-        words = {
-            "true": True,
-            "1": True,
-            "yes": True,
-            "on": True,
-            "false": False,
-            "0": False,
-            "no": False,
-            "off": False,
-        }
-        if not isinstance(value, str) or value.strip().lower() not in words:
+        if not isinstance(value, str) or value.strip().lower() not in _BOOLEANS:
             raise ConfigError(f"{name}: expected true or false, got {value!r}")
-        return words[value.strip().lower()]
+        return _BOOLEANS[value.strip().lower()]
     if kind == "int":
         try:
             return int(value)

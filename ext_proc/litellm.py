@@ -122,13 +122,6 @@ def master_key(source: dict[str, Any], env: Mapping[str, str]) -> str | None:
     return text
 
 
-def key_header(source: dict[str, Any]) -> str | None:
-    """The header LiteLLM also reads its callers' keys from (`general_settings.litellm_key_header_name`), lower
-    case as Envoy delivers it; None when the config names none."""
-    name = (source.get("general_settings") or {}).get("litellm_key_header_name")
-    return str(name).strip().lower() or None if name is not None else None
-
-
 def load(path: Path) -> dict[str, Any]:
     try:
         with path.open() as fh:  # a stream, so that a syntax error names the file

@@ -158,10 +158,10 @@ def check_text(
             "and the gateway does not know it, so the egress could not find it in a header LiteLLM forwards to "
             "Anthropic (rule E7): give it to the gateway (litellm_key_file), or use a master key starting with "
             "sk-")  # fmt: skip
-    key_header = (general.get("litellm_key_header_name") or "").strip().lower()
-    if not run_by_up and key_header and key_headers is not None and key_header not in key_headers:
+    header = key_header(doc)
+    if not run_by_up and header and key_headers is not None and header not in key_headers:
         add(True, ("general_settings", "litellm_key_header_name"), f"LiteLLM also reads its callers' keys from "
-            f"{key_header}, which the gateway does not know: a client that sends its LiteLLM key there next to its "
+            f"{header}, which the gateway does not know: a client that sends its LiteLLM key there next to its "
             f"own Anthropic credential is refused at the ingress (rule I8); add it to litellm_headers "
             f"(EXT_PROC_LITELLM_HEADERS)")  # fmt: skip
     if not run_by_up and requires_key and "master_key" not in general:
@@ -216,6 +216,18 @@ def check_text(
     return sorted(findings, key=lambda f: f.line)
 
 
+def key_header(doc: Mapping[str, Any]) -> str:
+    """The header LiteLLM also reads its callers' keys from (`general_settings.litellm_key_header_name`), lower
+    case as Envoy delivers it; empty when the config names none."""
+    return str((doc.get("general_settings") or {}).get("litellm_key_header_name") or "").strip().lower()
+
+
+def asks_for_key(doc: Mapping[str, Any], env: Mapping[str, str]) -> bool:
+    """Whether LiteLLM asks its callers for a key: it has a master key, from its config or from
+    LITELLM_MASTER_KEY, which it reads even when the config does not name it (rule I8)."""
+    return "master_key" in (doc.get("general_settings") or {}) or bool(env.get("LITELLM_MASTER_KEY"))
+
+
 def up_changes(doc: Mapping[str, Any], env: Mapping[str, str], seal_max_opens: int, egress: str) -> list[str]:
     """What `up --litellm-config` sets that the config does not say itself (in the copy LiteLLM runs, and in the
     gateway), worded for `check`: a LiteLLM run separately needs the first two in its own config."""
@@ -233,10 +245,10 @@ def up_changes(doc: Mapping[str, Any], env: Mapping[str, str], seal_max_opens: i
     calls = attempts(doc)
     if calls.calls > seal_max_opens:
         changes.append(f"seal_max_opens {calls.calls} ({calls})")
-    master = "master_key" in general or bool(env.get("LITELLM_MASTER_KEY"))
-    asked = "true (LiteLLM has a master key)" if master else "false (LiteLLM has no master key, asks callers for none)"
-    changes.append(f"litellm_requires_key {asked}")
-    header = (general.get("litellm_key_header_name") or "").strip().lower()
+    asked = asks_for_key(doc, env)
+    changes.append("litellm_requires_key " + ("true (LiteLLM has a master key)" if asked else
+                                              "false (LiteLLM has no master key, asks callers for none)"))  # fmt: skip
+    header = key_header(doc)
     if header:
         changes.append(f"litellm_headers + {header} (LiteLLM's litellm_key_header_name)")
     return changes

@@ -499,7 +499,7 @@ def _litellm_key_left(headers: HeaderView, ctx: RuleContext, removed: Iterable[s
     Any value counts but an empty one or a placeholder (``None``, ``Bearer null``): which key is valid, and
     whether another scheme is, is LiteLLM's to judge.
     """
-    for name in (*CREDENTIAL_HEADERS, *sorted(ctx.litellm_headers)):
+    for name in (*CREDENTIAL_HEADERS, *ctx.litellm_headers):
         if name in removed:
             continue
         for value in headers.get_all(name):

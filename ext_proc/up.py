@@ -31,9 +31,9 @@ from typing import Any
 import yaml
 
 from ext_proc import litellm as litellm_child
-from ext_proc.config import LITELLM_KEY_MIN, Config, new_egress_token
+from ext_proc.config import LITELLM_KEY_MIN, Config, ConfigError, new_egress_token
 from ext_proc.envoy import HostPort, Layout, find_envoy, log_caps, render
-from ext_proc.litellm_config import attempts
+from ext_proc.litellm_config import asks_for_key, attempts, key_header
 from ext_proc.litellm_config import check_text as check_litellm
 from ext_proc.server import Server
 
@@ -120,6 +120,8 @@ async def run(
 ) -> int:
     envoy_bin = find_envoy(envoy)
     litellm = _LiteLLMPlan.of(litellm_config, layout, config) if litellm_config is not None else None
+    if litellm is not None:
+        config = litellm.applied(config)
     places = [(layout.ingress, "ingress"), (layout.egress, "egress"), (layout.admin, "Envoy admin"),
               (layout.probe, "probe")]  # fmt: skip
     if litellm is not None:
@@ -141,8 +143,6 @@ async def run(
                 "level (which prints credentials); leave --admin-listen unset for a private Unix socket",
                 layout.admin,
             )
-        if litellm is not None:
-            config = litellm.applied(config)
         if litellm is not None and litellm.attempts.calls > config.seal_max_opens:
             # Every call LiteLLM makes for a request (retries, fallbacks) opens its handoff once (rule S1).
             log.info("%s: seal_max_opens %d", litellm.attempts, litellm.attempts.calls)
@@ -249,9 +249,8 @@ class _LiteLLMPlan:
         master = env.get(litellm_child.MASTER_KEY_ENV)
         # Known by value when long enough to search for without false matches (shorter ones are loopback-only).
         self.master_key = master if master and len(master) >= LITELLM_KEY_MIN else None
-        # LiteLLM asks its callers for a key only when it has a master key, from its config or its environment (I8).
-        self.requires_key = bool(master)
-        self.key_header = litellm_child.key_header(source)
+        self.requires_key = asks_for_key(source, env)
+        self.key_header = key_header(source)
 
     def applied(self, config: Config) -> Config:
         """The server's settings that follow from this LiteLLM: its master key known by value (rule E7), whether
@@ -261,7 +260,10 @@ class _LiteLLMPlan:
             config = replace(config, litellm_keys=(*config.litellm_keys, self.master_key))
         if self.key_header and self.key_header not in config.all_litellm_headers:
             config = replace(config, litellm_headers=(*config.litellm_headers, self.key_header))
-        return config.validated()
+        try:
+            return config.validated()
+        except ConfigError as exc:
+            raise GatewayError(f"the LiteLLM config {self.path}: {exc}") from None
 
     @classmethod
     def of(cls, path: Path, layout: Layout, config: Config) -> _LiteLLMPlan:
