@@ -1,4 +1,5 @@
-"""Every Envoy config the repository ships under deploy/, from one table (and the Istio patch).
+"""Every Envoy config the repository ships under deploy/, from one table (and the Istio patch, and the Helm chart's
+templated copies of both).
 
 `ext-proc envoy-config --all deploy/` writes them; tests check they are current and run them.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ext_proc import chart
 from ext_proc.envoy import HostPort, Layout, Upstream, render
 from ext_proc.istio import render_envoyfilter
 
@@ -22,10 +24,17 @@ DEPLOYED: dict[str, Layout] = {
         egress=HostPort("0.0.0.0", 10000), litellm=Upstream("http", "litellm", 4000), admin=POD_ADMIN,
         probe=HostPort("0.0.0.0", 9902),
     ),
+    # The sidecar form in LiteLLM's own chart (deploy/helm/litellm/sidecar-values.yaml): Envoy takes the port the
+    # chart gives LiteLLM's Service and probes (4000), LiteLLM moves to loopback 4001.
+    "helm/ext-proc-credentials/files/sidecar-envoy.yaml": Layout(
+        ingress=HostPort("0.0.0.0", 4000), egress=HostPort("127.0.0.1", 10000),
+        litellm=Upstream("http", "127.0.0.1", 4001), admin=POD_ADMIN, probe=HostPort("0.0.0.0", 9902),
+    ),
 }  # fmt: skip
 
 
 MESH_FILTER = "k8s/mesh/envoyfilter.yaml"
+GATEWAY = "k8s/gateway/envoy.yaml"
 
 
 def write_all(root: Path) -> list[Path]:
@@ -38,4 +47,4 @@ def write_all(root: Path) -> list[Path]:
         written.append(path)
     (root / MESH_FILTER).parent.mkdir(parents=True, exist_ok=True)
     (root / MESH_FILTER).write_text(render_envoyfilter())
-    return [*written, root / MESH_FILTER]
+    return [*written, root / MESH_FILTER, *chart.write(root, DEPLOYED[GATEWAY])]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from ext_proc.deployed import DEPLOYED, MESH_FILTER
+from ext_proc.chart import CHART
+from ext_proc.deployed import DEPLOYED, MESH_FILTER, write_all
 from ext_proc.envoy import bootstrap, find_envoy, render
 from ext_proc.istio import render_envoyfilter
 from tests.e2e.matrix import ROUTES
@@ -17,12 +19,23 @@ from tests.support.processes import BIN
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_every_shipped_envoy_config_is_current() -> None:
+def test_every_shipped_envoy_config_is_current(tmp_path: Path) -> None:
     """One source for every form: the Istio patches come from the same filter and cluster builders."""
     shipped = {relative: render(layout) for relative, layout in DEPLOYED.items()} | {MESH_FILTER: render_envoyfilter()}
     for relative, text in shipped.items():
         assert (ROOT / "deploy" / relative).read_text() == text, (
             f"deploy/{relative} is stale: run `ext-proc envoy-config --all deploy/`"
+        )
+    # The Helm chart's generated files too: `--all` over a copy of deploy/ changes nothing in it.
+    copy = tmp_path / "deploy"
+    shutil.copytree(ROOT / "deploy", copy)
+    written = write_all(copy)
+    expected = {*shipped, f"{CHART}/values.schema.json", f"{CHART}/files/alerts.yaml"}
+    assert {p.relative_to(copy).as_posix() for p in written} >= expected
+    for generated in written:
+        path = generated.relative_to(copy)
+        assert generated.read_text() == (ROOT / "deploy" / path).read_text(), (
+            f"deploy/{path} is stale: run `ext-proc envoy-config --all deploy/`"
         )
 
 

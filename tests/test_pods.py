@@ -8,16 +8,19 @@ recording stand-in with the client's own credential and nothing it must not carr
 from __future__ import annotations
 
 import base64
+import re
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from ext_proc.envoy import HostPort
 from ext_proc.up import port_holder
 from tests.e2e.matrix import CLIENT_OAUTH, CLIENTS
 from tests.support import litellm
+from tests.support.chart import LITELLM_VALUES, find, litellm_chart_pod, render_chart, secret_files
 from tests.support.http import send
 from tests.support.pods import Pod, ProbeFailed, render_overlay
 from tests.support.processes import BIN
@@ -33,7 +36,8 @@ SECRETS = {
 }
 # This machine has no network: LiteLLM reads its model-cost map locally and sends no telemetry.
 OFFLINE = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False", "NO_DOCS": "True"}
-PORTS = (8080, 9902, 9464, 10000, 4000)
+PORTS = (8080, 9902, 9464, 10000, 4000, 4001)
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def images() -> dict[str, object]:
@@ -64,12 +68,16 @@ def assert_own_credential_only(recorder: Recorder) -> None:
     assert not any(litellm.MASTER_KEY in v or litellm.EGRESS_TOKEN in v for _, v in got.headers)
 
 
-def scraped_as_the_podmonitor_says(docs: list[dict[str, Any]], app: str) -> dict[str, str]:
-    """Each endpoint of deploy/monitoring's PodMonitor that this pod declares, fetched as Prometheus would."""
-    (monitor,) = (d for d in render_overlay("../monitoring") if d["kind"] == "PodMonitor")
-    (wanted,) = monitor["spec"]["selector"]["matchExpressions"]
-    assert app in wanted["values"]
+def scraped_as_the_podmonitor_says(docs: list[dict[str, Any]], monitor: dict[str, Any] | None = None) -> dict[str, str]:
+    """Each endpoint of the PodMonitor (deploy/monitoring's unless given) that this pod declares, fetched as
+    Prometheus would, once the monitor selects the pod."""
+    if monitor is None:
+        (monitor,) = (d for d in render_overlay("../monitoring") if d["kind"] == "PodMonitor")
     (deployment,) = (d for d in docs if d["kind"] == "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = monitor["spec"]["selector"]
+    assert all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+    assert all(labels.get(e["key"]) in e["values"] for e in selector.get("matchExpressions", []))
     spec = deployment["spec"]["template"]["spec"]
     ports = {p["name"]: p["containerPort"] for c in [*spec.get("initContainers", []), *spec["containers"]]
              for p in c.get("ports", []) if "name" in p}  # fmt: skip
@@ -100,7 +108,7 @@ def test_sidecar_pod_runs_as_written(free_pod_ports: None) -> None:
             at = HostPort("127.0.0.1", pod.service_port("litellm"))
             assert oauth_request(at) == 200
             assert_own_credential_only(recorder)
-            assert_scrapes(scraped_as_the_podmonitor_says(docs, "litellm"))
+            assert_scrapes(scraped_as_the_podmonitor_says(docs))
 
 
 def test_gateway_pod_runs_as_written(free_pod_ports: None, tmp_path: Path) -> None:
@@ -116,7 +124,7 @@ def test_gateway_pod_runs_as_written(free_pod_ports: None, tmp_path: Path) -> No
                 at = HostPort("127.0.0.1", pod.service_port("ext-proc-gateway"))
                 assert oauth_request(at) == 200
                 assert_own_credential_only(recorder)
-                assert_scrapes(scraped_as_the_podmonitor_says(docs, "ext-proc-gateway"))
+                assert_scrapes(scraped_as_the_podmonitor_says(docs))
             finally:
                 proxy.stop()
 
@@ -130,3 +138,55 @@ def test_a_probe_on_a_port_nothing_serves_fails_the_pod(free_pod_ports: None) ->
     pod = Pod(docs, "ext-proc-gateway", SECRETS, images(), machine_env=OFFLINE)  # type: ignore[arg-type]
     with pytest.raises(ProbeFailed, match="envoy readinessProbe failed"), pod.running_pod():
         pass
+
+
+def test_the_chart_s_gateway_pod_runs_as_written(free_pod_ports: None, tmp_path: Path) -> None:
+    """`helm install` with the chart's defaults and monitoring on: the Secret it generates is the one the pod and
+    LiteLLM use, its PodMonitor scrapes the pod."""
+    with Recorder() as recorder:
+        docs = render_chart({"monitoring": {"podMonitor": {"enabled": True}}})
+        secrets = secret_files(docs)
+        pod = Pod(docs, "ext-proc-credentials", secrets, images(), machine_env=OFFLINE,  # type: ignore[arg-type]
+                  clusters={"anthropic": ("127.0.0.1", recorder.port), "litellm": ("127.0.0.1", 4000)})  # fmt: skip
+        with pod.running_pod():
+            token = secrets["ext-proc-credentials"]["egress-token"]
+            setup = litellm.Setup(litellm.RELEASES[-1], "http://127.0.0.1:10000", token)
+            proxy = litellm.start(setup, tmp_path, 4000)
+            try:
+                assert oauth_request(HostPort("127.0.0.1", pod.service_port("ext-proc-credentials"))) == 200
+                assert_own_credential_only(recorder)
+                assert_scrapes(scraped_as_the_podmonitor_says(docs, find(docs, "PodMonitor")))
+            finally:
+                proxy.stop()
+
+
+def _proxy_config() -> str:
+    """The LiteLLM config docs/kubernetes-sidecar.md gives for LiteLLM's chart (its `proxy_config` value)."""
+    (block,) = re.findall(r"```yaml\n(proxy_config:\n.*?)```", (DOCS / "kubernetes-sidecar.md").read_text(), re.DOTALL)
+    return str(yaml.safe_dump(yaml.safe_load(block)["proxy_config"]))
+
+
+def test_the_sidecar_form_in_litellm_s_chart_runs_as_written(free_pod_ports: None, tmp_path: Path) -> None:
+    """The chart with `mode=sidecar`, and LiteLLM's pod as its chart places deploy/helm/litellm/sidecar-values.yaml:
+    every request and every probe of LiteLLM's container goes through Envoy's ingress."""
+    with Recorder() as recorder:
+        ours = render_chart({"mode": "sidecar"})
+        config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "litellm-config"},
+                  "data": {"config.yaml": _proxy_config()}}  # fmt: skip
+        docs = [
+            *ours,
+            config,
+            *litellm_chart_pod(
+                LITELLM_VALUES / "sidecar-values.yaml",
+                "ghcr.io/berriai/litellm-database:main-stable",
+                "litellm-masterkey",
+            ),
+        ]
+        secrets = secret_files(ours) | {"litellm-masterkey": {"masterkey": litellm.MASTER_KEY}}
+        # The image's home directory, where LiteLLM writes its caches.
+        machine = {**OFFLINE, "HOME": str(tmp_path)}
+        pod = Pod(docs, "litellm", secrets, images(), machine_env=machine,  # type: ignore[arg-type]
+                  clusters={"anthropic": ("127.0.0.1", recorder.port)})  # fmt: skip
+        with pod.running_pod():
+            assert oauth_request(HostPort("127.0.0.1", pod.service_port("litellm"))) == 200
+            assert_own_credential_only(recorder)
