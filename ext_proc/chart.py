@@ -86,12 +86,13 @@ def _setting_schema(annotation: Any) -> dict[str, Any]:
 
 
 def config_schema() -> dict[str, Any]:
-    """The server's settings as the chart's `config` value takes them: no secrets (the Secret holds those)."""
+    """The server's settings (those of `serve`) as the chart's `config` value takes them: no secrets (the Secret
+    holds those, and they are no flag of any command), none the chart sets itself."""
     hints = typing.get_type_hints(Config)
     settings = {
         f.name: _setting_schema(hints[f.name])
         for f in dataclasses.fields(Config)
-        if f.repr and f.name not in CHART_SETS
+        if "serve" in f.metadata["commands"] and f.name not in CHART_SETS
     }
     return {
         "type": "object",

