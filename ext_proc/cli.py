@@ -31,7 +31,9 @@ from ext_proc.config import (
     ENV_PREFIX,
     Config,
     ConfigError,
+    default_egress_token_path,
     default_socket,
+    egress_token_file,
     new_egress_token,
     new_seal_key,
     shown,
@@ -190,8 +192,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(render(layout))
             return 0
         if layout is not None and config.egress_token is None:
-            from ext_proc.up import egress_token_file
-
             # Made on first start, at the path given or at the default place.
             config = replace(config, egress_token_file=egress_token_file(config.egress_token_file))
         config = config.validated()
@@ -284,7 +284,6 @@ def _check_litellm(config: Config, path: Path, run_by_up: bool) -> int:
 
     from ext_proc.envoy import Layout
     from ext_proc.litellm_config import attempts, check_text, up_changes
-    from ext_proc.up import default_egress_token_path
 
     token = config.load_egress_token()
     if token is None and default_egress_token_path().exists():

@@ -11,6 +11,7 @@ import binascii
 import dataclasses
 import difflib
 import importlib.util
+import logging
 import os
 import re
 import tempfile
@@ -545,6 +546,25 @@ def default_socket() -> str:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     base = Path(runtime) / "ext-proc" if runtime else Path(tempfile.gettempdir()) / f"ext-proc-{os.getuid()}"
     return f"unix:{base / 'ext-proc.sock'}"
+
+
+def default_egress_token_path() -> Path:
+    """Where `up` keeps its egress token unless told: the user's config directory."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "ext-proc" / "egress-token"
+
+
+def egress_token_file(path: Path | None = None) -> Path:
+    """`up`'s egress token (the default place unless ``path``), kept across runs so LiteLLM's configuration stays
+    valid; made (0600, in a 0700 directory if it has to make one) on first use."""
+    path = path or default_egress_token_path()
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(new_egress_token() + "\n")
+        logging.getLogger("ext_proc.up").info("generated the egress token in %s", path)
+    return path
 
 
 def new_egress_token() -> str:

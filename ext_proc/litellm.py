@@ -1,5 +1,8 @@
 """LiteLLM as `ext-proc up`'s supervised child (`--litellm-config FILE`): the whole chain from one command.
 
+`Plan` is what runs: the config read and judged before anything starts, the settings of the gateway that follow
+from it, the child started and waited for, and the two lines a client needs.
+
 The user's config is read, never edited: a derived copy in `up`'s private directory points every Anthropic
 deployment at the egress with the egress token as its key and forwards client headers for the Anthropic model
 groups only, so an ordinary config with `anthropic/...` models and a master key works as it is. LiteLLM comes from
@@ -8,14 +11,27 @@ the optional extra (`pip install 'ext-proc-credentials[litellm]'`), or any `lite
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import shutil
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ext_proc import supervise
+from ext_proc.config import LITELLM_KEY_MIN, Config, ConfigError
+from ext_proc.envoy import Layout
+from ext_proc.litellm_config import asks_for_key, attempts, check_text, key_header
+from ext_proc.supervise import GatewayError, answers, die_with_parent, http_ok, prefixed, wait_until
+
+log = logging.getLogger("ext_proc.up")
+START_SECONDS = 180.0
+CHECK_SECONDS = 5.0
 
 # Used only when LITELLM_MASTER_KEY is unset, and refused when the ingress listens beyond loopback.
 DEV_MASTER_KEY = "sk-local-dev-only"
@@ -131,3 +147,107 @@ def load(path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise LiteLLMError(f"the LiteLLM config {path} is not a YAML mapping")
     return doc
+
+
+class Plan:
+    """What `up --litellm-config` runs: the user's config (read now, so a bad one fails before anything starts)."""
+
+    def __init__(self, source: dict[str, Any], derived: str, env: dict[str, str], binary: Path, path: Path) -> None:
+        self.source = source
+        self.derived = derived
+        self.env = env
+        self.binary = binary
+        self.path = path
+        self.output: asyncio.Task[None] | None = None
+        self.attempts = attempts(source)
+        master = env.get(MASTER_KEY_ENV)
+        # Known by value when long enough to search for without false matches (shorter ones are loopback-only).
+        self.master_key = master if master and len(master) >= LITELLM_KEY_MIN else None
+        self.requires_key = asks_for_key(source, env)
+        self.key_header = key_header(source)
+
+    def applied(self, config: Config) -> Config:
+        """The server's settings that follow from this LiteLLM: its master key known by value (rule E7), whether
+        it asks callers for a key and the header it reads one from besides the usual ones (rule I8), and as many
+        opens of a handoff as it makes calls for one request (rule S1)."""
+        config = replace(config, litellm_requires_key=self.requires_key)
+        if self.master_key:
+            config = replace(config, litellm_keys=(*config.litellm_keys, self.master_key))
+        if self.key_header and self.key_header not in config.all_litellm_headers:
+            config = replace(config, litellm_headers=(*config.litellm_headers, self.key_header))
+        if self.attempts.calls > config.seal_max_opens:
+            log.info("%s: seal_max_opens %d", self.attempts, self.attempts.calls)
+            config = replace(config, seal_max_opens=self.attempts.calls)
+        try:
+            return config.validated()
+        except ConfigError as exc:
+            raise GatewayError(f"the LiteLLM config {self.path}: {exc}") from None
+
+    @classmethod
+    def of(cls, path: Path, layout: Layout, config: Config) -> Plan:
+        if layout.litellm.scheme != "http":
+            raise GatewayError("--litellm-config runs LiteLLM on --litellm, which must be an http:// address here")
+        binary = find_litellm()
+        token = config.load_egress_token()
+        if token is None:
+            raise GatewayError("--litellm-config needs an egress token (egress_token_file)")
+        source = load(path)
+        derived = yaml.safe_dump(derive(source, str(layout.egress)), sort_keys=False)
+        findings = check_text(derived, token, config.anthropic_prefix, {"ANTHROPIC_API_KEY": token.decode()})
+        for finding in findings:
+            log.warning("LiteLLM config %s: %s", path, finding)
+        if any(f.error for f in findings):
+            raise GatewayError(f"the LiteLLM config {path} breaks a guarantee (see above)")
+        loopback = layout.ingress.host in ("127.0.0.1", "::1", "localhost")
+        env = environment(source, token.decode(), str(layout.egress), loopback)
+        return cls(source, derived, env, binary, path)
+
+    async def start(self, work: Path, layout: Layout, stopping: asyncio.Event) -> asyncio.subprocess.Process:
+        """LiteLLM from the derived config, dying with this process, waited for until its liveliness answers."""
+        derived = work / "litellm.yaml"
+        fd = os.open(derived, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.derived)
+        child = await asyncio.create_subprocess_exec(
+            str(self.binary), "--config", str(derived),
+            "--host", layout.litellm.host, "--port", str(layout.litellm.port),
+            env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )  # fmt: skip
+        self.output = asyncio.create_task(prefixed(child, "litellm | "))
+        log.info("LiteLLM started from %s (pid %d)", self.path, child.pid)
+        url = f"http://{layout.litellm.host}:{layout.litellm.port}/health/liveliness"
+        try:
+            await wait_until(lambda: http_ok(url), child, "LiteLLM", START_SECONDS, stopping, 0.25)
+        except BaseException:
+            await supervise.stop(child)
+            raise
+        return child
+
+    def print_client_setup(self, layout: Layout) -> None:
+        """The two lines a Claude Code user needs (a master key as the shell holds it, never its value)."""
+        host = "127.0.0.1" if layout.ingress.host in ("0.0.0.0", "::") else layout.ingress.host
+        if (self.source.get("general_settings") or {}).get("master_key") != _MASTER_FROM_ENV:
+            key = "<your LiteLLM key>"
+        elif os.environ.get(MASTER_KEY_ENV):
+            key = f"${MASTER_KEY_ENV}"
+        else:
+            key = DEV_MASTER_KEY
+        print(f"export ANTHROPIC_BASE_URL=http://{host}:{layout.ingress.port}", flush=True)
+        print(f'export ANTHROPIC_CUSTOM_HEADERS="x-litellm-api-key: {key}"', flush=True)
+
+
+async def watch(layout: Layout, up: bool) -> None:
+    """Log each change in whether LiteLLM accepts connections: the ingress leg's 503s then name it too."""
+    answered = up
+    while True:
+        await asyncio.sleep(CHECK_SECONDS)
+        now = await asyncio.to_thread(answers, layout.litellm.host, layout.litellm.port)
+        if now != up:
+            up = now
+            where = f"{layout.litellm.host}:{layout.litellm.port}"
+            if up:
+                log.info("LiteLLM at %s answers%s", where, " again" if answered else "")
+                answered = True
+            else:
+                log.warning("LiteLLM at %s does not answer: the ingress leg answers 503 until it does", where)

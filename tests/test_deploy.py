@@ -102,3 +102,15 @@ def test_the_readme_s_headline_numbers_are_the_measured_tables() -> None:
     )
     leaks = {h[5] for h in headings if h[0] == "1.81.14" and h[1] == "alone"}
     assert leaks == {"20"} and "on 1.81.14, 20 of them send LiteLLM's own key to Anthropic" in readme
+
+
+def test_check_imports_neither_the_supervisor_nor_the_server(tmp_path: Path) -> None:
+    """`ext-proc check --litellm-config` judges files; it starts nothing, so it loads nothing that does."""
+    probe = (
+        "import sys; from ext_proc import cli; code = cli.main(['check', '--litellm-config', sys.argv[1]]); "
+        "print(code, sorted(m for m in sys.modules if m in ('ext_proc.up', 'ext_proc.supervise', "
+        "'ext_proc.envoy_process', 'ext_proc.server', 'grpc')))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe, str(ROOT / "examples" / "litellm.yaml")],
+                            capture_output=True, text=True, timeout=60, env={"HOME": str(tmp_path)})  # fmt: skip
+    assert result.stdout.strip().splitlines()[-1] == "0 []", result.stdout + result.stderr

@@ -126,7 +126,6 @@ def test_up_tells_the_ingress_whether_litellm_asks_for_a_key_and_where_it_reads_
     """Rule I8 follows the LiteLLM that `up` runs: a client's own credential without a LiteLLM key is refused at
     the ingress only when LiteLLM would refuse it, and a key in LiteLLM's own `litellm_key_header_name` counts."""
     from ext_proc.config import DEFAULT_EXTRA_LITELLM_HEADERS, Config
-    from ext_proc.up import _LiteLLMPlan
 
     monkeypatch.delenv("LITELLM_MASTER_KEY", raising=False)
     for name, value in environ.items():
@@ -134,6 +133,6 @@ def test_up_tells_the_ingress_whether_litellm_asks_for_a_key_and_where_it_reads_
     source = {"model_list": [{"model_name": "c", "litellm_params": {"model": "anthropic/c"}}],
               "general_settings": general}  # fmt: skip
     env = litellm.environment(source, "egress-token", "127.0.0.1:10000", True)
-    config = _LiteLLMPlan(source, "", env, Path("litellm"), Path("c.yaml")).applied(Config())
+    config = litellm.Plan(source, "", env, Path("litellm"), Path("c.yaml")).applied(Config())
     assert config.litellm_requires_key is requires
     assert config.litellm_headers == (*DEFAULT_EXTRA_LITELLM_HEADERS, *([extra] if extra else []))

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from ext_proc.envoy import HostPort
-from ext_proc.up import port_holder
+from ext_proc.supervise import port_holder
 from tests.e2e.matrix import CLIENT_OAUTH, CLIENTS
 from tests.support import litellm
 from tests.support.chart import LITELLM_VALUES, find, litellm_chart_pod, render_chart, secret_files

@@ -25,7 +25,7 @@ import pytest
 from ext_proc import cli
 from ext_proc.config import Config
 from ext_proc.envoy import HostPort
-from ext_proc.up import port_holder
+from ext_proc.supervise import port_holder
 from tests.support.http import send
 from tests.support.processes import BIN, Proc, free_port, start_server, wait_for
 from tests.support.recorder import Recorder
