@@ -157,6 +157,13 @@ def test_an_existing_secret_is_mounted_and_none_is_made() -> None:
     assert toml["server_credential_file"] == "/etc/ext-proc/secrets/server-credential"
 
 
+def _envoy_accepts(text: str, tmp_path: Path) -> None:
+    (tmp_path / "envoy.yaml").write_text(text)
+    result = subprocess.run([str(find_envoy()), "--mode", "validate", "-c", str(tmp_path / "envoy.yaml")],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def _envoy(docs: list[Doc]) -> str:
     return str(find(docs, "ConfigMap", "ext-proc-credentials-envoy")["data"]["envoy.yaml"])
 
@@ -177,20 +184,14 @@ def test_the_embedded_envoy_config_is_the_builders_output_for_these_values(
     )  # fmt: skip
     text = _envoy(render_chart(values))
     assert yaml.safe_load(text) == bootstrap(layout)
-    (tmp_path / "envoy.yaml").write_text(text)
-    result = subprocess.run([str(find_envoy()), "--mode", "validate", "-c", str(tmp_path / "envoy.yaml")],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    _envoy_accepts(text, tmp_path)
 
 
 def test_the_sidecar_mode_renders_the_sidecar_layout(tmp_path: Path) -> None:
     text = _envoy(render_chart({"mode": "sidecar"}))
     assert text == (ROOT / "deploy" / "helm" / "ext-proc-credentials" / "files" / "sidecar-envoy.yaml").read_text()
     assert yaml.safe_load(text) == bootstrap(DEPLOYED["helm/ext-proc-credentials/files/sidecar-envoy.yaml"])
-    (tmp_path / "envoy.yaml").write_text(text)
-    result = subprocess.run([str(find_envoy()), "--mode", "validate", "-c", str(tmp_path / "envoy.yaml")],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    _envoy_accepts(text, tmp_path)
 
 
 def test_the_envoyfilter_is_the_builders_output() -> None:
