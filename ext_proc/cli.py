@@ -27,18 +27,17 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ext_proc.audit import configure_logging
-from ext_proc.config import (
-    ENV_PREFIX,
-    Config,
-    ConfigError,
+from ext_proc.config import ENV_PREFIX, Config, ConfigError, default_socket, shown
+from ext_proc.envoy import EnvoyNotFound, find_envoy
+from ext_proc.secrets import (
+    Secrets,
     default_egress_token_path,
-    default_socket,
     egress_token_file,
+    load_secrets,
     new_egress_token,
     new_seal_key,
-    shown,
+    reread_secret,
 )
-from ext_proc.envoy import EnvoyNotFound, find_envoy
 
 
 class _Parser(argparse.ArgumentParser):
@@ -195,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Made on first start, at the path given or at the default place.
             config = replace(config, egress_token_file=egress_token_file(config.egress_token_file))
         config = config.validated()
+        secrets = load_secrets(config)  # read once, here, for whichever command runs
     except (ConfigError, ValueError, OSError) as exc:  # OSError: the egress token file cannot be made there
         print(f"ext-proc: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -203,16 +203,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.run_by not in ("up", "litellm"):
             print(f"ext-proc: --run-by: 'up' or 'litellm', not {args.run_by!r}", file=sys.stderr)
             return 2
-        code = _check(config, args.envoy_config, config.envoy or None)
-        return code or (_check_litellm(config, litellm_config, args.run_by == "up") if litellm_config else 0)
+        code = _check(secrets, args.envoy_config, config.envoy or None)
+        return code or (_check_litellm(config, secrets, litellm_config, args.run_by == "up") if litellm_config else 0)
     configure_logging(config.log_level, config.log_format)
     try:
         if layout is not None:
             from ext_proc import up
 
-            return _run(up.run(config, layout, config.envoy_log_level, config.envoy or None, litellm_config),
-                        config.event_loop)  # fmt: skip
-        return _run(_serve(config), config.event_loop)
+            return _run(up.run(config, secrets, layout, config.envoy_log_level, config.envoy or None,
+                               litellm_config), config.event_loop)  # fmt: skip
+        return _run(_serve(config, secrets), config.event_loop)
     except (EnvoyNotFound, OSError, RuntimeError) as exc:
         print(f"ext-proc: {exc}", file=sys.stderr)
         return 1
@@ -248,9 +248,8 @@ def _health(address: str) -> int:
     return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
-def _check(config: Config, envoy_config: str | None, envoy: str | None) -> int:
-    keyring = config.keyring()
-    credential = config.load_server_credential()
+def _check(secrets: Secrets, envoy_config: str | None, envoy: str | None) -> int:
+    keyring, credential = secrets.keyring, secrets.server_credential
     print(
         "config OK: seal keys "
         + (", ".join(keyring.key_ids) if keyring else "none (one is generated at start)")
@@ -274,7 +273,7 @@ def _check(config: Config, envoy_config: str | None, envoy: str | None) -> int:
     return 0
 
 
-def _check_litellm(config: Config, path: Path, run_by_up: bool) -> int:
+def _check_litellm(config: Config, secrets: Secrets, path: Path, run_by_up: bool) -> int:
     """LiteLLM's side: its Anthropic deployments call the egress, with the egress token, forwarding the handoff.
 
     Judged as the command that will run it does: `up --litellm-config` sets what the gateway needs (listed), a
@@ -285,10 +284,11 @@ def _check_litellm(config: Config, path: Path, run_by_up: bool) -> int:
     from ext_proc.envoy import Layout
     from ext_proc.litellm_config import attempts, check_text, up_changes
 
-    token = config.load_egress_token()
+    token = secrets.egress_token
     if token is None and default_egress_token_path().exists():
-        token = replace(config, egress_token_file=default_egress_token_path()).load_egress_token()
-    pattern, known = config.secret_pattern(), config.load_litellm_keys()
+        default = replace(config, egress_token_file=default_egress_token_path())
+        token = reread_secret(default, "egress_token_file", secrets).egress_token
+    pattern, known = config.secret_pattern(), secrets.litellm_keys
 
     def recognises(key: bytes) -> bool:
         return pattern.search(key) is not None or any(k in key for k in known)
@@ -319,10 +319,10 @@ def _check_litellm(config: Config, path: Path, run_by_up: bool) -> int:
     return 1 if errors else 0
 
 
-async def _serve(config: Config) -> int:
+async def _serve(config: Config, secrets: Secrets) -> int:
     from ext_proc.server import Server
 
-    server = Server(config)
+    server = Server(config, secrets)
 
     def ready(address: str) -> None:
         at = config.metrics_address

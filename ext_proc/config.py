@@ -6,12 +6,9 @@ start with the setting's name and what was expected; secret values never appear 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import difflib
 import importlib.util
-import logging
 import os
 import re
 import tempfile
@@ -21,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ext_proc.credentials import Credential, Prefixes, UnreadableCredential
+from ext_proc.credentials import Prefixes
 from ext_proc.envoy import DEPLOYED_SOCKET, HostPort, Layout, NamedUpstream, Upstream
-from ext_proc.seal import KEY_BYTES, Keyring
 
 ENV_PREFIX = "EXT_PROC_"
 LITELLM_HEADER = "x-litellm-api-key"
@@ -49,8 +45,6 @@ DEFAULT_EGRESS_ALLOWLIST = (
 # before it ("Xsk-<key>" is still a usable key to whoever reads it). A master key of another shape is known by
 # value instead (litellm_keys / litellm_key_file; `up --litellm-config` reads it from LiteLLM's config).
 DEFAULT_SECRET_PATTERNS = (r"sk-[A-Za-z0-9_-]{4,}",)
-EGRESS_TOKEN_MIN = 32
-LITELLM_KEY_MIN = 8
 # How a boolean setting may be spelt in the environment (a TOML file has its own true and false).
 _BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
@@ -322,25 +316,7 @@ class Config:
             raise ConfigError("reload_interval_seconds must be positive, grace_seconds and drain_seconds not negative")
         if self.event_loop not in ("uvloop", "asyncio"):
             raise ConfigError("event_loop must be 'uvloop' or 'asyncio'")
-        self.keyring()
-        self.load_server_credential()
-        self.load_egress_token()
         return self
-
-    def load_egress_token(self) -> bytes | None:
-        """The secret LiteLLM sends as its Anthropic key, read now; long, and no credential of any kind."""
-        text = _one_secret(self.egress_token, self.egress_token_file, "egress_token_file")
-        if text is None:
-            return None
-        token = text.encode("latin-1", "replace")
-        if len(token) < EGRESS_TOKEN_MIN or not re.fullmatch(rb"[A-Za-z0-9._~+/=-]+", token):
-            raise ConfigError(
-                f"egress token: must be at least {EGRESS_TOKEN_MIN} characters of [A-Za-z0-9._~+/=-] "
-                "(`ext-proc keygen --egress-token` prints one)"
-            )
-        if self.anthropic_prefix.encode() in token or token.startswith(b"sk-"):
-            raise ConfigError("egress token: must not look like an Anthropic or LiteLLM key")
-        return token
 
     def secret_pattern(self) -> re.Pattern[bytes]:
         """One pattern for everything the egress never lets out in a kept header: Anthropic's prefix, LiteLLM keys."""
@@ -351,47 +327,6 @@ class Config:
                 raise ConfigError(f"secret_patterns {text!r}: not a regular expression ({exc})") from None
         alternatives = [re.escape(self.anthropic_prefix), *self.secret_patterns]
         return re.compile("|".join(f"(?:{a})" for a in alternatives).encode())
-
-    def keyring(self) -> Keyring | None:
-        """The configured seal keys, or None when none is configured (the server then generates one)."""
-        texts = self.seal_keys
-        if self.seal_key_file is not None:
-            texts = tuple(_read_lines(self.seal_key_file, "seal_key_file"))
-            if not texts:
-                raise ConfigError(f"seal_key_file {self.seal_key_file}: holds no key")
-        if not texts:
-            return None
-        return Keyring([_decode_key(i, text) for i, text in enumerate(texts)], self.seal_ttl_seconds)
-
-    def load_litellm_keys(self) -> tuple[bytes, ...]:
-        """The LiteLLM keys known by value (inline and file), read now."""
-        texts = list(self.litellm_keys)
-        if self.litellm_key_file is not None:
-            texts += _read_lines(self.litellm_key_file, "litellm_key_file")
-        keys = tuple(dict.fromkeys(t.strip().encode("latin-1", "replace") for t in texts if t.strip()))
-        short = [k for k in keys if len(k) < LITELLM_KEY_MIN]
-        if short:
-            raise ConfigError(
-                f"litellm_keys: a key of {len(short[0])} characters is too short to search headers for "
-                f"(at least {LITELLM_KEY_MIN})"
-            )
-        return keys
-
-    def load_server_credential(self) -> Credential | None:
-        """The sidecar's own Anthropic credential (priority 5), read now; it must look like one."""
-        text = _one_secret(self.server_credential, self.server_credential_file, "server_credential_file")
-        if text is None:
-            return None
-        try:
-            credential = self.prefixes.classify(text.encode("latin-1", "replace"))
-        except UnreadableCredential:
-            credential = None
-        if credential is None:
-            raise ConfigError(
-                f"server credential: not an Anthropic credential (expected a value starting with "
-                f"{self.anthropic_prefix!r})"
-            )
-        return credential
 
 
 def shown(default: Any) -> str:
@@ -487,91 +422,8 @@ def _coerce(name: str, value: Any) -> Any:
     return value.strip().lower() if name == "handoff_header" else value
 
 
-def _one_secret(inline: str | None, file: Path | None, setting: str) -> str | None:
-    """A secret given inline or as a one-line file (a Kubernetes secret mount), trimmed; None if neither."""
-    if file is not None:
-        lines = _read_lines(file, setting)
-        if len(lines) != 1:
-            raise ConfigError(f"{setting} {file}: must hold one line")
-        return lines[0]
-    return inline.strip() if inline is not None else None
-
-
-def _read_lines(path: Path, setting: str) -> list[str]:
-    try:
-        check_secret_mode(path, setting)
-        text = path.read_text(encoding="latin-1")
-    except OSError as exc:
-        hint = _MAKES.get(setting, "") if isinstance(exc, FileNotFoundError) else ""
-        raise ConfigError(f"{setting} {path}: {exc.strerror}{hint}") from None
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-
-
-# What makes a missing secret file, for the error that names it.
-_MAKES = {
-    "egress_token_file": " (`ext-proc keygen --egress-token` prints one; `ext-proc up` makes it on first start)",
-    "seal_key_file": " (`ext-proc keygen` prints a key; without any seal key one is generated for this process)",
-}
-
-
-def check_secret_mode(path: Path, setting: str) -> None:
-    """Refuse a secret file others may read, as PostgreSQL does with its key file.
-
-    Owned by this user: no group or other access (0600 or less). Owned by root: group read is allowed (0640 or
-    less), which is how a Kubernetes Secret volume with ``defaultMode: 0440`` and the pod's ``fsGroup`` hands a
-    root-owned file to a non-root container. Symlinks (a Secret volume's ``..data`` links) are followed.
-    """
-    st = os.stat(path)
-    allowed = 0o040 if st.st_uid == 0 else 0
-    if st.st_mode & 0o077 & ~allowed:
-        mode = f"{st.st_mode & 0o777:o}"
-        raise ConfigError(
-            f"{setting} {path}: other users can read it (mode {mode}); it holds a secret: chmod 600 {path} (or 640 "
-            "owned by root; a Kubernetes Secret volume: defaultMode: 0440 with the pod's fsGroup)"
-        )
-
-
-def _decode_key(index: int, text: str) -> bytes:
-    try:
-        key = base64.b64decode(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise ConfigError(f"seal key #{index + 1}: not base64") from None
-    if len(key) != KEY_BYTES:
-        raise ConfigError(f"seal key #{index + 1}: must decode to {KEY_BYTES} bytes, got {len(key)}")
-    return key
-
-
 def default_socket() -> str:
     """Where ``serve`` listens unless told: a socket in a directory only this user may enter."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     base = Path(runtime) / "ext-proc" if runtime else Path(tempfile.gettempdir()) / f"ext-proc-{os.getuid()}"
     return f"unix:{base / 'ext-proc.sock'}"
-
-
-def default_egress_token_path() -> Path:
-    """Where `up` keeps its egress token unless told: the user's config directory."""
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "ext-proc" / "egress-token"
-
-
-def egress_token_file(path: Path | None = None) -> Path:
-    """`up`'s egress token (the default place unless ``path``), kept across runs so LiteLLM's configuration stays
-    valid; made (0600, in a 0700 directory if it has to make one) on first use."""
-    path = path or default_egress_token_path()
-    if not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(new_egress_token() + "\n")
-        logging.getLogger("ext_proc.up").info("generated the egress token in %s", path)
-    return path
-
-
-def new_egress_token() -> str:
-    """A fresh egress token: LiteLLM's Anthropic key, known to the egress leg only."""
-    return "egress-" + base64.urlsafe_b64encode(os.urandom(KEY_BYTES)).decode().rstrip("=")
-
-
-def new_seal_key() -> str:
-    """A fresh key in the form the config expects (``ext-proc keygen``)."""
-    return base64.urlsafe_b64encode(os.urandom(KEY_BYTES)).decode()

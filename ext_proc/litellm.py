@@ -24,9 +24,10 @@ from typing import Any
 import yaml
 
 from ext_proc import supervise
-from ext_proc.config import LITELLM_KEY_MIN, Config, ConfigError
+from ext_proc.config import Config, ConfigError
 from ext_proc.envoy import Layout
 from ext_proc.litellm_config import asks_for_key, attempts, check_text, key_header
+from ext_proc.secrets import LITELLM_KEY_MIN, Secrets
 from ext_proc.supervise import GatewayError, answers, die_with_parent, http_ok, prefixed, wait_until
 
 log = logging.getLogger("ext_proc.up")
@@ -166,29 +167,32 @@ class Plan:
         self.requires_key = asks_for_key(source, env)
         self.key_header = key_header(source)
 
-    def applied(self, config: Config) -> Config:
-        """The server's settings that follow from this LiteLLM: its master key known by value (rule E7), whether
-        it asks callers for a key and the header it reads one from besides the usual ones (rule I8), and as many
-        opens of a handoff as it makes calls for one request (rule S1)."""
+    def applied(self, config: Config, secrets: Secrets) -> tuple[Config, Secrets]:
+        """The server's settings and secrets that follow from this LiteLLM: its master key known by value (rule
+        E7; a setting too, so that a reload of litellm_key_file keeps it), whether it asks callers for a key and
+        the header it reads one from besides the usual ones (rule I8), and as many opens of a handoff as it makes
+        calls for one request (rule S1)."""
         config = replace(config, litellm_requires_key=self.requires_key)
         if self.master_key:
             config = replace(config, litellm_keys=(*config.litellm_keys, self.master_key))
+            key = self.master_key.encode("latin-1", "replace")
+            secrets = replace(secrets, litellm_keys=tuple(dict.fromkeys((*secrets.litellm_keys, key))))
         if self.key_header and self.key_header not in config.all_litellm_headers:
             config = replace(config, litellm_headers=(*config.litellm_headers, self.key_header))
         if self.attempts.calls > config.seal_max_opens:
             log.info("%s: seal_max_opens %d", self.attempts, self.attempts.calls)
             config = replace(config, seal_max_opens=self.attempts.calls)
         try:
-            return config.validated()
+            return config.validated(), secrets
         except ConfigError as exc:
             raise GatewayError(f"the LiteLLM config {self.path}: {exc}") from None
 
     @classmethod
-    def of(cls, path: Path, layout: Layout, config: Config) -> Plan:
+    def of(cls, path: Path, layout: Layout, config: Config, secrets: Secrets) -> Plan:
         if layout.litellm.scheme != "http":
             raise GatewayError("--litellm-config runs LiteLLM on --litellm, which must be an http:// address here")
         binary = find_litellm()
-        token = config.load_egress_token()
+        token = secrets.egress_token
         if token is None:
             raise GatewayError("--litellm-config needs an egress token (egress_token_file)")
         source = load(path)

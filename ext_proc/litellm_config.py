@@ -17,7 +17,8 @@ import yaml
 
 OLD_PLACEHOLDER = "placeholder-sealed-by-sidecar"
 _ENV = "os.environ/"
-# What Claude Code (2.1.332) asks for by default, measured (shared/notes/litellm-behaviour.md).
+# What Claude Code 2.1.332 asks for by default, as recorded from its requests: the first with an API key, the second
+# with an OAuth token (a subscription).
 CLAUDE_CODE_MODELS = ("claude-opus-5-5", "claude-sonnet-5-5")
 _FORWARD = ("litellm_settings", "model_group_settings", "forward_client_headers_to_llm_api")
 

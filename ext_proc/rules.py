@@ -17,7 +17,6 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from ext_proc.config import Config
 from ext_proc.credentials import (
     AUTHORIZATION,
     CREDENTIAL_HEADERS,
@@ -31,7 +30,7 @@ from ext_proc.credentials import (
 from ext_proc.headers import HeaderView
 from ext_proc.names import POLICIES, Leg, Policy
 from ext_proc.routes import Routes
-from ext_proc.seal import Keyring, OpenCounter, SealError, SealFailure, tracker_capacity
+from ext_proc.seal import Keyring, OpenCounter, SealError, SealFailure
 
 ANTHROPIC_BETA = "anthropic-beta"
 COOKIE = "cookie"
@@ -148,7 +147,7 @@ class RuleContext:
     prefixes: Prefixes
     oauth_beta: bytes
     # Anthropic's prefix or a LiteLLM key's shape: never let out in a header the egress keeps.
-    secrets: re.Pattern[bytes]
+    secret_pattern: re.Pattern[bytes]
     # What LiteLLM sends as its Anthropic key; None when no proof of the sender is asked for (E0).
     egress_token: bytes | None
     # The one piece of state the rules are handed: how often each handoff was opened (shared across reloads).
@@ -165,31 +164,6 @@ class RuleContext:
     # The same for holds_secret, on short values only (a client's user agent and x-stainless-* repeat).
     _secret_verdicts: dict[bytes, bool] = field(default_factory=dict, init=False, compare=False, repr=False)
 
-    @classmethod
-    def from_config(
-        cls,
-        config: Config,
-        keyring: Keyring,
-        server_credential: Credential | None,
-        egress_token: bytes | None = None,
-        litellm_keys: tuple[bytes, ...] = (),
-    ) -> RuleContext:
-        return cls(
-            keyring=keyring,
-            server_credential=server_credential,
-            handoff_header=config.handoff_header,
-            litellm_headers=config.all_litellm_headers,
-            allow_exact=frozenset(n for n in config.egress_allowlist if not n.endswith("*")),
-            allow_prefixes=tuple(n[:-1] for n in config.egress_allowlist if n.endswith("*")),
-            prefixes=config.prefixes,
-            oauth_beta=config.oauth_beta.encode(),
-            secrets=config.secret_pattern(),
-            egress_token=egress_token,
-            opens=OpenCounter(config.seal_max_opens, tracker_capacity(config.seal_ttl_seconds)),
-            litellm_keys=litellm_keys,
-            litellm_requires_key=config.litellm_requires_key,
-        )
-
     def allowed(self, name: str) -> bool:
         return name in self.allow_exact or name.startswith(self.allow_prefixes)
 
@@ -197,7 +171,7 @@ class RuleContext:
         """Whether a header value holds Anthropic's prefix or a LiteLLM key's shape (rule E7)."""
         verdict = self._secret_verdicts.get(value)
         if verdict is None:
-            verdict = self.secrets.search(value) is not None or any(k in value for k in self.litellm_keys)
+            verdict = self.secret_pattern.search(value) is not None or any(k in value for k in self.litellm_keys)
             if len(value) <= _MEMO_VALUE_BYTES:
                 if len(self._secret_verdicts) >= _VERDICT_CACHE_SIZE:
                     self._secret_verdicts.clear()

@@ -31,6 +31,7 @@ from ext_proc.metrics import Metrics
 from ext_proc.names import ANSWER_CLIENTS, ANSWER_KEY, ANSWER_NAMESPACE, LEG_METADATA, POLICY_METADATA
 from ext_proc.reload import RuleSource
 from ext_proc.rules import Decision, RuleContext, answer, decide
+from ext_proc.secrets import Secrets
 from ext_proc.tracing import Tracing
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name
@@ -253,10 +254,11 @@ class Server:  # pragma: no mutate block (lifecycle: the process tests' business
     Owns the gRPC server (ext_proc and health services), the Prometheus endpoint and the secret-file watcher.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, secrets: Secrets | None = None) -> None:
+        """``secrets``: as the command read them at start (read from ``config`` when not given)."""
         self.config = config
         self.metrics = Metrics()
-        self.rules = RuleSource(config, self.metrics)
+        self.rules = RuleSource(config, self.metrics, secrets)
         self._server = grpc.aio.server()
         self._health = HealthServicer()
         self.audit = AuditLog(config.audit_sample_rate, config.log_format)

@@ -21,6 +21,7 @@ from pathlib import Path
 from ext_proc import envoy_process, litellm
 from ext_proc.config import Config
 from ext_proc.envoy import HostPort, Layout, find_envoy
+from ext_proc.secrets import Secrets
 from ext_proc.server import Server
 from ext_proc.supervise import WORKDIR_PREFIX, GatewayError, answers, ensure_free, remove_stale_workdirs, stop
 
@@ -28,12 +29,13 @@ log = logging.getLogger("ext_proc.up")
 
 
 async def run(
-    config: Config, layout: Layout, envoy_log_level: str = "warning", envoy: str | None = None,
+    config: Config, secrets: Secrets, layout: Layout, envoy_log_level: str = "warning", envoy: str | None = None,
     litellm_config: Path | None = None,
 ) -> int:  # fmt: skip
     envoy_bin = find_envoy(envoy)
-    plan = litellm.Plan.of(litellm_config, layout, config) if litellm_config is not None else None
-    config = plan.applied(config) if plan is not None else config
+    plan = litellm.Plan.of(litellm_config, layout, config, secrets) if litellm_config is not None else None
+    if plan is not None:
+        config, secrets = plan.applied(config, secrets)
     _check_ports(layout, plan is not None)
     remove_stale_workdirs(log.info)
     with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX) as workdir:  # 0700: the server's and admin sockets
@@ -41,7 +43,7 @@ async def run(
         (work / "pid").write_text(f"{os.getpid()}\n")
         socket_path = f"unix:{work / 'ext-proc.sock'}"
         layout = replace(layout, ext_proc=socket_path, admin=layout.admin or f"unix:{work / 'envoy-admin.sock'}")
-        server = Server(replace(config, listen=socket_path))
+        server = Server(replace(config, listen=socket_path), secrets)
         await server.start()
         if server.metrics_port is not None and config.metrics_address is not None:
             log.info("metrics on http://%s:%d/metrics", config.metrics_address[0], server.metrics_port)

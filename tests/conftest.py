@@ -17,7 +17,7 @@ from ext_proc.envoy import HostPort, Layout, Upstream
 from tests.support.processes import STARTED, Envoy, Proc, free_port, start_envoy, start_server
 from tests.support.recorder import Recorder
 
-# Secret files are refused when others may read them (config.check_secret_mode); every file a test writes is
+# Secret files are refused when others may read them (secrets.check_secret_mode); every file a test writes is
 # private, as a careful operator's would be. Tests of the refusal set their modes themselves.
 os.umask(0o077)
 

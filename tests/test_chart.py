@@ -35,6 +35,7 @@ from ext_proc.config import Config
 from ext_proc.deployed import DEPLOYED, GATEWAY
 from ext_proc.envoy import HostPort, Upstream, bootstrap, find_envoy
 from ext_proc.istio import envoyfilter
+from ext_proc.secrets import load_secrets
 from tests.support.chart import CHART, LITELLM_VALUES, Doc, find, litellm_chart_pod, render_chart, secret_files
 from tests.support.pods import render_overlay
 
@@ -129,9 +130,9 @@ def test_a_generated_secret_is_one_the_server_accepts(tmp_path: Path) -> None:
     secrets = secret_files(docs)["ext-proc-credentials"]
     assert set(secrets) == {"seal-keys", "egress-token"}
     config = _config_toml(docs, tmp_path, secrets)
-    assert config.load_egress_token() == secrets["egress-token"].encode()
+    assert load_secrets(config).egress_token == secrets["egress-token"].encode()
     assert config.server_credential_file is None
-    keyring = dataclasses.replace(config, seal_key_file=tmp_path / "seal-keys").keyring()
+    keyring = load_secrets(dataclasses.replace(config, seal_key_file=tmp_path / "seal-keys")).keyring
     assert keyring is not None
     # Generated anew for each render without a cluster (docs: set them or use existingSecret with Argo CD).
     assert secret_files(render_chart())["ext-proc-credentials"]["egress-token"] != secrets["egress-token"]

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from ext_proc import cli
-from ext_proc.config import Config, ConfigError, new_seal_key
+from ext_proc.config import Config, ConfigError
 from ext_proc.credentials import ApiKey, OAuthToken
+from ext_proc.secrets import load_secrets, new_seal_key
 from tests.support.processes import BIN
 
 KEY1 = base64.b64encode(bytes(32)).decode()
@@ -29,7 +30,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert (config.seal_ttl_seconds, config.seal_max_opens) == (60, 3)
     assert config.all_litellm_headers == {"x-litellm-api-key", "api-key", "x-goog-api-key", "ocp-apim-subscription-key"}
     assert "x-stainless-*" in config.egress_allowlist
-    assert config.keyring() is None and config.load_server_credential() is None
+    assert load_secrets(config).keyring is None and load_secrets(config).server_credential is None
 
 
 def test_precedence_file_env_flags(tmp_path: Path) -> None:
@@ -52,25 +53,24 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
 def test_seal_key_file_rotation_order(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.write_text(f"# newest first\n{KEY2}\n\n{KEY1}\n")
-    ring = Config.load(env={}, overrides={"seal_key_file": keys}).keyring()
+    ring = load_secrets(Config.load(env={}, overrides={"seal_key_file": keys})).keyring
     assert ring is not None and len(ring.key_ids) == 2
 
 
 def test_server_credential_from_file_and_env(tmp_path: Path) -> None:
     path = tmp_path / "server"
     path.write_text("sk-ant-oat01-SERVER\n")
-    assert Config.load(env={}, overrides={"server_credential_file": path}).load_server_credential() == OAuthToken(
-        b"sk-ant-oat01-SERVER"
-    )
+    config = Config.load(env={}, overrides={"server_credential_file": path})
+    assert load_secrets(config).server_credential == OAuthToken(b"sk-ant-oat01-SERVER")
     env = {"EXT_PROC_SERVER_CREDENTIAL": "sk-ant-api03-SERVER"}
-    assert Config.load(env=env).load_server_credential() == ApiKey(b"sk-ant-api03-SERVER")
+    assert load_secrets(Config.load(env=env)).server_credential == ApiKey(b"sk-ant-api03-SERVER")
 
 
 def test_secrets_never_in_repr_or_errors(tmp_path: Path) -> None:
     config = Config.load(env={"EXT_PROC_SERVER_CREDENTIAL": "sk-ant-api03-SECRET", "EXT_PROC_SEAL_KEYS": KEY2})
     assert "SECRET" not in repr(config) and KEY2 not in repr(config)
     with pytest.raises(ConfigError) as info:
-        Config.load(env={"EXT_PROC_SERVER_CREDENTIAL": "sk-master-SECRET"})
+        load_secrets(Config.load(env={"EXT_PROC_SERVER_CREDENTIAL": "sk-master-SECRET"}))
     assert "SECRET" not in str(info.value) and "not an Anthropic credential" in str(info.value)
 
 
@@ -102,7 +102,7 @@ def test_bad_config_is_reported_clearly(tmp_path: Path, text: str, message: str)
     file = tmp_path / "c.toml"
     file.write_text(text + "\n")
     with pytest.raises(ConfigError) as info:
-        Config.load(file, {})
+        load_secrets(Config.load(file, {}))
     assert message in str(info.value)
 
 
@@ -126,13 +126,10 @@ SECRET_SETTINGS = [
 
 
 def _load(setting: str, path: Path) -> object:
-    loaders: dict[str, Callable[[], object]] = {
-        "server_credential_file": lambda: Config(server_credential_file=path).load_server_credential(),
-        "egress_token_file": lambda: Config(egress_token_file=path).load_egress_token(),
-        "seal_key_file": lambda: Config(seal_key_file=path).keyring(),
-        "litellm_key_file": lambda: Config(litellm_key_file=path).load_litellm_keys(),
-    }
-    return loaders[setting]()
+    """The secret of one file setting, read by the loader the commands use."""
+    held = {"server_credential_file": "server_credential", "egress_token_file": "egress_token",
+            "seal_key_file": "keyring", "litellm_key_file": "litellm_keys"}  # fmt: skip
+    return getattr(load_secrets(Config.load(env={}, overrides={setting: path}, validate=False)), held[setting])
 
 
 @pytest.mark.parametrize(("setting", "value"), SECRET_SETTINGS)
@@ -343,3 +340,44 @@ def test_an_egress_token_file_up_cannot_make_is_a_configuration_error(tmp_path: 
     result = subprocess.run([str(BIN / "ext-proc"), "up"], capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 2, result.stderr
     assert "configuration error" in result.stderr and "a-file" in result.stderr and "Traceback" not in result.stderr
+
+
+# Run in a fresh interpreter: an audit hook lists every open() of the four secret files while a command starts.
+_COUNT_OPENS = """
+import asyncio, collections, sys
+from ext_proc import cli, server
+secret_files = set(sys.argv[2:6])
+opened = collections.Counter()
+
+
+def count(event, args):
+    if event == "open" and str(args[0]) in secret_files:
+        opened.update([str(args[0])])
+
+
+sys.addaudithook(count)
+
+async def serve_once(self, on_ready):
+    on_ready(await self.start())
+    await self.stop(drain_seconds=0)
+
+server.Server.run_until_signalled = serve_once
+code = cli.main(sys.argv[1].split() + ["--seal-key-file", sys.argv[2], "--server-credential-file", sys.argv[3],
+                                       "--egress-token-file", sys.argv[4], "--litellm-key-file", sys.argv[5]])
+print(code, sorted(opened.values()), len(opened))
+"""
+
+
+@pytest.mark.parametrize("command", ["check", "serve --metrics-listen off --listen unix:{dir}/s.sock"])
+def test_each_secret_file_is_read_once_when_a_command_starts(tmp_path: Path, command: str) -> None:
+    """One loader reads the secrets once and hands the value on: the settings' validation and the server's rule
+    context read no file of their own (a reload rereads only the file that changed)."""
+    files = {"seal-keys": KEY1, "server-key": "sk-ant-api03-READONCE", "egress-token": "egress-" + "t" * 40,
+             "litellm-keys": "mk-litellm-master-0123456789"}  # fmt: skip
+    for name, value in files.items():
+        (tmp_path / name).write_text(value + "\n")
+    result = subprocess.run(
+        [str(BIN / "python"), "-c", _COUNT_OPENS, command.format(dir=tmp_path), *(str(tmp_path / n) for n in files)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert result.stdout.strip().splitlines()[-1] == "0 [1, 1, 1, 1] 4", result.stdout + result.stderr

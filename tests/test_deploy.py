@@ -75,7 +75,8 @@ def test_regeneration_commands_in_the_docs_write_what_is_shipped() -> None:
 
 
 def test_writing_envoy_configs_imports_neither_grpc_nor_the_server() -> None:
-    """The shared names live in ext_proc/names.py, which imports nothing of ours (issue 15)."""
+    """Writing configs needs no gRPC: the names Envoy's config shares with the transport live in ext_proc/names.py,
+    which imports nothing of ours."""
     probe = "import sys, ext_proc.deployed; print(sorted(m for m in sys.modules if m in ('grpc', 'ext_proc.server')))"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "[]"
@@ -102,6 +103,17 @@ def test_the_readme_s_headline_numbers_are_the_measured_tables() -> None:
     )
     leaks = {h[5] for h in headings if h[0] == "1.81.14" and h[1] == "alone"}
     assert leaks == {"20"} and "on 1.81.14, 20 of them send LiteLLM's own key to Anthropic" in readme
+
+
+def test_the_rules_import_only_their_leaf_modules() -> None:
+    """decide() is a pure function of headers and a RuleContext: it reads no setting and no secret itself (the
+    context is built from both in reload.py)."""
+    probe = "import sys, ext_proc.rules; print(sorted(m for m in sys.modules if m.startswith('ext_proc.')))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == str(
+        ["ext_proc.credentials", "ext_proc.headers", "ext_proc.names", "ext_proc.routes", "ext_proc.rules",
+         "ext_proc.seal"]
+    )  # fmt: skip
 
 
 def test_check_imports_neither_the_supervisor_nor_the_server(tmp_path: Path) -> None:

@@ -126,6 +126,7 @@ def test_up_tells_the_ingress_whether_litellm_asks_for_a_key_and_where_it_reads_
     """Rule I8 follows the LiteLLM that `up` runs: a client's own credential without a LiteLLM key is refused at
     the ingress only when LiteLLM would refuse it, and a key in LiteLLM's own `litellm_key_header_name` counts."""
     from ext_proc.config import DEFAULT_EXTRA_LITELLM_HEADERS, Config
+    from ext_proc.secrets import Secrets
 
     monkeypatch.delenv("LITELLM_MASTER_KEY", raising=False)
     for name, value in environ.items():
@@ -133,6 +134,34 @@ def test_up_tells_the_ingress_whether_litellm_asks_for_a_key_and_where_it_reads_
     source = {"model_list": [{"model_name": "c", "litellm_params": {"model": "anthropic/c"}}],
               "general_settings": general}  # fmt: skip
     env = litellm.environment(source, "egress-token", "127.0.0.1:10000", True)
-    config = litellm.Plan(source, "", env, Path("litellm"), Path("c.yaml")).applied(Config())
+    config, _ = litellm.Plan(source, "", env, Path("litellm"), Path("c.yaml")).applied(Config(), Secrets())
     assert config.litellm_requires_key is requires
     assert config.litellm_headers == (*DEFAULT_EXTRA_LITELLM_HEADERS, *([extra] if extra else []))
+
+
+def test_the_master_key_up_reads_stays_known_by_value_when_the_key_file_is_reloaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rule E7 searches kept headers for LiteLLM's master key: `up` adds the one LiteLLM's config reads to the
+    secrets it loaded, and a reload of litellm_key_file (read by the same loader) keeps it."""
+    from ext_proc.config import Config
+    from ext_proc.metrics import Metrics
+    from ext_proc.reload import RuleSource
+    from ext_proc.secrets import load_secrets
+
+    master = "mk-master-of-this-litellm-0123"
+    monkeypatch.setenv("LITELLM_MASTER_KEY", master)
+    source = {"model_list": [{"model_name": "c", "litellm_params": {"model": "anthropic/c"}}],
+              "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"}}  # fmt: skip
+    env = litellm.environment(source, "egress-token", "127.0.0.1:10000", True)
+    keys = tmp_path / "litellm-keys"
+    keys.write_text("mk-first-file-key-0123\n")
+    config = Config(litellm_key_file=keys)
+    config, secrets = litellm.Plan(source, "", env, Path("litellm"), Path("c.yaml")).applied(
+        config, load_secrets(config)
+    )
+    rules = RuleSource(config, Metrics(), secrets)
+    assert set(rules().litellm_keys) == {master.encode(), b"mk-first-file-key-0123"}
+    keys.write_text("mk-second-file-key-after-rotation\n")
+    rules.check()
+    assert set(rules().litellm_keys) == {master.encode(), b"mk-second-file-key-after-rotation"}

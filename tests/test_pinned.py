@@ -1,5 +1,5 @@
 """What a client, an operator or Envoy sees, pinned exactly: every rejection, E0 at the rules level, ids, routes,
-the transport's handling of one stream. Written against the mutants that survived the other tests (issue 17).
+the transport's handling of one stream. Written against the mutants that survived the other tests (scripts/mutation.sh).
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from ext_proc.config import Config
 from ext_proc.credentials import ApiKey, Prefixes, Problem, UnreadableCredential, read_token
 from ext_proc.headers import HeaderView
 from ext_proc.metrics import Metrics
+from ext_proc.reload import rule_context
 from ext_proc.routes import Routes, route_path
 from ext_proc.rules import Audit, Decision, Rejection, RuleContext, Source, decide, loggable_id
 from ext_proc.seal import Keyring, OpenCounter, SealError, SealFailure
+from ext_proc.secrets import Secrets
 from ext_proc.server import CredentialProcessor, response_of
 from ext_proc.tracing import Tracing
 from tests.support.extproc import headers_message
@@ -36,7 +38,7 @@ SERVER = ApiKey(b"sk-ant-api03-SERVERKEY")
 
 
 def with_token(**config: Any) -> RuleContext:
-    return RuleContext.from_config(Config(**config), KEYRING, SERVER, TOKEN)
+    return rule_context(Config(**config), Secrets(keyring=KEYRING, server_credential=SERVER, egress_token=TOKEN))
 
 
 REJECTIONS = [
@@ -172,7 +174,7 @@ def test_e0_with_the_token_a_handoff_opens_and_without_a_token_configured_no_pro
     sealed = handoff(("x-api-key", KEY))
     decision, out = run("egress", "anthropic", HeaderView.of((H, sealed), ("x-api-key", TOKEN.decode())), with_token())
     assert decision.audit.source == Source.SEALED_X_API_KEY and out.get_all("x-api-key") == (KEY.encode(),)
-    assert RuleContext.from_config(Config(), KEYRING, SERVER, TOKEN).egress_token == TOKEN
+    assert with_token().egress_token == TOKEN
     decision, _ = run("egress", "anthropic", HeaderView.of((H, handoff(("x-api-key", KEY)))), context(SERVER))
     assert decision.audit.source == Source.SEALED_X_API_KEY
 

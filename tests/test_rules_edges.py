@@ -19,10 +19,10 @@ import pytest
 from ext_proc.config import Config
 from ext_proc.headers import HeaderView
 from ext_proc.metrics import Metrics
-from ext_proc.reload import RuleSource
+from ext_proc.reload import RuleSource, rule_context
 from ext_proc.routes import CARRIES, CLASSIFIED, RELEASES, REROUTES, Entry, Route, Routes, Table, route_path
-from ext_proc.rules import RuleContext
 from ext_proc.seal import MAX_OPENS_PER_SECOND, Keyring, OpenCounter, SealError, SealFailure, tracker_capacity
+from ext_proc.secrets import Secrets
 from tests.support.litellm import RELEASES as TESTED
 from tests.support.rules import KEY_A, KEYRING, NOW, context, handoff, run
 
@@ -447,7 +447,7 @@ def test_e7_every_kept_header_is_searched_after_one_whose_name_holds_a_key() -> 
 
 
 def test_e7_the_litellm_keys_a_context_is_built_with_are_searched() -> None:
-    ctx = RuleContext.from_config(Config(), KEYRING, None, TOKEN, (MK_MASTER.encode(),))
+    ctx = rule_context(Config(), Secrets(keyring=KEYRING, egress_token=TOKEN, litellm_keys=(MK_MASTER.encode(),)))
     assert ctx.litellm_keys == (MK_MASTER.encode(),) and ctx.holds_secret(f"a{MK_MASTER}b".encode())
 
 

@@ -20,7 +20,9 @@ from opentelemetry.trace import SpanKind, StatusCode
 from ext_proc.config import Config, ConfigError
 from ext_proc.credentials import ApiKey
 from ext_proc.headers import HeaderView
-from ext_proc.rules import RuleContext, decide
+from ext_proc.reload import rule_context
+from ext_proc.rules import decide
+from ext_proc.secrets import Secrets
 from ext_proc.tracing import Tracing, encode, otlp_exporter
 from tests.support.collector import Collector, Span
 from tests.support.http import send
@@ -52,7 +54,7 @@ def one_span(
     policy: str = "anthropic",
 ) -> ReadableSpan:
     tracing, exporter = traced
-    ctx = RuleContext.from_config(Config(), KEYRING, ApiKey(SERVER_KEY.encode()), TOKEN.encode())
+    ctx = rule_context(Config(), Secrets(KEYRING, ApiKey(SERVER_KEY.encode()), TOKEN.encode()))
     decision = decide(leg, policy, HeaderView([(":method", b"POST"), (":path", b"/v1/messages"), *headers]), ctx, NOW)
     tracing.record(leg, policy, decision, 1_000, 2_000, metadata, headers)
     tracing._provider.force_flush()

@@ -25,6 +25,7 @@ import pytest
 from ext_proc import cli
 from ext_proc.config import Config
 from ext_proc.envoy import HostPort
+from ext_proc.secrets import load_secrets
 from ext_proc.supervise import port_holder
 from tests.support.http import send
 from tests.support.processes import BIN, Proc, free_port, start_server, wait_for
@@ -449,7 +450,7 @@ def test_up_makes_the_egress_token_file_it_is_named_and_serve_says_how_to_make_o
     with Recorder() as recorder, running_up(tmp_path, recorder, "--egress-token-file", str(named)) as (_, _, egress):
         token = named.read_text().strip()
         assert stat.S_IMODE(named.stat().st_mode) == 0o600 and stat.S_IMODE(named.parent.stat().st_mode) == 0o700
-        assert token != TOKEN and Config(egress_token=token).load_egress_token() == token.encode()
+        assert token != TOKEN and load_secrets(Config(egress_token=token)).egress_token == token.encode()
         send(egress, "POST", "/v1/messages", [("x-api-key", token)], b"{}")
         send(egress, "POST", "/v1/messages", [("x-api-key", TOKEN)], b"{}")
         proved, unproved = recorder.take()

@@ -1,4 +1,4 @@
-"""Shared builders for rule tests: one keyring, one clock, a context from a Config."""
+"""Shared builders for rule tests: one keyring, one clock, a context from a Config and the secrets."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from typing import Any
 from ext_proc.config import Config
 from ext_proc.credentials import Credential
 from ext_proc.headers import HeaderView
+from ext_proc.reload import rule_context
 from ext_proc.rules import Decision, RuleContext, decide
 from ext_proc.seal import Keyring
+from ext_proc.secrets import Secrets
 
 NOW = 1_800_000_000.0
 KEY_A = bytes(range(32))
@@ -17,7 +19,7 @@ KEYRING = Keyring([KEY_A], 600)
 
 
 def context(server: Credential | None = None, keyring: Keyring = KEYRING, **config: Any) -> RuleContext:
-    return RuleContext.from_config(Config(**config), keyring, server)
+    return rule_context(Config(**config), Secrets(keyring=keyring, server_credential=server))
 
 
 def run(
