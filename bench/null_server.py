@@ -1,9 +1,10 @@
 """The null ext_proc servers: one prebuilt empty response per message, no rule run.
 
-Variant (f), the floor as issue 6 defines it: grpc.aio on the standard event loop, the bidirectional handler
-answering every message until Envoy ends the stream. Variant (g), with ``--shipped``: the same null answer on
-the transport as ext-proc ships it (uvloop, served client-streaming: the first message answered, then OK), so
-g/f is what the transport levers took off the floor and c/g is what the rules cost on top of it.
+Variant (f), the transport's floor (what any grpc.aio ext_proc server costs before it decides anything): grpc.aio on
+the standard event loop, the bidirectional handler answering every message until Envoy ends the stream. Variant (g),
+with ``--shipped``: the same null answer on the transport as ext-proc ships it (uvloop, served client-streaming: the
+first message answered, then OK), so g/f is what the transport levers took off the floor and c/g is what the rules
+cost on top of it.
 
 Run: python -m bench.null_server [--shipped] unix:/path/to.sock
 """

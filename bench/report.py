@@ -42,7 +42,7 @@ def report(results: list[Result], streams: dict[str, float], body_bytes: float) 
 
 
 def gateway_table(by: dict[tuple[str, int], Result]) -> list[str]:
-    """Issue 14's figures: the gateway's CPU per request (its Envoy and server) against LiteLLM's own in the same
+    """What users pay: the gateway's CPU per request (its Envoy and server) against LiteLLM's own in the same
     chain, and the p50 it adds over LiteLLM alone; medians of the interleaved slices, with their range."""
     lines = [
         "| header set | c | gateway CPU µs/req | LiteLLM CPU µs/req (in d) | gateway/LiteLLM | p50 added µs |",

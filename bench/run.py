@@ -2,7 +2,7 @@
 
 Variants (bench/variants.py `Name`; docs/performance.md):
   a  Envoy, no filter                          b  Envoy + the same header rules as a Lua filter
-  f  Envoy + ext_proc to a null grpc.aio server (the transport's floor, as issue 6 defines it)
+  f  Envoy + ext_proc to a null grpc.aio server (the transport's floor)
   g  the same null server on the transport as shipped (uvloop, one answer per stream): the floor pushed down
   c  Envoy + the egress leg as shipped (ext-proc serve, seal opened on every request)
   c+trace  the same with tracing on (spans exported to a local collector)

@@ -50,7 +50,7 @@ class Name(StrEnum):
     LITELLM = "e"  # client -> LiteLLM -> stand-in, the same client
     CHAIN_KEY_ONLY = "d-key"  # as d, a client that brings only a LiteLLM key (the server credential goes)
     LITELLM_KEY_ONLY = "e-key"  # as e, the same key-only client
-    NULL = "f"  # Envoy + ext_proc to a null grpc.aio server (the transport's floor, issue 6)
+    NULL = "f"  # Envoy + ext_proc to a null grpc.aio server (the transport's floor)
     NULL_SHIPPED = "g"  # the same null server on the transport as shipped (uvloop, one answer per stream)
 
 
@@ -64,7 +64,7 @@ RATIOS = (
     (Name.EGRESS, Name.EGRESS_REQUEST_ONLY),
     (Name.CHAIN, Name.LITELLM), (Name.CHAIN_KEY_ONLY, Name.LITELLM_KEY_ONLY),
 )  # fmt: skip
-# What the gateway adds next to LiteLLM, per header set (issue 14's figures).
+# What the gateway adds next to LiteLLM, per header set (what users pay).
 GATEWAY_PAIRS = ((Name.CHAIN, Name.LITELLM, "OAuth (Claude Code)"),
                  (Name.CHAIN_KEY_ONLY, Name.LITELLM_KEY_ONLY, "LiteLLM key only"))  # fmt: skip
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Mutation testing of the decision path (docs/testing.md): the pinned mutmut, in a virtualenv of its own, over the
+# Mutation testing of the decision path (tests/README.md): the pinned mutmut, in a virtualenv of its own, over the
 # rules, credentials, seal, headers, routes and the server's decision and response code, against the fast unit and
 # property tests. Arguments narrow the files mutated (e.g. ext_proc/seal.py). The last line is the score.
 set -euo pipefail
