@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.measure import Variant
-from ext_proc.envoy import ANSWER_FILTER, HostPort, Layout, Upstream, bootstrap
+from ext_proc.envoy import ANSWER_FILTER, Endpoint, HostPort, Layout, bootstrap
 from ext_proc.seal import Keyring
-from tests.support import fixtures, litellm
+from tests.support import fixtures, litellm_proxy
 from tests.support.collector import Collector
 from tests.support.processes import BIN, Proc, free_port, start_envoy
 
@@ -73,7 +73,7 @@ GATEWAY_PAIRS = ((Name.CHAIN, Name.LITELLM, "OAuth (Claude Code)"),
 REPLAYED_HANDOFF = {"EXT_PROC_SEAL_MAX_OPENS": str(10**12), "EXT_PROC_SEAL_TTL_SECONDS": "86400"}
 
 
-def body(model: str = litellm.MODEL) -> str:
+def body(model: str = litellm_proxy.MODEL) -> str:
     return json.dumps({"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "say ok"}]})
 
 
@@ -135,7 +135,7 @@ def egress_document(layout: Layout, filter_kind: str) -> dict[str, Any]:
             "name": "envoy.filters.http.lua",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-                "default_source_code": {"inline_string": (Path(__file__).parent / "rules.lua").read_text()},
+                "default_source_code": {"inline_string": (Path(__file__).parent / "egress.lua").read_text()},
                 # As ext_proc does by default: the route chosen before the rules ran stays.
                 "clear_route_cache": False,
             },
@@ -150,7 +150,7 @@ def egress_headers(keyring: Keyring) -> list[tuple[str, str]]:
     recorded = fixtures.load(fixtures.CLAUDE_CODE_OAUTH)
     handoff = keyring.seal([("authorization", b"sk-ant-oat01-BENCH")], time.time())
     kept = recorded.without("authorization", "host", "content-length", "connection")
-    return [*kept, ("x-credential-handoff", handoff), ("x-api-key", litellm.EGRESS_TOKEN)]
+    return [*kept, ("x-credential-handoff", handoff), ("x-api-key", litellm_proxy.EGRESS_TOKEN)]
 
 
 def client_headers(key_only: bool = False) -> list[tuple[str, str]]:
@@ -159,17 +159,17 @@ def client_headers(key_only: bool = False) -> list[tuple[str, str]]:
     if key_only:
         recorded = fixtures.load(fixtures.CLAUDE_CODE_API_KEY)
         kept = recorded.without("host", "content-length", "connection", "x-litellm-api-key")
-        return [(k, litellm.MASTER_KEY if k.lower() == "x-api-key" else v) for k, v in kept]
+        return [(k, litellm_proxy.MASTER_KEY if k.lower() == "x-api-key" else v) for k, v in kept]
     recorded = fixtures.load(fixtures.CLAUDE_CODE_OAUTH)
     return [
-        (k, litellm.MASTER_KEY if k.lower() == "x-litellm-api-key" else v)
+        (k, litellm_proxy.MASTER_KEY if k.lower() == "x-litellm-api-key" else v)
         for k, v in recorded.without("host", "content-length", "connection")
     ]
 
 
 def _server(socket_path: Path, work: Path, *extra: str) -> Proc:
     keys, token, server_key = work / "seal-keys", work / "egress-token", work / "server-key"
-    for path, text in ((keys, base64.urlsafe_b64encode(SEAL_KEY).decode()), (token, litellm.EGRESS_TOKEN),
+    for path, text in ((keys, base64.urlsafe_b64encode(SEAL_KEY).decode()), (token, litellm_proxy.EGRESS_TOKEN),
                        (server_key, SERVER_KEY)):  # fmt: skip
         path.write_text(text + "\n")
         path.chmod(0o600)  # the server refuses secret files others can read
@@ -189,7 +189,7 @@ def started(work: Path, keyring: Keyring, wanted: set[Name]) -> Iterator[dict[Na
     with ExitStack() as stack:
         upstream_port = free_port()
         stack.callback(start_envoy(None, work, stand_in(upstream_port, stream_file), "stand_in", "error").stop)
-        anthropic = Upstream("http", LOOPBACK, upstream_port)
+        anthropic = Endpoint("http", LOOPBACK, upstream_port)
         sockets = {Name.NULL: work / "null.sock", Name.NULL_SHIPPED: work / "null-shipped.sock",
                    Name.EGRESS: work / "ext-proc.sock", Name.EGRESS_TRACED: work / "ext-proc-traced.sock"}  # fmt: skip
         servers: dict[Name, Proc] = {}
@@ -214,7 +214,7 @@ def started(work: Path, keyring: Keyring, wanted: set[Name]) -> Iterator[dict[Na
                 continue
             port = free_port()
             socket_path = sockets.get(name, sockets[Name.EGRESS])
-            layout = Layout(egress=HostPort(LOOPBACK, port), anthropic=anthropic, ext_proc=f"unix:{socket_path}",
+            layout = Layout(egress=HostPort(LOOPBACK, port), anthropic=anthropic, server_address=f"unix:{socket_path}",
                             admin=ADMIN)  # fmt: skip
             envoy = start_envoy(None, work, egress_document(layout, kind), f"variant-{name}", "error")
             stack.callback(envoy.stop)
@@ -228,27 +228,30 @@ def started(work: Path, keyring: Keyring, wanted: set[Name]) -> Iterator[dict[Na
 
 
 @contextmanager
-def _chain(work: Path, anthropic: Upstream, socket_path: Path, server: Proc) -> Iterator[dict[Name, Variant]]:
+def _chain(work: Path, anthropic: Endpoint, socket_path: Path, server: Proc) -> Iterator[dict[Name, Variant]]:
     """One LiteLLM process for d and e: its model routes through the egress leg, the same model under a second name
     goes straight to the stand-in, so both compare the same warmed-up process."""
     ingress, egress, litellm_port = free_port(), free_port(), free_port()
     layout = Layout(ingress=HostPort(LOOPBACK, ingress), egress=HostPort(LOOPBACK, egress),
-                    litellm=Upstream("http", LOOPBACK, litellm_port), anthropic=anthropic,
-                    ext_proc=f"unix:{socket_path}", admin=ADMIN)  # fmt: skip
+                    litellm=Endpoint("http", LOOPBACK, litellm_port), anthropic=anthropic,
+                    server_address=f"unix:{socket_path}", admin=ADMIN)  # fmt: skip
     with ExitStack() as stack:
         gateway = start_envoy(None, work, bootstrap(layout), "chain", "error")
         stack.callback(gateway.stop)
-        setup = litellm.Setup(litellm.RELEASES[-1], f"http://{LOOPBACK}:{egress}", litellm.EGRESS_TOKEN,
-                              direct_base=f"http://{anthropic.host}:{anthropic.port}")  # fmt: skip
-        proxy = litellm.start(setup, work / "litellm", litellm_port)
+        setup = litellm_proxy.Setup(litellm_proxy.RELEASES[-1], f"http://{LOOPBACK}:{egress}",
+                                    litellm_proxy.EGRESS_TOKEN,
+                                    direct_base=f"http://{anthropic.host}:{anthropic.port}")  # fmt: skip
+        proxy = litellm_proxy.start(setup, work / "litellm", litellm_port)
         stack.callback(proxy.stop)
         chain = {"envoy": gateway.proc, "server": server, "litellm": proxy.proc}
         through, direct = f"http://{LOOPBACK}:{ingress}/v1/messages", f"{proxy.url}/v1/messages"
         only_litellm = {"litellm": proxy.proc}
         yield {
             Name.CHAIN: Variant(Name.CHAIN, through, client_headers(), chain, body()),
-            Name.LITELLM: Variant(Name.LITELLM, direct, client_headers(), only_litellm, body(litellm.DIRECT_MODEL)),
+            Name.LITELLM: Variant(
+                Name.LITELLM, direct, client_headers(), only_litellm, body(litellm_proxy.DIRECT_MODEL)
+            ),
             Name.CHAIN_KEY_ONLY: Variant(Name.CHAIN_KEY_ONLY, through, client_headers(key_only=True), chain, body()),
             Name.LITELLM_KEY_ONLY: Variant(Name.LITELLM_KEY_ONLY, direct, client_headers(key_only=True), only_litellm,
-                                           body(litellm.DIRECT_MODEL)),
+                                           body(litellm_proxy.DIRECT_MODEL)),
         }  # fmt: skip

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from ext_proc.config import Config
-from ext_proc.envoy import HostPort, Layout, Upstream, render
+from ext_proc.envoy import Endpoint, HostPort, Layout, render
 from ext_proc.istio import envoyfilter
 
 CHART = Path("helm/ext-proc-credentials")
@@ -40,7 +40,7 @@ def sentinel_layout(gateway: Layout) -> Layout:
     return dataclasses.replace(
         gateway, ingress=HostPort(gateway.ingress.host, 61001), egress=HostPort(gateway.egress.host, 61002),
         probe=HostPort(gateway.probe.host if gateway.probe else "0.0.0.0", 61003),
-        litellm=Upstream(gateway.litellm.scheme, "litellm.sentinel.invalid", 61004),
+        litellm=Endpoint(gateway.litellm.scheme, "litellm.sentinel.invalid", 61004),
     )  # fmt: skip
 
 

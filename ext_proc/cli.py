@@ -112,10 +112,12 @@ RENAMED_FLAGS = (
     ("*", "--server-key-file", "--server-credential-file"),
     ("up", "--listen", "--ingress-listen"),
     ("envoy-config", "--listen", "--ingress-listen"),
+    ("envoy-config", "--ext-proc", "--server-address"),
 )
 RENAMED_ENV = (
     ("*", "SERVER_KEY_FILE", "SERVER_CREDENTIAL_FILE"),
     ("*", "UPSTREAMS", "UPSTREAM"),
+    ("*", "EXT_PROC", "SERVER_ADDRESS"),
     ("up", "LISTEN", "INGRESS_LISTEN"),
     ("envoy-config", "LISTEN", "INGRESS_LISTEN"),
 )

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ext_proc.credentials import Prefixes
-from ext_proc.envoy import DEPLOYED_SOCKET, HostPort, Layout, NamedUpstream, Upstream
+from ext_proc.envoy import DEPLOYED_SOCKET, Endpoint, HostPort, Layout, OtherUpstream
 
 ENV_PREFIX = "EXT_PROC_"
 LITELLM_HEADER = "x-litellm-api-key"
@@ -188,7 +188,7 @@ class Config:
         "`NAME=URL`; the flag repeatable, in the environment comma-separated",
         LAYOUT,
     )
-    ext_proc: str = setting(
+    server_address: str = setting(
         DEPLOYED_SOCKET,
         "where Envoy reaches the ext_proc server, `unix:PATH` or `HOST:PORT` (`up` runs its own)",
         ("envoy-config",),
@@ -232,11 +232,11 @@ class Config:
         layout = Layout(
             ingress=HostPort.parse(self.ingress_listen, "--ingress-listen"),
             egress=HostPort.parse(self.egress_listen, "--egress-listen"),
-            litellm=Upstream.parse(self.litellm, "--litellm"),
-            anthropic=Upstream.parse(self.anthropic, "--anthropic"),
+            litellm=Endpoint.parse(self.litellm, "--litellm"),
+            anthropic=Endpoint.parse(self.anthropic, "--anthropic"),
             admin=admin if admin is None or admin.startswith("unix:") else HostPort.parse(admin, "--admin-listen"),
-            upstreams=tuple(NamedUpstream.parse(u) for u in self.upstream),
-            ext_proc=self.ext_proc or DEPLOYED_SOCKET,
+            upstreams=tuple(OtherUpstream.parse(u) for u in self.upstream),
+            server_address=self.server_address or DEPLOYED_SOCKET,
             probe=HostPort.parse(self.probe_listen, "--probe-listen") if self.probe_listen else None,
             tracing=HostPort(*self.tracing_address()) if self.tracing_endpoint else None,
         )

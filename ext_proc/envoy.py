@@ -101,15 +101,16 @@ class HostPort:
 
 
 @dataclass(frozen=True, slots=True)
-class Upstream:
-    """An http:// or https:// base URL, as a cluster target."""
+class Endpoint:
+    """Any target Envoy calls (LiteLLM, Anthropic, another provider): an http:// or https:// base URL, as a cluster
+    target. ("Upstream" in our names means only another provider, routed at ``/upstreams/NAME/``.)"""
 
     scheme: str
     host: str
     port: int
 
     @classmethod
-    def parse(cls, url: str, what: str) -> Upstream:
+    def parse(cls, url: str, what: str) -> Endpoint:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{what}: expected an http:// or https:// URL, got {url!r}")
@@ -124,21 +125,21 @@ class Upstream:
 
 
 @dataclass(frozen=True, slots=True)
-class NamedUpstream:
+class OtherUpstream:
     """A non-Anthropic provider LiteLLM reaches through the egress (policy ``other``), under ``/upstreams/NAME``."""
 
     name: str
-    upstream: Upstream
+    endpoint: Endpoint
 
     @classmethod
-    def parse(cls, text: str) -> NamedUpstream:
+    def parse(cls, text: str) -> OtherUpstream:
         name, sep, url = text.partition("=")
         if not sep or not _UPSTREAM_NAME.fullmatch(name) or name == "anthropic":
             raise ValueError(
                 f"--upstream: expected NAME=URL with NAME of lower-case letters, digits and '-' (not 'anthropic'), "
                 f"got {text!r}"
             )
-        return cls(name, Upstream.parse(url, f"--upstream {name}"))
+        return cls(name, Endpoint.parse(url, f"--upstream {name}"))
 
     @property
     def prefix(self) -> str:
@@ -155,10 +156,10 @@ class Layout:
 
     ingress: HostPort = HostPort("0.0.0.0", 8080)
     egress: HostPort = HostPort("127.0.0.1", 10000)
-    litellm: Upstream = Upstream("http", "127.0.0.1", 4000)
-    anthropic: Upstream = Upstream("https", "api.anthropic.com", 443)
+    litellm: Endpoint = Endpoint("http", "127.0.0.1", 4000)
+    anthropic: Endpoint = Endpoint("https", "api.anthropic.com", 443)
     # The image's and the Kubernetes forms' socket (an emptyDir only the gateway's containers mount).
-    ext_proc: str = DEPLOYED_SOCKET
+    server_address: str = DEPLOYED_SOCKET
     # None: no admin API at all. Else a Unix socket ("unix:PATH", mode 0600) or, by explicit choice, TCP.
     admin: HostPort | str | None = None
     message_timeout_ms: int = 1000
@@ -167,7 +168,7 @@ class Layout:
     # while live) and, when the admin API is a Unix socket, GET /stats/prometheus (Envoy's stats, read from it).
     probe: HostPort | None = None
     ca_bundle: str = CA_BUNDLE
-    upstreams: tuple[NamedUpstream, ...] = ()
+    upstreams: tuple[OtherUpstream, ...] = ()
     # An OpenTelemetry collector (OTLP/gRPC, plain HTTP/2): Envoy traces both legs, and the ext_proc call of each
     # request carries Envoy's span to the server. None: no tracing.
     tracing: HostPort | None = None
@@ -203,10 +204,10 @@ def bootstrap(layout: Layout) -> dict[str, Any]:
         "static_resources": {
             "listeners": listeners,
             "clusters": [
-                ext_proc_cluster(layout.ext_proc),
+                ext_proc_cluster(layout.server_address),
                 _cluster("litellm", layout.litellm, layout.ca_bundle),
                 _cluster("anthropic", layout.anthropic, layout.ca_bundle),
-                *(_cluster(u.cluster, u.upstream, layout.ca_bundle) for u in layout.upstreams),
+                *(_cluster(u.cluster, u.endpoint, layout.ca_bundle) for u in layout.upstreams),
                 *([_admin_cluster(stats_from)] if stats_from is not None else []),
                 *([_collector_cluster(layout.tracing)] if layout.tracing is not None else []),
             ],
@@ -323,7 +324,7 @@ def _egress_listener(layout: Layout) -> dict[str, Any]:
     routes = [
         {
             "match": {"prefix": u.prefix},
-            "route": {**_route(u.cluster, u.upstream.authority), "prefix_rewrite": "/"},
+            "route": {**_route(u.cluster, u.endpoint.authority), "prefix_rewrite": "/"},
             "typed_per_filter_config": {
                 "envoy.filters.http.ext_proc": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
@@ -602,7 +603,7 @@ def ext_proc_cluster(address: str, name: str = "ext_proc") -> dict[str, Any]:
     return cluster
 
 
-def _cluster(name: str, upstream: Upstream, ca_bundle: str) -> dict[str, Any]:
+def _cluster(name: str, upstream: Endpoint, ca_bundle: str) -> dict[str, Any]:
     cluster: dict[str, Any] = {
         "name": name,
         "type": "LOGICAL_DNS",

@@ -28,7 +28,7 @@ from ext_proc.config import Config, ConfigError
 from ext_proc.envoy import Layout
 from ext_proc.litellm_config import asks_for_key, attempts, check_text, key_header
 from ext_proc.secrets import LITELLM_KEY_MIN, Secrets
-from ext_proc.supervise import GatewayError, answers, die_with_parent, http_ok, prefixed, wait_until
+from ext_proc.supervise import UpError, answers, die_with_parent, http_ok, prefixed, wait_until
 
 log = logging.getLogger("ext_proc.up")
 START_SECONDS = 180.0
@@ -63,13 +63,13 @@ def find_litellm() -> Path:
     return Path(found)
 
 
-def derive(source: dict[str, Any], egress: str) -> dict[str, Any]:
+def derive(given: dict[str, Any], egress: str) -> dict[str, Any]:
     """The config LiteLLM runs with: every Anthropic deployment through the egress, with the token, forwarding on.
 
     Forwarding is set per model group (`litellm_settings.model_group_settings`): globally it would send the sealed
     handoff and every client `x-*` header to every other provider too.
     """
-    config = yaml.safe_load(yaml.safe_dump(source))  # a deep copy, plain types only
+    config = yaml.safe_load(yaml.safe_dump(given))  # a deep copy, plain types only
     general = config.get("general_settings") or {}
     if general.get("master_key") is not None:
         # The key itself goes in LiteLLM's environment (``environment``): the copy on disk holds no secret of ours.
@@ -92,7 +92,7 @@ def derive(source: dict[str, Any], egress: str) -> dict[str, Any]:
     return dict(config)
 
 
-def environment(source: dict[str, Any], token: str, egress: str, ingress_is_loopback: bool) -> dict[str, str]:
+def environment(given: dict[str, Any], token: str, egress: str, ingress_is_loopback: bool) -> dict[str, str]:
     """LiteLLM's environment: ours, plus Anthropic's base and key for the pass-through routes, and a master key.
 
     Beyond loopback LiteLLM must authenticate its callers: without a master key anyone reaching the ingress would
@@ -102,8 +102,8 @@ def environment(source: dict[str, Any], token: str, egress: str, ingress_is_loop
     env = dict(os.environ)
     env["ANTHROPIC_API_BASE"] = f"http://{egress}"
     env["ANTHROPIC_API_KEY"] = token
-    configured = (source.get("general_settings") or {}).get("master_key")
-    master = master_key(source, env)
+    configured = (given.get("general_settings") or {}).get("master_key")
+    master = master_key(given, env)
     if configured is None:
         if not ingress_is_loopback:
             raise LiteLLMError("the LiteLLM config has no general_settings.master_key: not beyond loopback")
@@ -128,9 +128,9 @@ def environment(source: dict[str, Any], token: str, egress: str, ingress_is_loop
     return env
 
 
-def master_key(source: dict[str, Any], env: Mapping[str, str]) -> str | None:
+def master_key(given: dict[str, Any], env: Mapping[str, str]) -> str | None:
     """LiteLLM's master key as LiteLLM will read it: the config's value, or the variable it names."""
-    value = (source.get("general_settings") or {}).get("master_key")
+    value = (given.get("general_settings") or {}).get("master_key")
     if value is None:
         return None
     text = str(value)
@@ -153,19 +153,19 @@ def load(path: Path) -> dict[str, Any]:
 class Plan:
     """What `up --litellm-config` runs: the user's config (read now, so a bad one fails before anything starts)."""
 
-    def __init__(self, source: dict[str, Any], derived: str, env: dict[str, str], binary: Path, path: Path) -> None:
-        self.source = source
+    def __init__(self, given: dict[str, Any], derived: str, env: dict[str, str], binary: Path, path: Path) -> None:
+        self.given = given
         self.derived = derived
         self.env = env
         self.binary = binary
         self.path = path
         self.output: asyncio.Task[None] | None = None
-        self.attempts = attempts(source)
+        self.attempts = attempts(given)
         master = env.get(MASTER_KEY_ENV)
         # Known by value when long enough to search for without false matches (shorter ones are loopback-only).
         self.master_key = master if master and len(master) >= LITELLM_KEY_MIN else None
-        self.requires_key = asks_for_key(source, env)
-        self.key_header = key_header(source)
+        self.requires_key = asks_for_key(given, env)
+        self.key_header = key_header(given)
 
     def applied(self, config: Config, secrets: Secrets) -> tuple[Config, Secrets]:
         """The server's settings and secrets that follow from this LiteLLM: its master key known by value (rule
@@ -185,26 +185,26 @@ class Plan:
         try:
             return config.validated(), secrets
         except ConfigError as exc:
-            raise GatewayError(f"the LiteLLM config {self.path}: {exc}") from None
+            raise UpError(f"the LiteLLM config {self.path}: {exc}") from None
 
     @classmethod
     def of(cls, path: Path, layout: Layout, config: Config, secrets: Secrets) -> Plan:
         if layout.litellm.scheme != "http":
-            raise GatewayError("--litellm-config runs LiteLLM on --litellm, which must be an http:// address here")
+            raise UpError("--litellm-config runs LiteLLM on --litellm, which must be an http:// address here")
         binary = find_litellm()
         token = secrets.egress_token
         if token is None:
-            raise GatewayError("--litellm-config needs an egress token (egress_token_file)")
-        source = load(path)
-        derived = yaml.safe_dump(derive(source, str(layout.egress)), sort_keys=False)
+            raise UpError("--litellm-config needs an egress token (egress_token_file)")
+        given = load(path)
+        derived = yaml.safe_dump(derive(given, str(layout.egress)), sort_keys=False)
         findings = check_text(derived, token, config.anthropic_prefix, {"ANTHROPIC_API_KEY": token.decode()})
         for finding in findings:
             log.warning("LiteLLM config %s: %s", path, finding)
         if any(f.error for f in findings):
-            raise GatewayError(f"the LiteLLM config {path} breaks a guarantee (see above)")
+            raise UpError(f"the LiteLLM config {path} breaks a guarantee (see above)")
         loopback = layout.ingress.host in ("127.0.0.1", "::1", "localhost")
-        env = environment(source, token.decode(), str(layout.egress), loopback)
-        return cls(source, derived, env, binary, path)
+        env = environment(given, token.decode(), str(layout.egress), loopback)
+        return cls(given, derived, env, binary, path)
 
     async def start(self, work: Path, layout: Layout, stopping: asyncio.Event) -> asyncio.subprocess.Process:
         """LiteLLM from the derived config, dying with this process, waited for until its liveliness answers."""
@@ -231,7 +231,7 @@ class Plan:
     def print_client_setup(self, layout: Layout) -> None:
         """The two lines a Claude Code user needs (a master key as the shell holds it, never its value)."""
         host = "127.0.0.1" if layout.ingress.host in ("0.0.0.0", "::") else layout.ingress.host
-        if (self.source.get("general_settings") or {}).get("master_key") != _MASTER_FROM_ENV:
+        if (self.given.get("general_settings") or {}).get("master_key") != _MASTER_FROM_ENV:
             key = "<your LiteLLM key>"
         elif os.environ.get(MASTER_KEY_ENV):
             key = f"${MASTER_KEY_ENV}"

@@ -77,7 +77,7 @@ class Metrics:
         # A 4xx status is three ASCII digits starting with 4 (rules.answer): at most 100 label values.
         self.answers_marked = Counter(
             "ext_proc_answers_marked",
-            "Upstream 4xx answers to a client's own credential marked retry-after: 0 for LiteLLM's router (E9).",
+            "Endpoint 4xx answers to a client's own credential marked retry-after: 0 for LiteLLM's router (E9).",
             ["status"], registry=self.registry,
         )  # fmt: skip
         self.body_bytes = Counter("ext_proc_body_bytes", "Body bytes received (should stay 0).", registry=self.registry)

@@ -37,7 +37,7 @@ def _stamp(path: Path | None) -> Stamp:
 def rule_context(config: Config, secrets: Secrets) -> RuleContext:
     """The rules' view of the settings and the secrets, compiled once."""
     if secrets.keyring is None:
-        raise ValueError("a rule context needs a seal key (RuleSource generates one when none is configured)")
+        raise ValueError("a rule context needs a seal key (LiveRules generates one when none is configured)")
     return RuleContext(
         keyring=secrets.keyring,
         server_credential=secrets.server_credential,
@@ -55,7 +55,7 @@ def rule_context(config: Config, secrets: Secrets) -> RuleContext:
     )
 
 
-class RuleSource:
+class LiveRules:
     """Hands out the current RuleContext; swapping it is one attribute assignment, atomic for readers."""
 
     def __init__(self, config: Config, metrics: Metrics, secrets: Secrets | None = None) -> None:
@@ -93,7 +93,7 @@ class RuleSource:
     def watched(self) -> bool:
         return any(path is not None for _, path in secret_files(self._config))
 
-    def check(self) -> None:
+    def reload_changed(self) -> None:
         """Reload whichever secret file changed since the last look."""
         for setting, path in secret_files(self._config):
             stamp = _stamp(path)
@@ -116,4 +116,4 @@ class RuleSource:
     async def watch(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            await asyncio.to_thread(self.check)
+            await asyncio.to_thread(self.reload_changed)

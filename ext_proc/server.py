@@ -29,7 +29,7 @@ from ext_proc.config import Config, default_socket
 from ext_proc.headers import HeaderView
 from ext_proc.metrics import Metrics
 from ext_proc.names import ANSWER_CLIENTS, ANSWER_KEY, ANSWER_NAMESPACE, LEG_METADATA, POLICY_METADATA
-from ext_proc.reload import RuleSource
+from ext_proc.reload import LiveRules
 from ext_proc.rules import Decision, RuleContext, answer, decide
 from ext_proc.secrets import Secrets
 from ext_proc.tracing import Tracing
@@ -258,7 +258,7 @@ class Server:  # pragma: no mutate block (lifecycle: the process tests' business
         """``secrets``: as the command read them at start (read from ``config`` when not given)."""
         self.config = config
         self.metrics = Metrics()
-        self.rules = RuleSource(config, self.metrics, secrets)
+        self.rules = LiveRules(config, self.metrics, secrets)
         self._server = grpc.aio.server()
         self._health = HealthServicer()
         self.audit = AuditLog(config.audit_sample_rate, config.log_format)

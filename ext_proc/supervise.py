@@ -26,8 +26,8 @@ STOP_SECONDS = 20.0
 WORKDIR_PREFIX = "ext-proc-up-"
 
 
-class GatewayError(RuntimeError):
-    """A reason the gateway cannot run, worded for the operator."""
+class UpError(RuntimeError):
+    """A reason `ext-proc up` cannot run or keep running, worded for the operator."""
 
 
 def ensure_free(at: HostPort, what: str) -> None:
@@ -41,7 +41,7 @@ def ensure_free(at: HostPort, what: str) -> None:
         except OSError as exc:
             holder = port_holder(at.port)
             held = f"; held by {holder}" if holder else ""
-            raise GatewayError(f"cannot listen on {at} ({what}): {exc.strerror}{held}") from None
+            raise UpError(f"cannot listen on {at} ({what}): {exc.strerror}{held}") from None
 
 
 def port_holder(port: int) -> str | None:
@@ -78,11 +78,11 @@ async def wait_until(
     deadline = loop.time() + within
     while not stopping.is_set():
         if child.returncode is not None:
-            raise GatewayError(f"{name} exited during start-up with status {child.returncode} (see its log above)")
+            raise UpError(f"{name} exited during start-up with status {child.returncode} (see its log above)")
         if await asyncio.to_thread(ready):
             return
         if loop.time() > deadline:
-            raise GatewayError(f"{name} was not ready after {within:.0f}s")
+            raise UpError(f"{name} was not ready after {within:.0f}s")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), poll)
 

@@ -23,7 +23,7 @@ from ext_proc.config import Config
 from ext_proc.envoy import HostPort, Layout, find_envoy
 from ext_proc.secrets import Secrets
 from ext_proc.server import Server
-from ext_proc.supervise import WORKDIR_PREFIX, GatewayError, answers, ensure_free, remove_stale_workdirs, stop
+from ext_proc.supervise import WORKDIR_PREFIX, UpError, answers, ensure_free, remove_stale_workdirs, stop
 
 log = logging.getLogger("ext_proc.up")
 
@@ -36,13 +36,13 @@ async def run(
     plan = litellm.Plan.of(litellm_config, layout, config, secrets) if litellm_config is not None else None
     if plan is not None:
         config, secrets = plan.applied(config, secrets)
-    _check_ports(layout, plan is not None)
+    _ensure_ports_free(layout, plan is not None)
     remove_stale_workdirs(log.info)
     with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX) as workdir:  # 0700: the server's and admin sockets
         work = Path(workdir)
         (work / "pid").write_text(f"{os.getpid()}\n")
         socket_path = f"unix:{work / 'ext-proc.sock'}"
-        layout = replace(layout, ext_proc=socket_path, admin=layout.admin or f"unix:{work / 'envoy-admin.sock'}")
+        layout = replace(layout, server_address=socket_path, admin=layout.admin or f"unix:{work / 'envoy-admin.sock'}")
         server = Server(replace(config, listen=socket_path), secrets)
         await server.start()
         if server.metrics_port is not None and config.metrics_address is not None:
@@ -75,7 +75,7 @@ async def run(
             await server.stop(drain_seconds=0)  # Envoy, its only client, has stopped
 
 
-def _check_ports(layout: Layout, runs_litellm: bool) -> None:
+def _ensure_ports_free(layout: Layout, runs_litellm: bool) -> None:
     """Every address this run will listen on is free, or the run stops now, naming who holds it."""
     places = [(layout.ingress, "ingress"), (layout.egress, "egress"), (layout.admin, "Envoy admin"),
               (layout.probe, "probe")]  # fmt: skip
@@ -113,4 +113,4 @@ async def _until_stopped_or_dead(stopping: asyncio.Event, children: dict[str, as
         task.cancel()
     for name, task in waiting.items():
         if task.done() and not task.cancelled():
-            raise GatewayError(f"{name} exited unexpectedly with status {task.result()}")
+            raise UpError(f"{name} exited unexpectedly with status {task.result()}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import sys
@@ -13,15 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from ext_proc.envoy import HostPort, Layout, Upstream
-from tests.support.processes import STARTED, Envoy, Proc, free_port, start_envoy, start_server
+from ext_proc.envoy import Endpoint, HostPort, Layout
+from tests.support.processes import SEAL_KEY, STARTED, Envoy, Proc, free_port, start_envoy, start_server
 from tests.support.recorder import Recorder
 
 # Secret files are refused when others may read them (secrets.check_secret_mode); every file a test writes is
 # private, as a careful operator's would be. Tests of the refusal set their modes themselves.
 os.umask(0o077)
 
-SEAL_KEY = base64.urlsafe_b64encode(bytes(range(100, 132))).decode()
 # Any fake credential the tests use, in any of the forms they use it.
 CREDENTIAL_SHAPED = re.compile(
     r"sk-(?:ant-(?:api|oat)\d\d-|litellm-|master-)\w+|LOADSECRET|session=abc|egress-(?:test-)?[A-Za-z0-9_-]{30,}"
@@ -74,9 +72,9 @@ def running_legs(work: Path, recorder: Recorder, *server_args: str) -> Iterator[
     layout = Layout(
         ingress=HostPort("127.0.0.1", free_port()),
         egress=egress,
-        litellm=Upstream("http", "127.0.0.1", egress.port),
-        anthropic=Upstream.parse(recorder.url, "stand-in"),
-        ext_proc=f"unix:{socket_path}",
+        litellm=Endpoint("http", "127.0.0.1", egress.port),
+        anthropic=Endpoint.parse(recorder.url, "stand-in"),
+        server_address=f"unix:{socket_path}",
         admin=HostPort("127.0.0.1", 0),
     )
     envoy = start_envoy(layout, work)

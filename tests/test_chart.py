@@ -33,10 +33,10 @@ import yaml
 from ext_proc.chart import CHART_SETS, config_schema
 from ext_proc.config import Config
 from ext_proc.deployed import DEPLOYED, GATEWAY
-from ext_proc.envoy import HostPort, Upstream, bootstrap, find_envoy
+from ext_proc.envoy import Endpoint, HostPort, bootstrap, find_envoy
 from ext_proc.istio import envoyfilter
 from ext_proc.secrets import load_secrets
-from tests.support.chart import CHART, LITELLM_VALUES, Doc, find, litellm_chart_pod, render_chart, secret_files
+from tests.support.helm_render import CHART, LITELLM_VALUES, Doc, find, litellm_chart_pod, render_chart, secret_files
 from tests.support.pods import render_overlay
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,7 +181,7 @@ def test_the_embedded_envoy_config_is_the_builders_output_for_these_values(
     ports, litellm = merged["gateway"]["ports"], merged["litellm"]
     layout = dataclasses.replace(
         DEPLOYED[GATEWAY], ingress=HostPort("0.0.0.0", ports["http"]), egress=HostPort("0.0.0.0", ports["egress"]),
-        probe=HostPort("0.0.0.0", ports["probe"]), litellm=Upstream("http", litellm["host"], litellm["port"]),
+        probe=HostPort("0.0.0.0", ports["probe"]), litellm=Endpoint("http", litellm["host"], litellm["port"]),
     )  # fmt: skip
     text = _envoy(render_chart(values))
     assert yaml.safe_load(text) == bootstrap(layout)
@@ -383,7 +383,7 @@ def test_the_litellm_chart_gateway_values_point_at_the_chart_s_egress() -> None:
 
 @pytest.mark.parametrize("name", ["sidecar-values.yaml", "istio-values.yaml", "gateway-values.yaml"])
 def test_litellm_s_pod_with_each_values_file_validates(name: str) -> None:
-    """What LiteLLM's chart places from each values file (tests/support/chart.py) is a valid pod, its sidecars
+    """What LiteLLM's chart places from each values file (tests/support/helm_render.py) is a valid pod, its sidecars
     native ones, every mount backed by a volume."""
     deployment, service = litellm_chart_pod(LITELLM_VALUES / name, "ghcr.io/berriai/litellm:main-stable", "litellm")
     for doc in (deployment, service):

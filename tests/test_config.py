@@ -278,7 +278,7 @@ def _service_links(service: str, ports: list[dict[str, Any]]) -> list[str]:
 def test_kubernetes_service_link_variables_are_no_setting() -> None:
     """Every Service the chart and the overlays make, and a Service named ext-proc: their variables start with
     EXT_PROC_ in every pod of the namespace, and must not stop the server."""
-    from tests.support.chart import render_chart
+    from tests.support.helm_render import render_chart
     from tests.support.pods import render_overlay
 
     docs = [*render_chart(), *render_overlay("gateway"), *render_overlay("sidecar")]

@@ -9,7 +9,7 @@ import pytest
 from ext_proc.credentials import ApiKey, OAuthToken, Prefixes, Problem, UnreadableCredential, read_token
 from ext_proc.headers import HeaderView
 from ext_proc.rules import Audit
-from tests.support.rules import context, run
+from tests.support.decisions import context, run
 
 PREFIXES = Prefixes()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import shlex
 import shutil
@@ -114,6 +115,18 @@ def test_the_rules_import_only_their_leaf_modules() -> None:
         ["ext_proc.credentials", "ext_proc.headers", "ext_proc.names", "ext_proc.routes", "ext_proc.rules",
          "ext_proc.seal"]
     )  # fmt: skip
+
+
+def test_the_shared_harness_stands_alone_and_no_module_name_means_two_things() -> None:
+    """tests/support/ is what the tests and bench/ share: it imports no test module; and a module name of the harness
+    or the benchmark is never also one of ext_proc/ (`rules` is the decision, nowhere else)."""
+    for path in (ROOT / "tests" / "support").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tests"):
+                assert node.module.startswith("tests.support"), f"{path.name} imports {node.module}"
+    ours = {p.stem for p in (ROOT / "ext_proc").glob("*.py")} - {"__init__"}
+    shared = {p.stem for d in ("tests/support", "bench") for p in (ROOT / d).iterdir() if p.suffix in (".py", ".lua")}
+    assert not ours & (shared - {"__init__"})
 
 
 def test_check_imports_neither_the_supervisor_nor_the_server(tmp_path: Path) -> None:

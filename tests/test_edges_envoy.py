@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from ext_proc.envoy import HostPort, Layout, NamedUpstream, Upstream
-from tests.conftest import SEAL_KEY, Legs
+from ext_proc.envoy import Endpoint, HostPort, Layout, OtherUpstream
+from tests.conftest import Legs
 from tests.support.http import send
-from tests.support.processes import free_port, start_envoy, start_server
+from tests.support.processes import SEAL_KEY, free_port, start_envoy, start_server
 from tests.support.recorder import Recorder
 
 OAUTH = "sk-ant-oat01-EDGEOAUTH"
@@ -123,9 +123,9 @@ def with_openai(tmp_path: Path) -> Iterator[tuple[Recorder, Recorder, HostPort]]
     with Recorder() as anthropic, Recorder() as openai:
         egress = HostPort("127.0.0.1", free_port())
         layout = Layout(
-            ingress=HostPort("127.0.0.1", free_port()), egress=egress, litellm=Upstream("http", "127.0.0.1", 1),
-            anthropic=Upstream.parse(anthropic.url, "stand-in"), ext_proc=f"unix:{socket_path}",
-            admin=HostPort("127.0.0.1", 0), upstreams=(NamedUpstream.parse(f"openai={openai.url}"),),
+            ingress=HostPort("127.0.0.1", free_port()), egress=egress, litellm=Endpoint("http", "127.0.0.1", 1),
+            anthropic=Endpoint.parse(anthropic.url, "stand-in"), server_address=f"unix:{socket_path}",
+            admin=HostPort("127.0.0.1", 0), upstreams=(OtherUpstream.parse(f"openai={openai.url}"),),
         )  # fmt: skip
         envoy = start_envoy(layout, tmp_path)
         try:
@@ -160,7 +160,7 @@ def test_other_providers_go_through_the_egress_under_policy_other(
 ENVOY_NAMED = [
     ("x-envoy-foo", "1"),
     ("x-envoy-attempt-count", "1"),  # any Envoy or Istio sidecar in front of a client adds it
-    ("X-Envoy-Upstream-Rq-Timeout-Ms", "1"),
+    ("X-Envoy-Endpoint-Rq-Timeout-Ms", "1"),
     ("x-envoy-max-retries", "5"),
     ("x-envoy-retry-on", "5xx"),
     ("x-envoy-expected-rq-timeout-ms", "1"),

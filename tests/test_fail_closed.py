@@ -15,7 +15,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from ext_proc.envoy import HostPort, Layout, Upstream
+from ext_proc.envoy import Endpoint, HostPort, Layout
 from ext_proc.server import SERVICE
 from tests.support.http import send
 from tests.support.processes import free_port, start_envoy
@@ -50,8 +50,8 @@ def test_a_header_change_envoy_refuses_fails_the_request(tmp_path: Path) -> None
         with Recorder() as recorder:
             egress = HostPort("127.0.0.1", free_port())
             layout = Layout(
-                ingress=HostPort("127.0.0.1", free_port()), egress=egress, litellm=Upstream("http", "127.0.0.1", 1),
-                anthropic=Upstream.parse(recorder.url, "stand-in"), ext_proc=f"unix:{socket_path}",
+                ingress=HostPort("127.0.0.1", free_port()), egress=egress, litellm=Endpoint("http", "127.0.0.1", 1),
+                anthropic=Endpoint.parse(recorder.url, "stand-in"), server_address=f"unix:{socket_path}",
                 admin=HostPort("127.0.0.1", 0),
             )  # fmt: skip
             envoy = start_envoy(layout, tmp_path)

@@ -20,10 +20,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ext_proc.envoy import HostPort
-from tests.conftest import SEAL_KEY, Legs, running_legs
+from tests.conftest import Legs, running_legs
 from tests.support.extproc import headers_message
 from tests.support.http import send
-from tests.support.processes import BIN, Proc, free_port, start_server, wait_for
+from tests.support.processes import BIN, SEAL_KEY, Proc, free_port, start_server, wait_for
 from tests.support.recorder import Received, Recorder
 
 LOAD_KEY = "sk-ant-api03-LOADSECRET"

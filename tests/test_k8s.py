@@ -31,9 +31,9 @@ from ext_proc.deployed import DEPLOYED
 from ext_proc.envoy import (
     ANSWER_FILTER,
     DEPLOYED_SOCKET,
+    Endpoint,
     HostPort,
     Layout,
-    Upstream,
     bootstrap,
     find_envoy,
     log_caps,
@@ -190,7 +190,7 @@ def test_istio_patch_semantics_in_a_real_envoy(tmp_path: Path) -> None:
     with Recorder() as recorder:
         layout = Layout(
             ingress=HostPort("127.0.0.1", free_port()), egress=HostPort("127.0.0.1", free_port()),
-            anthropic=Upstream.parse(recorder.url, "stand-in"), ext_proc=f"unix:{socket_path}",
+            anthropic=Endpoint.parse(recorder.url, "stand-in"), server_address=f"unix:{socket_path}",
             admin=HostPort("127.0.0.1", 0),
         )  # fmt: skip
         config = bootstrap(layout)

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_derived_config_routes_every_anthropic_deployment_through_the_egress() -> None:
-    source: dict[str, Any] = {
+    given: dict[str, Any] = {
         "model_list": [
             {"model_name": "claude-*", "litellm_params": {"model": "anthropic/claude-*", "api_key": "sk-ant-api03-X"}},
             {"model_name": "gpt-4o", "litellm_params": {"model": "openai/gpt-4o", "api_key": "os.environ/OPENAI"}},
@@ -24,21 +24,21 @@ def test_derived_config_routes_every_anthropic_deployment_through_the_egress() -
         "litellm_settings": {"model_group_settings": {"forward_client_headers_to_llm_api": ["mine"]}},
         "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"},
     }
-    before = yaml.safe_dump(source)
-    derived = litellm.derive(source, "127.0.0.1:10000")
-    assert yaml.safe_dump(source) == before, "the user's config is never edited"
+    before = yaml.safe_dump(given)
+    derived = litellm.derive(given, "127.0.0.1:10000")
+    assert yaml.safe_dump(given) == before, "the user's config is never edited"
     claude, gpt = derived["model_list"]
     assert claude["litellm_params"] == {"model": "anthropic/claude-*", "api_key": "os.environ/ANTHROPIC_API_KEY",
                                         "api_base": "http://127.0.0.1:10000"}  # fmt: skip
-    assert gpt == source["model_list"][1]
+    assert gpt == given["model_list"][1]
     groups = derived["litellm_settings"]["model_group_settings"]["forward_client_headers_to_llm_api"]
     assert groups == ["mine", "claude-*"]
     assert "forward_client_headers_to_llm_api" not in derived["general_settings"]
 
 
 def test_the_example_config_derives_and_has_a_claude_wildcard() -> None:
-    source = litellm.load(ROOT / "examples" / "litellm.yaml")
-    derived = litellm.derive(source, "127.0.0.1:10000")
+    given = litellm.load(ROOT / "examples" / "litellm.yaml")
+    derived = litellm.derive(given, "127.0.0.1:10000")
     assert [m["model_name"] for m in derived["model_list"]] == ["claude-*"]
 
 
@@ -56,15 +56,15 @@ def test_a_master_key_is_required_beyond_loopback(
     monkeypatch.delenv("LITELLM_MASTER_KEY", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    source = {"general_settings": {"master_key": master}} if master else {}
+    given = {"general_settings": {"master_key": master}} if master else {}
     with pytest.raises(litellm.LiteLLMError, match=message):
-        litellm.environment(source, "egress-token", "127.0.0.1:10000", loopback)
+        litellm.environment(given, "egress-token", "127.0.0.1:10000", loopback)
 
 
 def test_on_loopback_the_development_master_key_is_filled_in(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LITELLM_MASTER_KEY", raising=False)
-    source = {"general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"}}
-    env = litellm.environment(source, "egress-token", "127.0.0.1:10000", True)
+    given = {"general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"}}
+    env = litellm.environment(given, "egress-token", "127.0.0.1:10000", True)
     assert env["LITELLM_MASTER_KEY"] == litellm.DEV_MASTER_KEY
     assert (env["ANTHROPIC_API_KEY"], env["ANTHROPIC_API_BASE"]) == ("egress-token", "http://127.0.0.1:10000")
 
@@ -87,12 +87,12 @@ def test_a_master_key_anyone_has_read_or_can_guess_is_refused_beyond_loopback(
     master: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("LITELLM_MASTER_KEY", raising=False)
-    for source in ({"general_settings": {"master_key": master}},
+    for given in ({"general_settings": {"master_key": master}},
                    {"general_settings": {"master_key": "os.environ/MY_KEY"}}):  # fmt: skip
         monkeypatch.setenv("MY_KEY", master)
         with pytest.raises(litellm.LiteLLMError, match="not beyond loopback"):
-            litellm.environment(source, "egress-token", "127.0.0.1:10000", False)
-        assert litellm.environment(source, "egress-token", "127.0.0.1:10000", True)["LITELLM_MASTER_KEY"] == master
+            litellm.environment(given, "egress-token", "127.0.0.1:10000", False)
+        assert litellm.environment(given, "egress-token", "127.0.0.1:10000", True)["LITELLM_MASTER_KEY"] == master
 
 
 def test_the_derived_config_on_disk_holds_no_master_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,11 +100,11 @@ def test_the_derived_config_on_disk_holds_no_master_key(monkeypatch: pytest.Monk
     the master key goes to LiteLLM through its environment instead."""
     monkeypatch.delenv("LITELLM_MASTER_KEY", raising=False)
     master = "mk-a-Literal-Master-Key-0123456789"
-    source = {"model_list": [{"model_name": "c", "litellm_params": {"model": "anthropic/c"}}],
+    given = {"model_list": [{"model_name": "c", "litellm_params": {"model": "anthropic/c"}}],
               "general_settings": {"master_key": master}}  # fmt: skip
-    derived = yaml.safe_dump(litellm.derive(source, "127.0.0.1:10000"))
+    derived = yaml.safe_dump(litellm.derive(given, "127.0.0.1:10000"))
     assert master not in derived and "os.environ/LITELLM_MASTER_KEY" in derived
-    env = litellm.environment(source, "egress-token", "127.0.0.1:10000", False)
+    env = litellm.environment(given, "egress-token", "127.0.0.1:10000", False)
     assert env["LITELLM_MASTER_KEY"] == master
 
 
@@ -131,10 +131,10 @@ def test_up_tells_the_ingress_whether_litellm_asks_for_a_key_and_where_it_reads_
     monkeypatch.delenv("LITELLM_MASTER_KEY", raising=False)
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
-    source = {"model_list": [{"model_name": "c", "litellm_params": {"model": "anthropic/c"}}],
+    given = {"model_list": [{"model_name": "c", "litellm_params": {"model": "anthropic/c"}}],
               "general_settings": general}  # fmt: skip
-    env = litellm.environment(source, "egress-token", "127.0.0.1:10000", True)
-    config, _ = litellm.Plan(source, "", env, Path("litellm"), Path("c.yaml")).applied(Config(), Secrets())
+    env = litellm.environment(given, "egress-token", "127.0.0.1:10000", True)
+    config, _ = litellm.Plan(given, "", env, Path("litellm"), Path("c.yaml")).applied(Config(), Secrets())
     assert config.litellm_requires_key is requires
     assert config.litellm_headers == (*DEFAULT_EXTRA_LITELLM_HEADERS, *([extra] if extra else []))
 
@@ -146,22 +146,22 @@ def test_the_master_key_up_reads_stays_known_by_value_when_the_key_file_is_reloa
     secrets it loaded, and a reload of litellm_key_file (read by the same loader) keeps it."""
     from ext_proc.config import Config
     from ext_proc.metrics import Metrics
-    from ext_proc.reload import RuleSource
+    from ext_proc.reload import LiveRules
     from ext_proc.secrets import load_secrets
 
     master = "mk-master-of-this-litellm-0123"
     monkeypatch.setenv("LITELLM_MASTER_KEY", master)
-    source = {"model_list": [{"model_name": "c", "litellm_params": {"model": "anthropic/c"}}],
+    given = {"model_list": [{"model_name": "c", "litellm_params": {"model": "anthropic/c"}}],
               "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"}}  # fmt: skip
-    env = litellm.environment(source, "egress-token", "127.0.0.1:10000", True)
+    env = litellm.environment(given, "egress-token", "127.0.0.1:10000", True)
     keys = tmp_path / "litellm-keys"
     keys.write_text("mk-first-file-key-0123\n")
     config = Config(litellm_key_file=keys)
-    config, secrets = litellm.Plan(source, "", env, Path("litellm"), Path("c.yaml")).applied(
+    config, secrets = litellm.Plan(given, "", env, Path("litellm"), Path("c.yaml")).applied(
         config, load_secrets(config)
     )
-    rules = RuleSource(config, Metrics(), secrets)
+    rules = LiveRules(config, Metrics(), secrets)
     assert set(rules().litellm_keys) == {master.encode(), b"mk-first-file-key-0123"}
     keys.write_text("mk-second-file-key-after-rotation\n")
-    rules.check()
+    rules.reload_changed()
     assert set(rules().litellm_keys) == {master.encode(), b"mk-second-file-key-after-rotation"}

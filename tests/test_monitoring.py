@@ -29,7 +29,7 @@ from ext_proc.seal import SealFailure
 from tests.support.http import get_text, send
 from tests.support.processes import Proc, free_port, wait_for
 from tests.support.recorder import Recorder
-from tests.support.up import TOKEN, running_up
+from tests.support.up_command import TOKEN, running_up
 
 MONITORING = Path(__file__).resolve().parents[1] / "deploy" / "monitoring"
 PROMTOOL = shutil.which("promtool")

@@ -22,7 +22,7 @@ from ext_proc.config import Config
 from ext_proc.credentials import ApiKey
 from ext_proc.headers import HeaderView
 from ext_proc.metrics import Metrics
-from ext_proc.reload import RuleSource
+from ext_proc.reload import LiveRules
 from ext_proc.rules import Audit, RuleContext, Source, decide
 from ext_proc.server import Server
 from tests.support.extproc import EGRESS, exchange, headers_message, message_stream
@@ -206,7 +206,7 @@ def test_json_log_format_merges_the_audit_record() -> None:
 
 
 def _ctx() -> RuleContext:
-    return RuleSource(Config(seal_keys=(KEY_A,)), Metrics()).current
+    return LiveRules(Config(seal_keys=(KEY_A,)), Metrics()).current
 
 
 def test_hot_reload_of_server_credential_and_seal_keys(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -214,31 +214,31 @@ def test_hot_reload_of_server_credential_and_seal_keys(tmp_path: Path, caplog: p
     cred.write_text("sk-ant-api03-FIRST\n")
     keys.write_text(KEY_A + "\n")
     metrics = Metrics()
-    source = RuleSource(Config(server_credential_file=cred, seal_key_file=keys), metrics)
-    sealed_with_a = source().keyring.seal([("x-api-key", b"sk-ant-api03-C")], 1000)
+    live = LiveRules(Config(server_credential_file=cred, seal_key_file=keys), metrics)
+    sealed_with_a = live().keyring.seal([("x-api-key", b"sk-ant-api03-C")], 1000)
 
-    source.check()
-    assert source().server_credential == ApiKey(b"sk-ant-api03-FIRST"), "nothing changed, nothing reloaded"
+    live.reload_changed()
+    assert live().server_credential == ApiKey(b"sk-ant-api03-FIRST"), "nothing changed, nothing reloaded"
 
     cred.write_text("sk-ant-api03-SECOND\n")
     keys.write_text(f"{KEY_B}\n{KEY_A}\n")
-    source.check()
-    assert source().server_credential == ApiKey(b"sk-ant-api03-SECOND")
-    assert source().keyring.open(sealed_with_a.encode(), 1000).entries == (("x-api-key", b"sk-ant-api03-C"),)
-    assert source().keyring.key_ids[0] != RuleSource(Config(seal_keys=(KEY_A,)), Metrics()).current.keyring.key_ids[0]
+    live.reload_changed()
+    assert live().server_credential == ApiKey(b"sk-ant-api03-SECOND")
+    assert live().keyring.open(sealed_with_a.encode(), 1000).entries == (("x-api-key", b"sk-ant-api03-C"),)
+    assert live().keyring.key_ids[0] != LiveRules(Config(seal_keys=(KEY_A,)), Metrics()).current.keyring.key_ids[0]
 
     caplog.set_level(logging.ERROR, logger="ext_proc.reload")
     cred.write_text("sk-master-NOT-ANTHROPIC-BADSECRET\n")
     keys.write_text("not base64 !!\n")
-    source.check()
-    assert source().server_credential == ApiKey(b"sk-ant-api03-SECOND"), "a bad file keeps the old value"
-    assert source().keyring.open(sealed_with_a.encode(), 1000)
+    live.reload_changed()
+    assert live().server_credential == ApiKey(b"sk-ant-api03-SECOND"), "a bad file keeps the old value"
+    assert live().keyring.open(sealed_with_a.encode(), 1000)
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "server_credential_file changed but cannot be used" in messages and "seal_key_file changed" in messages
     assert "BADSECRET" not in messages
     cred.unlink()
-    source.check()
-    assert source().server_credential == ApiKey(b"sk-ant-api03-SECOND"), "a vanished file keeps the old value"
+    live.reload_changed()
+    assert live().server_credential == ApiKey(b"sk-ant-api03-SECOND"), "a vanished file keeps the old value"
     scraped = metrics.registry.get_sample_value
     assert scraped("ext_proc_reloads_total", {"file": "server_credential_file", "result": "ok"}) == 1
     assert scraped("ext_proc_reloads_total", {"file": "server_credential_file", "result": "rejected"}) == 2

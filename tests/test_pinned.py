@@ -27,8 +27,8 @@ from ext_proc.seal import Keyring, OpenCounter, SealError, SealFailure
 from ext_proc.secrets import Secrets
 from ext_proc.server import CredentialProcessor, response_of
 from ext_proc.tracing import Tracing
+from tests.support.decisions import KEY_A, KEYRING, NOW, context, handoff, run
 from tests.support.extproc import headers_message
-from tests.support.rules import KEY_A, KEYRING, NOW, context, handoff, run
 
 H = "x-credential-handoff"
 KEY = "sk-ant-api03-PINNEDKEY"

@@ -19,8 +19,8 @@ import yaml
 from ext_proc.envoy import HostPort
 from ext_proc.supervise import port_holder
 from tests.e2e.matrix import CLIENT_OAUTH, CLIENTS
-from tests.support import litellm
-from tests.support.chart import LITELLM_VALUES, find, litellm_chart_pod, render_chart, secret_files
+from tests.support import litellm_proxy
+from tests.support.helm_render import LITELLM_VALUES, find, litellm_chart_pod, render_chart, secret_files
 from tests.support.http import send
 from tests.support.pods import Pod, ProbeFailed, render_overlay
 from tests.support.processes import BIN
@@ -30,9 +30,9 @@ pytestmark = pytest.mark.litellm
 SECRETS = {
     "ext-proc-secrets": {
         "seal-keys": base64.urlsafe_b64encode(bytes(range(32))).decode() + "\n",
-        "egress-token": litellm.EGRESS_TOKEN + "\n",
+        "egress-token": litellm_proxy.EGRESS_TOKEN + "\n",
     },
-    "litellm-secrets": {"master-key": litellm.MASTER_KEY},
+    "litellm-secrets": {"master-key": litellm_proxy.MASTER_KEY},
 }
 # This machine has no network: LiteLLM reads its model-cost map locally and sends no telemetry.
 OFFLINE = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False", "NO_DOCS": "True"}
@@ -41,10 +41,10 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def images() -> dict[str, object]:
-    release = litellm.RELEASES[-1]
+    release = litellm_proxy.RELEASES[-1]
     return {
         "ext-proc-credentials": lambda: str(BIN / "ext-proc"),
-        "ghcr.io/berriai/litellm": lambda: str(litellm.venv(release) / "bin" / "litellm"),
+        "ghcr.io/berriai/litellm": lambda: str(litellm_proxy.venv(release) / "bin" / "litellm"),
     }
 
 
@@ -65,7 +65,7 @@ def assert_own_credential_only(recorder: Recorder) -> None:
     (got,) = recorder.take()
     assert got.get("authorization") == [f"Bearer {CLIENT_OAUTH}"]
     assert got.get("x-api-key") == [] and "x-litellm-api-key" not in got.names
-    assert not any(litellm.MASTER_KEY in v or litellm.EGRESS_TOKEN in v for _, v in got.headers)
+    assert not any(litellm_proxy.MASTER_KEY in v or litellm_proxy.EGRESS_TOKEN in v for _, v in got.headers)
 
 
 def scraped_as_the_podmonitor_says(docs: list[dict[str, Any]], monitor: dict[str, Any] | None = None) -> dict[str, str]:
@@ -118,8 +118,10 @@ def test_gateway_pod_runs_as_written(free_pod_ports: None, tmp_path: Path) -> No
                   clusters={"anthropic": ("127.0.0.1", recorder.port), "litellm": ("127.0.0.1", 4000)})  # fmt: skip
         with pod.running_pod():
             # The existing LiteLLM, configured as docs/kubernetes-gateway.md says (ext-proc-egress:10000 is here).
-            setup = litellm.Setup(litellm.RELEASES[-1], "http://127.0.0.1:10000", litellm.EGRESS_TOKEN)
-            proxy = litellm.start(setup, tmp_path, 4000)
+            setup = litellm_proxy.Setup(
+                litellm_proxy.RELEASES[-1], "http://127.0.0.1:10000", litellm_proxy.EGRESS_TOKEN
+            )
+            proxy = litellm_proxy.start(setup, tmp_path, 4000)
             try:
                 at = HostPort("127.0.0.1", pod.service_port("ext-proc-gateway"))
                 assert oauth_request(at) == 200
@@ -150,8 +152,8 @@ def test_the_chart_s_gateway_pod_runs_as_written(free_pod_ports: None, tmp_path:
                   clusters={"anthropic": ("127.0.0.1", recorder.port), "litellm": ("127.0.0.1", 4000)})  # fmt: skip
         with pod.running_pod():
             token = secrets["ext-proc-credentials"]["egress-token"]
-            setup = litellm.Setup(litellm.RELEASES[-1], "http://127.0.0.1:10000", token)
-            proxy = litellm.start(setup, tmp_path, 4000)
+            setup = litellm_proxy.Setup(litellm_proxy.RELEASES[-1], "http://127.0.0.1:10000", token)
+            proxy = litellm_proxy.start(setup, tmp_path, 4000)
             try:
                 assert oauth_request(HostPort("127.0.0.1", pod.service_port("ext-proc-credentials"))) == 200
                 assert_own_credential_only(recorder)
@@ -182,7 +184,7 @@ def test_the_sidecar_form_in_litellm_s_chart_runs_as_written(free_pod_ports: Non
                 "litellm-masterkey",
             ),
         ]
-        secrets = secret_files(ours) | {"litellm-masterkey": {"masterkey": litellm.MASTER_KEY}}
+        secrets = secret_files(ours) | {"litellm-masterkey": {"masterkey": litellm_proxy.MASTER_KEY}}
         # The image's home directory, where LiteLLM writes its caches.
         machine = {**OFFLINE, "HOME": str(tmp_path)}
         pod = Pod(docs, "litellm", secrets, images(), machine_env=machine,  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ from ext_proc.credentials import ApiKey, Credential, OAuthToken, Prefixes, token
 from ext_proc.headers import HeaderView
 from ext_proc.rules import NEVER_TOUCHED
 from ext_proc.seal import Keyring
-from tests.support.rules import KEY_B, KEYRING, NOW, context, handoff, run
+from tests.support.decisions import KEY_B, KEYRING, NOW, context, handoff, run
 
 H = "x-credential-handoff"
 FLAG = b"oauth-2025-04-20"

@@ -17,14 +17,15 @@ from pathlib import Path
 import pytest
 
 from ext_proc.config import Config
+from ext_proc.credentials import ApiKey
 from ext_proc.headers import HeaderView
 from ext_proc.metrics import Metrics
-from ext_proc.reload import RuleSource, rule_context
+from ext_proc.reload import LiveRules, rule_context
 from ext_proc.routes import CARRIES, CLASSIFIED, RELEASES, REROUTES, Entry, Route, Routes, Table, route_path
 from ext_proc.seal import MAX_OPENS_PER_SECOND, Keyring, OpenCounter, SealError, SealFailure, tracker_capacity
 from ext_proc.secrets import Secrets
-from tests.support.litellm import RELEASES as TESTED
-from tests.support.rules import KEY_A, KEYRING, NOW, context, handoff, run
+from tests.support.decisions import KEY_A, KEYRING, NOW, context, handoff, run
+from tests.support.litellm_proxy import RELEASES as TESTED
 
 H = "x-credential-handoff"
 OAUTH = "sk-ant-oat01-CLIENTOAUTH"
@@ -324,11 +325,16 @@ def test_s1_the_counter_holds_what_one_replica_can_open_in_a_handoff_s_life() ->
     assert context(seal_ttl_seconds=120).opens._capacity == tracker_capacity(120)
 
 
-def test_s1_reload_keeps_the_count(tmp_path: pytest.TempPathFactory) -> None:
-    source = RuleSource(Config(seal_max_opens=1), Metrics())
-    first = source()
-    source.current = replace(first, server_credential=None)
-    assert source().opens is first.opens
+def test_s1_reload_keeps_the_count(tmp_path: Path) -> None:
+    """A handoff opened before a secret file changed counts after it: the rebuilt context shares the counter."""
+    credential = tmp_path / "server-credential"
+    credential.write_text("sk-ant-api03-FIRST\n")
+    live = LiveRules(Config(seal_max_opens=1, server_credential_file=credential), Metrics())
+    first = live()
+    credential.write_text("sk-ant-api03-SECOND-AFTER-ROTATION\n")
+    live.reload_changed()
+    assert live() is not first and live().server_credential == ApiKey(b"sk-ant-api03-SECOND-AFTER-ROTATION")
+    assert live().opens is first.opens and live().routes is first.routes
 
 
 def test_each_removed_header_is_named_once() -> None:

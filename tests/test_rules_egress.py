@@ -14,7 +14,7 @@ from ext_proc.credentials import ApiKey, Credential, OAuthToken
 from ext_proc.headers import HeaderView
 from ext_proc.rules import Source, answer
 from ext_proc.seal import Keyring
-from tests.support.rules import KEY_B, NOW, context, handoff, run
+from tests.support.decisions import KEY_B, NOW, context, handoff, run
 
 H = "x-credential-handoff"
 OAUTH = "sk-ant-oat01-CLIENTOAUTH"

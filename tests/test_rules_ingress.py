@@ -9,7 +9,7 @@ import pytest
 from ext_proc.headers import HeaderView
 from ext_proc.rules import Source
 from tests.support import fixtures
-from tests.support.rules import KEYRING, NOW, context, handoff, run
+from tests.support.decisions import KEYRING, NOW, context, handoff, run
 
 H = "x-credential-handoff"
 OAUTH = "sk-ant-oat01-CLIENTOAUTH"

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ext_proc.seal import Keyring, SealError, SealFailure
-from tests.support.rules import KEY_A, KEY_B, NOW
+from tests.support.decisions import KEY_A, KEY_B, NOW
 
 ENTRIES = [("x-api-key", b"sk-ant-api03-K"), ("authorization", b"sk-ant-oat01-\xffO")]
 

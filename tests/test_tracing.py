@@ -25,11 +25,11 @@ from ext_proc.rules import decide
 from ext_proc.secrets import Secrets
 from ext_proc.tracing import Tracing, encode, otlp_exporter
 from tests.support.collector import Collector, Span
+from tests.support.decisions import KEYRING, NOW
 from tests.support.http import send
 from tests.support.processes import free_port
 from tests.support.recorder import Recorder
-from tests.support.rules import KEYRING, NOW
-from tests.support.up import SERVER_KEY, TOKEN, running_up
+from tests.support.up_command import SERVER_KEY, TOKEN, running_up
 
 OAUTH = "sk-ant-oat01-TRACEDTOKEN"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -30,7 +30,7 @@ from ext_proc.supervise import port_holder
 from tests.support.http import send
 from tests.support.processes import BIN, Proc, free_port, start_server, wait_for
 from tests.support.recorder import Recorder
-from tests.support.up import SERVER_KEY, TOKEN, running_up, up_process
+from tests.support.up_command import SERVER_KEY, TOKEN, running_up, up_process
 
 
 def test_up_serves_both_legs_and_stops_cleanly_on_sigterm() -> None:
@@ -366,6 +366,9 @@ def test_a_raised_envoy_log_level_prints_no_credential(tmp_path: Path) -> None:
         (["serve"], {"EXT_PROC_LISTEN": "unix:/s"}, ["serve"], {"EXT_PROC_LISTEN": "unix:/s"}, 0),
         (["up", "--listen", "a:1", "--ingress-listen", "b:2"], {}, ["up", "--ingress-listen", "b:2"], {}, 1),
         (["up", "--ingress-listen=b:2", "--listen=a:1"], {}, ["up", "--ingress-listen=b:2"], {}, 1),
+        (["envoy-config", "--ext-proc", "unix:/e"], {}, ["envoy-config", "--server-address", "unix:/e"], {}, 1),
+        (["envoy-config"], {"EXT_PROC_EXT_PROC": "unix:/e"}, ["envoy-config"],
+         {"EXT_PROC_EXT_PROC": "unix:/e", "EXT_PROC_SERVER_ADDRESS": "unix:/e"}, 1),
         # The new name, when given, wins: nothing is mapped over it.
         (["up"], {"EXT_PROC_LISTEN": "a:1", "EXT_PROC_INGRESS_LISTEN": "b:2"}, ["up"],
          {"EXT_PROC_LISTEN": "a:1", "EXT_PROC_INGRESS_LISTEN": "b:2"}, 0),
@@ -384,6 +387,19 @@ def test_an_old_flag_still_works_and_the_note_names_the_new_one(capsys: pytest.C
     out, err = capsys.readouterr()
     assert "port_value: 18081" in out
     assert "--listen is now --ingress-listen" in err
+
+
+def test_the_old_name_of_server_address_still_places_the_ext_proc_cluster(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EXT_PROC_SERVER_ADDRESS", raising=False)  # the mapping sets it: removed again afterwards
+    monkeypatch.setenv("EXT_PROC_EXT_PROC", "unix:/run/old-name.sock")
+    assert cli.main(["envoy-config"]) == 0
+    out, err = capsys.readouterr()
+    assert "path: /run/old-name.sock" in out and "EXT_PROC_EXT_PROC is now EXT_PROC_SERVER_ADDRESS" in err
+    assert cli.main(["envoy-config", "--ext-proc", "unix:/run/old-flag.sock"]) == 0
+    out, err = capsys.readouterr()
+    assert "path: /run/old-flag.sock" in out and "--ext-proc is now --server-address" in err
 
 
 @pytest.fixture

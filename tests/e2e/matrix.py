@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 
 from tests.support import fixtures
-from tests.support.litellm import EGRESS_TOKEN, MASTER_KEY, MODEL
+from tests.support.litellm_proxy import EGRESS_TOKEN, MASTER_KEY, MODEL
 from tests.support.recorder import Received
 
 CLIENT_KEY = "sk-ant-api03-FAKEKEY"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import claude_code, fixtures, litellm
+from tests.support import claude_code, fixtures, litellm_proxy
 from tests.support.http import send
 from tests.support.processes import BIN, Proc
 from tests.support.recorder import Recorder
@@ -43,7 +43,7 @@ def readme_command() -> list[str]:
 def chain(tmp_path: Path) -> Iterator[tuple[Proc, Recorder, dict[str, str]]]:
     with Recorder() as recorder:
         env = {
-            "PATH": f"{litellm.venv(litellm.RELEASES[-1]) / 'bin'}:{BIN}:{os.environ.get('PATH', '')}",
+            "PATH": f"{litellm_proxy.venv(litellm_proxy.RELEASES[-1]) / 'bin'}:{BIN}:{os.environ.get('PATH', '')}",
             "XDG_CONFIG_HOME": str(tmp_path / "config"),
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
             "LITELLM_TELEMETRY": "False",
@@ -90,7 +90,7 @@ def test_the_readme_command_runs_the_whole_chain(chain: tuple[Proc, Recorder, di
     assert recorder.take() == []
     # LiteLLM's output comes through `up`, marked; no credential in any of it.
     assert "litellm | " in up.output
-    for secret in (CLIENT_OAUTH, litellm.EGRESS_TOKEN):
+    for secret in (CLIENT_OAUTH, litellm_proxy.EGRESS_TOKEN):
         assert secret not in up.output
 
 
@@ -119,7 +119,7 @@ def test_the_real_claude_code_cli_with_the_printed_setup(
 def test_litellm_s_death_stops_the_gateway_with_an_error(tmp_path: Path) -> None:
     with Recorder() as recorder:
         env = {
-            "PATH": f"{litellm.venv(litellm.RELEASES[-1]) / 'bin'}:{BIN}:{os.environ.get('PATH', '')}",
+            "PATH": f"{litellm_proxy.venv(litellm_proxy.RELEASES[-1]) / 'bin'}:{BIN}:{os.environ.get('PATH', '')}",
             "XDG_CONFIG_HOME": str(tmp_path / "config"),
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         }

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import claude_code, litellm
+from tests.support import claude_code, litellm_proxy
 from tests.support.processes import BIN, Proc, answers_ok, wait_for
 from tests.support.recorder import Recorder
 
@@ -81,7 +81,7 @@ def guide(tmp_path: Path) -> Iterator[Guide]:
             assert set(env) == {"ANTHROPIC_API_BASE", "ANTHROPIC_API_KEY"} and env["ANTHROPIC_API_KEY"]
             (run,) = re.findall(r"`(litellm --config [^`]*)`", two)
             command = shlex.split(run)
-            command[0] = str(litellm.venv(litellm.RELEASES[-1]) / "bin" / "litellm")
+            command[0] = str(litellm_proxy.venv(litellm_proxy.RELEASES[-1]) / "bin" / "litellm")
             server = Proc(command, {**base, **env, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY":
                                     "False", "NO_DOCS": "True"}, cwd=tmp_path, unset=("DATABASE_URL",))  # fmt: skip
             port = command[command.index("--port") + 1]

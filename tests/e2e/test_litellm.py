@@ -25,7 +25,6 @@ import pytest
 from ext_proc.config import DEFAULT_EGRESS_ALLOWLIST
 from ext_proc.envoy import HostPort
 from ext_proc.seal import Keyring
-from tests.conftest import SEAL_KEY
 from tests.e2e.matrix import (
     CLIENT_KEY,
     CLIENT_OAUTH,
@@ -40,10 +39,10 @@ from tests.e2e.matrix import (
     describe,
     table,
 )  # fmt: skip
-from tests.support import claude_code, litellm
+from tests.support import claude_code, litellm_proxy
 from tests.support.http import send
-from tests.support.litellm import EGRESS_TOKEN, MASTER_KEY, MODEL, OPENAI_KEY, OPENAI_MODEL, RELEASES, Setup
-from tests.support.processes import BIN, Proc, free_port, wait_for
+from tests.support.litellm_proxy import EGRESS_TOKEN, MASTER_KEY, MODEL, OPENAI_KEY, OPENAI_MODEL, RELEASES, Setup
+from tests.support.processes import BIN, SEAL_KEY, Proc, free_port, wait_for
 from tests.support.recorder import Received, Recorder
 
 pytestmark = pytest.mark.litellm
@@ -118,7 +117,7 @@ def gateway(
             # The worst case for other providers: forwarding for every model group.
             base = f"http://127.0.0.1:{egress}/upstreams/openai/v1"
             config = replace(config, openai_base=base, forward_globally=True)
-        proxy = litellm.start(config, work, litellm_port)
+        proxy = litellm_proxy.start(config, work, litellm_port)
         try:
             yield HostPort("127.0.0.1", ingress)
         finally:
@@ -222,7 +221,7 @@ def check_section(key: str, text: str) -> None:
 @pytest.mark.parametrize("version", RELEASES)
 @pytest.mark.parametrize(("setup_name", "key"), BEFORE, ids=["server-key", "no-key"])
 def test_before(version: str, setup_name: str, key: str | None, recorder: Recorder, tmp_path: Path) -> None:
-    proxy = litellm.start(Setup(version, recorder.url, key), tmp_path)
+    proxy = litellm_proxy.start(Setup(version, recorder.url, key), tmp_path)
     try:
         results = run_matrix(HostPort("127.0.0.1", proxy.port), recorder)
     finally:

@@ -21,9 +21,9 @@ from ext_proc.envoy import HostPort
 from ext_proc.litellm_config import attempts
 from tests.e2e.matrix import CLIENT_OAUTH
 from tests.e2e.test_litellm import AFTER, gateway
-from tests.support import litellm
+from tests.support import litellm_proxy
 from tests.support.http import send
-from tests.support.litellm import MASTER_KEY, MODEL, RELEASES, Setup
+from tests.support.litellm_proxy import MASTER_KEY, MODEL, RELEASES, Setup
 from tests.support.processes import BIN, Proc, free_port
 from tests.support.recorder import Received, Recorder
 
@@ -53,7 +53,9 @@ def test_the_calls_litellm_makes_for_one_request_are_the_ones_derived_from_its_c
     version: str, case: str, recorder: Recorder, tmp_path: Path
 ) -> None:
     groups, settings = CASES[case]
-    doc = yaml.safe_load(litellm.config_yaml(Setup(version, "http://x", "k", more_groups=groups, settings=settings)))
+    doc = yaml.safe_load(
+        litellm_proxy.config_yaml(Setup(version, "http://x", "k", more_groups=groups, settings=settings))
+    )
     derived = attempts(doc).calls
     with gateway(version, AFTER[0], recorder, tmp_path, more_groups=groups, settings=settings,
                  env={"EXT_PROC_SEAL_MAX_OPENS": "100"}) as at:  # fmt: skip
@@ -103,9 +105,9 @@ def test_up_derives_the_bound_so_a_request_succeeds_when_a_retry_or_fallback_doe
     config.write_text(CONFIG + yaml.safe_dump({"router_settings": router}))
     ingress = HostPort("127.0.0.1", free_port())
     env = {
-        "PATH": f"{litellm.venv(version) / 'bin'}:{BIN}:{os.environ.get('PATH', '')}",
+        "PATH": f"{litellm_proxy.venv(version) / 'bin'}:{BIN}:{os.environ.get('PATH', '')}",
         "XDG_CONFIG_HOME": str(tmp_path / "config"), "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-        "LITELLM_TELEMETRY": "False", "LITELLM_MASTER_KEY": MASTER_KEY, **litellm.NO_RETRY_WAIT,
+        "LITELLM_TELEMETRY": "False", "LITELLM_MASTER_KEY": MASTER_KEY, **litellm_proxy.NO_RETRY_WAIT,
     }  # fmt: skip
     up = Proc([str(BIN / "ext-proc"), "up", "--litellm-config", str(config), "--ingress-listen", str(ingress),
                "--egress-listen", f"127.0.0.1:{free_port()}", "--litellm", f"http://127.0.0.1:{free_port()}",

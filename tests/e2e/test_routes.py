@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import litellm
-from tests.support.litellm import RELEASES
+from tests.support import litellm_proxy
+from tests.support.litellm_proxy import RELEASES
 
 pytestmark = pytest.mark.litellm
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("version", RELEASES)
 def test_the_shipped_route_table_is_the_release_s_own(version: str, tmp_path: Path) -> None:
-    python = litellm.venv(version) / "bin" / "python"
+    python = litellm_proxy.venv(version) / "bin" / "python"
     written = subprocess.run(
         [str(python), str(ROOT / "scripts" / "litellm_routes.py")],
         capture_output=True,

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.support.litellm import CACHE
+from tests.support.litellm_proxy import CACHE
 
 VERSION = "2.1.197"
 

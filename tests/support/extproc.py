@@ -14,7 +14,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from ext_proc.config import Config
 from ext_proc.server import Server
-from tests.conftest import SEAL_KEY
+from tests.support.processes import SEAL_KEY
 
 EGRESS = (("x-ext-proc-leg", "egress"), ("x-ext-proc-policy", "anthropic"))
 

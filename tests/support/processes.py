@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
@@ -24,6 +25,8 @@ from ext_proc.envoy import Layout, find_envoy, render
 from tests.support.http import get_text
 
 BIN = Path(sys.executable).parent
+# The seal key of the servers the tests start (urlsafe base64, as seal_key_file holds it).
+SEAL_KEY = base64.urlsafe_b64encode(bytes(range(100, 132))).decode()
 STARTUP_SECONDS = 30.0
 # Every process the suite started, so its whole output can be searched for leaked secrets at the end.
 STARTED: list[Proc] = []
