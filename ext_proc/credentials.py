@@ -132,7 +132,7 @@ class Prefixes:
         """The Anthropic credential one credential header carries, over all its repeats; None for a foreign one."""
         token = read_token(header, values)
         if token is None:
-            if self.anthropic in b"".join(values):
+            if any(self.anthropic in value for value in values):
                 raise UnreadableCredential(header, Problem.MALFORMED)
             return None
         return self.classify(token, header)
@@ -152,20 +152,20 @@ def read_token(header: str, values: Sequence[bytes]) -> bytes | None:
     tokens = {_one_token(header, part) for value in values for part in _parts(value)}
     if len(tokens) > 1:
         raise UnreadableCredential(header, Problem.CONFLICT if len(values) > 1 else Problem.MULTIPLE)
-    return tokens.pop() if tokens else b""
+    return tokens.pop()  # never empty: every value has at least one part, b"" when blank
 
 
 def _bearer_token(values: Sequence[bytes]) -> bytes | None:
     bearer: set[bytes] = set()
     other: set[bytes] = set()
     for value in values:
-        value = value.strip(_WHITESPACE)
+        value = _trim(value)
         if _BEARER.match(value):
             bearer.update(_one_token(AUTHORIZATION, _BEARER.sub(b"", part, count=1)) for part in _parts(value))
-            if any(not _BEARER.match(part) and part for part in (p.strip(_WHITESPACE) for p in value.split(b","))):
+            if any(not _BEARER.match(part) and part for part in (_trim(p) for p in value.split(b","))):
                 raise UnreadableCredential(AUTHORIZATION, Problem.MULTIPLE)
         else:
-            if any(_BEARER.match(part.strip(_WHITESPACE)) for part in value.split(b",")):
+            if any(_BEARER.match(_trim(part)) for part in value.split(b",")):
                 raise UnreadableCredential(AUTHORIZATION, Problem.MULTIPLE)
             other.add(value)
     if (bearer and other) or len(other) > 1:
@@ -175,14 +175,20 @@ def _bearer_token(values: Sequence[bytes]) -> bytes | None:
     return bearer.pop() if bearer else None
 
 
+def _trim(value: bytes) -> bytes:
+    """HTTP's optional whitespace around a value or list element: only SP, HTAB (RFC 9110 5.6.3) and line ends;
+    VT and FF stay, and make a credential malformed (bytes.strip() would take them too)."""
+    return value.strip(_WHITESPACE)
+
+
 def _parts(value: bytes) -> list[bytes]:
     """A header value as a list (RFC 9110 5.6.1): split on commas, trimmed, empty elements dropped."""
-    parts = [part.strip(_WHITESPACE) for part in value.split(b",")]
+    parts = [_trim(part) for part in value.split(b",")]
     return [part for part in parts if part] or [b""]
 
 
 def _one_token(header: str, part: bytes) -> bytes:
-    part = part.strip(_WHITESPACE)
+    part = _trim(part)
     if _INNER_WHITESPACE.search(part):
         raise UnreadableCredential(header, Problem.MULTIPLE)
     return part

@@ -34,6 +34,12 @@ class HeaderView:
     def get_all(self, name: str) -> tuple[bytes, ...]:
         return self._index.get(name, ())
 
+    def one(self, name: str) -> bytes:
+        """The value of a header that comes once (a pseudo-header such as ``:path``); empty when it is absent or
+        repeated, which Envoy never delivers and no route matches."""
+        values = self._index.get(name, ())
+        return values[0] if len(values) == 1 else b""
+
     def names(self) -> Iterable[str]:
         return self._index.keys()
 

@@ -302,7 +302,7 @@ def _ingress(headers: HeaderView, ctx: RuleContext, now: float, base: Audit) -> 
             sealed.append((name, credential))
     sets: list[tuple[str, bytes]] = []
     if sealed:
-        verdict = ctx.routes.for_client_credential(b"".join(headers.get_all(METHOD)), b"".join(headers.get_all(PATH)))
+        verdict = ctx.routes.for_client_credential(headers.one(METHOD), headers.one(PATH))
         if verdict.refusal is not None:
             raise _Reject(Rejection(400, "invalid_request_error", verdict.refusal, "route-drops-credential"))
         if ctx.litellm_requires_key and not _litellm_key_left(headers, ctx, removed):
@@ -340,7 +340,7 @@ def _egress_anthropic(headers: HeaderView, ctx: RuleContext, now: float, base: A
     beta = _merge_beta(beta_in, ctx.oauth_beta, chosen is not None and chosen.needs_oauth_beta)
     if beta:
         sets.append((ANTHROPIC_BETA, beta))
-    dropped = beta == b"" or (ANTHROPIC_BETA in headers and not keep_beta and not beta)
+    dropped = beta == b"" or (ANTHROPIC_BETA in headers and not keep_beta)  # a set beta wins (_decision)
     if dropped and ANTHROPIC_BETA not in stripped:
         stripped.append(ANTHROPIC_BETA)
     removed = [*stripped, *(n for n in scrubbed if n not in stripped)]
@@ -410,7 +410,7 @@ def _decision(
     audit = Audit(
         base.leg,
         base.policy,
-        "forward",
+        base.outcome,
         base.request_id,
         source,
         kind,
@@ -448,7 +448,7 @@ def _open_handoff(headers: HeaderView, ctx: RuleContext, now: float) -> dict[str
             raise SealError(SealFailure.REPLAYED)
         found: dict[str, Credential] = {}
         for origin, token in opened.entries:
-            credential = ctx.prefixes.classify(token, origin)
+            credential = ctx.prefixes.classify(token)  # a malformed one is seal-malformed, whatever its header
             if credential is not None and origin in CREDENTIAL_HEADERS:
                 found.setdefault(origin, credential)
     except UnreadableCredential:
@@ -583,7 +583,7 @@ def _misplaced(name: str) -> Rejection:
         400,
         "invalid_request_error",
         f"The request's {where} carries a credential; send it only as x-api-key or Authorization: Bearer.",
-        f"misplaced-{name.lstrip(':')}",
+        f"misplaced-{name.removeprefix(':')}",
         "misplaced-path" if name == PATH else "misplaced-header",
     )
 

@@ -94,3 +94,36 @@ def test_a_rejection_s_audit_record_is_exactly_what_was_refused() -> None:
         "request_id",
     ]  # fmt: skip
     assert [f.name for f in dataclasses.fields(Audit)][:4] == ["leg", "policy", "outcome", "request_id"]
+
+
+# Input a real Envoy does not deliver (it rejects VT and FF in values, and sends one :path), but a local process on
+# the server's socket can: the stricter reading is kept and pinned here, so a looser one fails a test.
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("x-api-key", b"sk-ant-api03-KEY\x0b"),
+        ("x-api-key", b"\x0csk-ant-api03-KEY"),
+        ("x-api-key", b"sk-ant-api03-KEY, \x0b"),
+        ("authorization", b"\x0cBearer sk-ant-oat01-TOKEN"),
+        ("authorization", b"Bearer sk-ant-oat01-TOKEN\x0b"),
+        ("authorization", b"Basic abc, \x0bBearer sk-ant-oat01-TOKEN"),
+    ],
+)
+def test_vertical_tab_and_form_feed_are_not_whitespace_around_a_credential(header: str, value: bytes) -> None:
+    """Only SP, HTAB and line ends are trimmed (RFC 9110's optional whitespace): a credential next to VT or FF is
+    malformed or more than one token, never read as the clean credential."""
+    with pytest.raises(UnreadableCredential):
+        PREFIXES.read(header, (value,))
+
+
+def test_the_prefix_is_looked_for_in_each_value_of_a_foreign_scheme_not_in_their_concatenation() -> None:
+    """Repeats are separate values: no hop joins them without a comma, so "t-sk-an" twice holds no Anthropic prefix
+    (a value that holds one is still refused)."""
+    assert PREFIXES.read("authorization", (b"Basic t-sk-an", b"Basic t-sk-an")) is None
+    with pytest.raises(UnreadableCredential):
+        PREFIXES.read("authorization", (b"Basic sk-ant-api03-HIDDEN", b"Basic sk-ant-api03-HIDDEN"))
+
+
+def test_a_header_that_comes_once_is_read_only_when_it_comes_once() -> None:
+    headers = HeaderView.of((":path", "/v1/messages"), (":method", "POST"), (":method", "GET"))
+    assert (headers.one(":path"), headers.one(":method"), headers.one(":status")) == (b"/v1/messages", b"", b"")

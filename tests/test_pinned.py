@@ -365,3 +365,26 @@ def test_a_rejection_s_metric_label_never_holds_a_name_the_client_chose(
     decision, _ = run("ingress", "anthropic", HeaderView.of(*headers))
     assert decision.rejection is not None
     assert (decision.rejection.reason, decision.rejection.metric_label) == (reason, label)
+
+
+def test_a_decision_s_span_lasts_exactly_what_its_latency_metric_observed() -> None:
+    """The span's start is the wall clock's end less the measured decision time, and its end is that clock reading:
+    span duration and the histogram's sum are one measurement."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from ext_proc.tracing import Tracing
+
+    exporter = InMemorySpanExporter()
+    tracing = Tracing.start(Config(), exporter)
+    assert tracing is not None
+    metrics = Metrics()
+    processor = CredentialProcessor(lambda: context(), AuditLog(), metrics, tracing=tracing)
+    before = time.time_ns()
+    _process(processor, _Context([headers_message(("x-api-key", KEY.encode()))], EGRESS_META))
+    after = time.time_ns()
+    tracing.shutdown()
+    (span,) = exporter.get_finished_spans()
+    assert span.start_time is not None and span.end_time is not None
+    observed = metrics.registry.get_sample_value("ext_proc_decision_seconds_sum", {"leg": "egress"})
+    assert observed == (span.end_time - span.start_time) * 1e-9
+    assert before <= span.end_time <= after and 0 < observed < 1

@@ -22,6 +22,7 @@ from ext_proc.headers import HeaderView
 from ext_proc.metrics import Metrics
 from ext_proc.reload import LiveRules, rule_context
 from ext_proc.routes import CARRIES, CLASSIFIED, RELEASES, REROUTES, Entry, Route, Routes, Table, route_path
+from ext_proc.rules import name_bytes
 from ext_proc.seal import MAX_OPENS_PER_SECOND, Keyring, OpenCounter, SealError, SealFailure, tracker_capacity
 from ext_proc.secrets import Secrets
 from tests.support.decisions import KEY_A, KEYRING, NOW, context, handoff, run
@@ -490,3 +491,32 @@ def test_i7_a_refusal_shows_a_path_of_up_to_200_printable_characters_as_it_is(le
     assert refusal is not None
     assert (f"POST {path};" in refusal) == shown
     assert shown or f"POST {path[:200]!r};" in refusal
+
+
+def test_a_repeated_path_or_method_carries_no_client_credential() -> None:
+    """Envoy sends one :method and one :path; a peer that sends two gets the route refusal, not a route made of
+    their concatenation."""
+    for doubled in ((":path", "/v1/"), (":path", "messages"), (":method", "PO"), (":method", "ST")):
+        first = (":path", "/v1/") if doubled[0] == ":path" else (":method", "PO")
+        headers = HeaderView.of(first, doubled, ("x-api-key", "sk-ant-api03-TWOPATHS"), ("x-litellm-api-key", LITELLM))
+        decision, _ = run("ingress", "", headers)
+        assert decision.rejection is not None and decision.rejection.reason == "route-drops-credential", doubled
+
+
+def test_a_header_name_outside_latin_1_is_read_not_crashed_on() -> None:
+    """gRPC names are text: one Envoy would never send still gets a decision (its bytes with '?' for the rest)."""
+    headers = HeaderView([("x-\u20ac-sk-ant-api03-NAME", b"v"), ("x-api-key", KEY.encode())])
+    decision, out = run("egress", "anthropic", headers)
+    assert decision.rejection is None and out.get_all("x-api-key") == (KEY.encode(),)
+    assert "x-\u20ac-sk-ant-api03-name" in decision.remove
+    assert name_bytes("x-\u20ac") == b"x-?"
+
+
+def test_in_a_seal_only_an_anthropic_credential_under_its_own_header_counts() -> None:
+    """Our ingress seals one credential per header; a seal made otherwise (by a holder of the key) is read by the
+    same rule: an entry with no Anthropic credential does not hide a later one, an entry under another name is
+    never sent."""
+    sealed = handoff(("x-api-key", "none"), ("x-api-key", "sk-ant-api03-SECOND"), ("x-other", "sk-ant-api03-OTHER"))
+    decision, out = run("egress", "anthropic", HeaderView.of((H, sealed)))
+    assert decision.rejection is None and out.get_all("x-api-key") == (b"sk-ant-api03-SECOND",)
+    assert b"sk-ant-api03-OTHER" not in b"".join(v for _, v in out)
