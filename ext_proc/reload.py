@@ -18,7 +18,7 @@ from ext_proc.config import Config, ConfigError
 from ext_proc.metrics import Metrics
 from ext_proc.rules import RuleContext
 from ext_proc.seal import Keyring, OpenCounter, tracker_capacity
-from ext_proc.secrets import Secrets, load_secrets, reread_secret, secret_files
+from ext_proc.secrets import Secrets, load_secrets, reread_secret, secret_paths
 
 log = logging.getLogger("ext_proc.reload")
 Stamp = tuple[int, int, int] | None
@@ -84,18 +84,18 @@ class LiveRules:
         if self._secrets.litellm_keys:
             log.info("LiteLLM keys known by value: %d", len(self._secrets.litellm_keys))
         self.current = rule_context(config, self._secrets)
-        self._stamps = {setting: _stamp(path) for setting, path in secret_files(config)}
+        self._stamps = {setting: _stamp(path) for setting, path in secret_paths(config)}
 
     def __call__(self) -> RuleContext:
         return self.current
 
     @property
     def watched(self) -> bool:
-        return any(path is not None for _, path in secret_files(self._config))
+        return any(path is not None for _, path in secret_paths(self._config))
 
     def reload_changed(self) -> None:
         """Reload whichever secret file changed since the last look."""
-        for setting, path in secret_files(self._config):
+        for setting, path in secret_paths(self._config):
             stamp = _stamp(path)
             if path is None or stamp == self._stamps[setting]:
                 continue

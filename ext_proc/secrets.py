@@ -58,7 +58,7 @@ def reread_secret(config: Config, setting: str, current: Secrets) -> Secrets:
     return replace(current, **{field: value})
 
 
-def secret_files(config: Config) -> tuple[tuple[str, Path | None], ...]:
+def secret_paths(config: Config) -> tuple[tuple[str, Path | None], ...]:
     """Each secret file setting and its path (None when not set)."""
     return tuple((setting, getattr(config, setting)) for setting, _ in _READERS.values())
 

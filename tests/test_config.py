@@ -346,12 +346,12 @@ def test_an_egress_token_file_up_cannot_make_is_a_configuration_error(tmp_path: 
 _COUNT_OPENS = """
 import asyncio, collections, sys
 from ext_proc import cli, server
-secret_files = set(sys.argv[2:6])
+watched = set(sys.argv[2:6])
 opened = collections.Counter()
 
 
 def count(event, args):
-    if event == "open" and str(args[0]) in secret_files:
+    if event == "open" and str(args[0]) in watched:
         opened.update([str(args[0])])
 
 
