@@ -22,7 +22,8 @@ CREDENTIAL_HEADERS = (X_API_KEY, AUTHORIZATION)
 
 # Values some clients and proxies send where a credential should be; none of them is ever emitted.
 NULLISH = frozenset({b"", b"none", b"null", b"undefined"})
-_WHITESPACE = b" \t\r\n"
+# HTTP's optional whitespace (RFC 9110 5.6.3); any other whitespace in a credential header makes it unreadable.
+_WHITESPACE = b" \t"
 _INNER_WHITESPACE = re.compile(rb"[ \t\r\n]")
 _BEARER = re.compile(rb"(?i)bearer(?:[ \t]+|$)")
 # What Anthropic issues after its prefix; a credential never holds anything else (no comma, space or second token).
@@ -176,8 +177,8 @@ def _bearer_token(values: Sequence[bytes]) -> bytes | None:
 
 
 def _trim(value: bytes) -> bytes:
-    """HTTP's optional whitespace around a value or list element: only SP, HTAB (RFC 9110 5.6.3) and line ends;
-    VT and FF stay, and make a credential malformed (bytes.strip() would take them too)."""
+    """HTTP's optional whitespace around a value or list element: only SP and HTAB (RFC 9110 5.6.3). CR, LF, VT
+    and FF stay, and make a credential unreadable (bytes.strip() would take them)."""
     return value.strip(_WHITESPACE)
 
 

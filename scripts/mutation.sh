@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Mutation testing of the decision path (tests/README.md): the pinned mutmut, in a virtualenv of its own, over the
-# rules, credentials, seal, headers, routes and the server's decision and response code, against the fast unit and
-# property tests. Arguments narrow the files mutated (e.g. ext_proc/seal.py). The last line is the score.
+# Mutation testing (tests/README.md), two steps over the same files: the pinned mutmut, in a virtualenv of its own,
+# over function bodies (the files of [tool.mutmut] only_mutate, against its test selection), then
+# scripts/mutate_constants.py over what mutmut never reaches (module and class level, decorated functions), against
+# the tests that import each module. Arguments narrow the files mutated (e.g. ext_proc/seal.py); none: all of
+# ext_proc/. The last line is the score over both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv-mutation
@@ -23,4 +25,5 @@ for file in "$@"; do
 done
 "$VENV/bin/mutmut" run --max-children "$(nproc)" "${patterns[@]}" > .mutation-run.log 2>&1 || { tail -40 .mutation-run.log; exit 1; }
 "$VENV/bin/mutmut" results --all true > .mutation-results.txt 2>/dev/null || "$VENV/bin/mutmut" results > .mutation-results.txt
-exec "$VENV/bin/python" scripts/mutation_score.py .mutation-results.txt tests/mutation-equivalent.txt
+"$VENV/bin/python" scripts/mutate_constants.py --results .mutation-constants.txt "$@"
+exec "$VENV/bin/python" scripts/mutation_score.py .mutation-results.txt .mutation-constants.txt tests/mutation-equivalent.txt

@@ -1,4 +1,5 @@
-"""The mutation score from `mutmut results`, with the listed equivalent mutants left out (each with its reason)."""
+"""The mutation score from `mutmut results` and scripts/mutate_constants.py's results, with the listed equivalent
+mutants left out (each with its reason). Usage: mutation_score.py RESULTS... EQUIVALENT."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import sys
 from pathlib import Path
 
 
-def main(results: Path, equivalent: Path) -> int:
+def main(results: list[Path], equivalent: Path) -> int:
     status: dict[str, str] = {}
-    for line in results.read_text().splitlines():
-        match = re.match(r"\s*([\w.]+__mutmut_\d+): (\w+)", line)
+    for line in (line for path in results for line in path.read_text().splitlines()):
+        match = re.match(r"\s*([\w.]+(?:__mutmut_\d+|@\d+)): (\w+)", line)
         if match and match.group(2) != "not":  # "not checked": outside the files asked for
             status[match.group(1)] = match.group(2)
     listed = {}
@@ -36,4 +37,4 @@ def main(results: Path, equivalent: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2])))
+    sys.exit(main([Path(a) for a in sys.argv[1:-1]], Path(sys.argv[-1])))

@@ -81,6 +81,7 @@ def test_i4_identical_duplicates_are_one_value() -> None:
         (("x-api-key", KEY), ("authorization", f"Bearer {OAUTH}")),
         (("authorization", f"Bearer {OAUTH}"), ("x-litellm-api-key", "")),
         (("authorization", f"Bearer {OAUTH}"), ("x-litellm-api-key", "Bearer None")),
+        (("authorization", f"Bearer {OAUTH}"), ("x-litellm-api-key", "Bearer\tNone")),
         (("authorization", f"Bearer {OAUTH}"), ("x-api-key", "null")),
         (("x-api-key", KEY), ("authorization", "Bearer")),
         (("x-api-key", KEY), ("authorization", "bearer  undefined"), ("api-key", " ")),

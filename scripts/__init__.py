@@ -1,0 +1,1 @@
+"""Maintenance scripts (mutation testing); a package only so that mypy checks them."""

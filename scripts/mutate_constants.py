@@ -1,0 +1,518 @@
+"""Mutation testing of what mutmut never mutates: module-level and class-level statements, and decorated functions.
+
+mutmut 3 mutates the bodies of top-level functions and of methods (undecorated, or @staticmethod/@classmethod). The
+route table, the header patterns, the prefixes, a dataclass's defaults, an Enum's values and the body of a
+@property or an @lru_cache function are outside that. This step mutates them one at a time, in a copy of the
+repository per worker, and runs the tests that import the module (directly or through another module of ext_proc/)
+with ``-x``; a mutant that no test fails survives. The operators:
+
+- a string or bytes constant loses its last character (a short one made of punctuation and whitespace loses each
+  character in turn: ``b" \\t\\r\\n"`` without the tab);
+- a regular expression given to ``re.compile`` loses each element of each character class in turn, and its
+  ``(?i)`` flag;
+- a number gains 1; a boolean flips;
+- a tuple, list, set or dict literal loses each element in turn (the route table without ``/models``);
+- an Envoy processing mode turns into another (``SEND`` and ``SKIP``, ``NONE`` into ``STREAMED``): the ext_proc
+  filter's settings, whose functions (``FILTER_SETTINGS``) this step mutates although mutmut could, since the tests
+  that pin them run a real Envoy (too slow for mutmut's per-mutant runs of the unit suite);
+- a comparison, ``and``/``or`` or arithmetic operator turns into its counterpart (``==`` and ``!=``, ``<`` and
+  ``<=``, ``in`` and ``not in``, ``+`` and ``-``...), and a ``not`` is dropped: the operators of a decorated
+  function's body (a @property, an @lru_cache function), which mutmut leaves alone.
+
+Not mutated, each for a reason a reader can check: docstrings, text given as ``help=`` (argparse's and a setting's
+help, what a reader sees), a logger's name, parts of an f-string, type annotations and a subscript's parameters
+(``Callable[[...], ...]``: types, which mypy checks), a class's decorators (``@dataclass(frozen=True, slots=True)``:
+how Python builds the class; a write to a frozen instance is refused by mypy before a test runs), ``__all__`` and
+``__slots__``, a script's ``if __name__ == "__main__"``, and a line marked ``# pragma: no mutate`` (mutmut's
+marker, with the same meaning).
+
+Usage: ``python scripts/mutate_constants.py [FILE ...] [--list] [--jobs N] [--results PATH]``. The results go to
+``.mutation-constants.txt`` as ``NAME: killed|survived|timeout  (what changed)`` lines, which
+``scripts/mutation_score.py`` reads next to mutmut's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import concurrent.futures
+import copy
+import os
+import re
+import shutil
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "ext_proc"
+SKIP_KEYWORDS = frozenset({"help"})
+COPY_IGNORE = shutil.ignore_patterns(
+    ".git", ".venv*", ".cache", "mutants", "__pycache__", ".mypy_cache", ".ruff_cache", ".hypothesis", "*.egg-info"
+)
+PYTEST = ["-p", "no:cacheprovider", "-q", "-x", "--hypothesis-seed=0", "-m", "not litellm"]
+_CHARSET = frozenset(string.punctuation + string.whitespace)
+# The functions that build the ext_proc filter's settings (fail closed, headers only, mutation refused, timeouts).
+FILTER_SETTINGS = frozenset({("ext_proc.envoy", "ext_proc_filter"), ("ext_proc.envoy", "_answer_processor")})
+_MODES = {"SEND": "SKIP", "SKIP": "SEND", "NONE": "STREAMED"}
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """One change to one module's source: ``text[start:end]`` becomes ``replacement``."""
+
+    name: str
+    path: Path
+    start: int
+    end: int
+    replacement: str
+    description: str
+
+    def apply(self, source: str) -> str:
+        return source[: self.start] + self.replacement + source[self.end :]
+
+
+class _Offsets:
+    """Character offsets from ast's (line, UTF-8 byte column) positions."""
+
+    def __init__(self, source: str) -> None:
+        self.lines = source.splitlines(keepends=True)
+        self.starts = [0]
+        for line in self.lines:
+            self.starts.append(self.starts[-1] + len(line))
+
+    def at(self, line: int, byte_col: int) -> int:
+        text = self.lines[line - 1]
+        return self.starts[line - 1] + len(text.encode()[:byte_col].decode())
+
+    def span(self, node: ast.AST) -> tuple[int, int]:
+        return self.at(node.lineno, node.col_offset), self.at(node.end_lineno or node.lineno, node.end_col_offset or 0)  # type: ignore[attr-defined]
+
+
+def _reached_by_mutmut(node: ast.AST, depth: int) -> bool:
+    """Whether mutmut 3 mutates this function: top level or a method of a top-level class, undecorated or with
+    exactly one @staticmethod/@classmethod, and not one of the names it never mutates."""
+    if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) or depth > 1:
+        return False
+    if node.name in ("__getattribute__", "__setattr__", "__new__"):
+        return False
+    if not node.decorator_list:
+        return True
+    only = node.decorator_list[0]
+    return len(node.decorator_list) == 1 and isinstance(only, ast.Name) and only.id in ("staticmethod", "classmethod")
+
+
+def _regex_elements(pattern: str) -> Iterator[tuple[int, int, str]]:
+    """(start, end, text) of each element of each character class in a pattern: a character, an escape or a range."""
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char != "[":
+            i += 1
+            continue
+        i += 1
+        if i < len(pattern) and pattern[i] == "^":
+            i += 1
+        while i < len(pattern) and pattern[i] != "]":
+            start = i
+            i += 2 if pattern[i] == "\\" else 1
+            if i + 1 < len(pattern) and pattern[i] == "-" and pattern[i + 1] != "]":
+                i += 3 if pattern[i + 1] == "\\" else 2
+            yield start, i, pattern[start:i]
+        i += 1
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _literal(like: str | bytes, text: str) -> str:
+    """``text`` as a Python literal of ``like``'s type."""
+    return repr(text.encode("latin-1")) if isinstance(like, bytes) else repr(text)
+
+
+_SWAPS: dict[type[ast.AST], type[Any]] = {
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.And: ast.Or,
+    ast.Or: ast.And,
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.Div,
+    ast.Div: ast.Mult,
+}
+
+
+class _Collector(ast.NodeVisitor):
+    """Every mutant of one module, named ``module.TARGET@n`` (the target: the assignment or function it sits in)."""
+
+    def __init__(self, path: Path, source: str) -> None:
+        self.path = path
+        self.module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        self.source = source
+        self.offsets = _Offsets(source)
+        self.skipped_lines = {n for n, line in enumerate(source.splitlines(), 1) if "pragma: no mutate" in line}
+        self.mutants: list[Mutant] = []
+        self.counts: dict[str, int] = defaultdict(int)
+        self.scope: list[str] = []
+        self.target = ""
+        self.depth = 0
+
+    def add(self, node: ast.AST, replacement: str, description: str) -> None:
+        start, end = self.offsets.span(node)
+        self.counts[self.target] += 1
+        name = f"{self.module}.{self.target}@{self.counts[self.target]}"
+        self.mutants.append(Mutant(name, self.path, start, end, replacement, description))
+
+    def _segment(self, node: ast.AST) -> str:
+        start, end = self.offsets.span(node)
+        return self.source[start:end]
+
+    # Scopes: what mutmut reaches is left to it; docstrings and annotations are skipped.
+    def visit_Module(self, node: ast.Module) -> None:
+        self._body(node.body)
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self.scope.append(node.name)
+        self.depth += 1
+        self._body(node.body)
+        self.depth -= 1
+        self.scope.pop()
+
+    def _function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        if _reached_by_mutmut(node, self.depth) and (self.module, node.name) not in FILTER_SETTINGS:
+            return
+        self.scope.append(node.name)
+        self.depth += 1
+        self._body(node.body, target=".".join(self.scope))
+        self.depth -= 1
+        self.scope.pop()
+
+    visit_FunctionDef = _function
+    visit_AsyncFunctionDef = _function
+
+    def _body(self, body: list[ast.stmt], target: str | None = None) -> None:
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            body = body[1:]  # the docstring
+        for statement in body:
+            if isinstance(statement, ast.If) and ast.unparse(statement.test) == "__name__ == '__main__'":
+                continue  # the script's entry, run only as a script
+            if isinstance(statement, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                self.visit(statement)
+            elif isinstance(statement, ast.Import | ast.ImportFrom):
+                continue
+            else:
+                self._in_target(target or self._statement_target(statement), statement)
+
+    def _statement_target(self, statement: ast.stmt) -> str:
+        names: list[str] = []
+        targets = (
+            statement.targets
+            if isinstance(statement, ast.Assign)
+            else [statement.target]
+            if isinstance(statement, ast.AnnAssign | ast.AugAssign)
+            else []
+        )
+        for target in targets:
+            names.extend(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+        return ".".join([*self.scope, names[0] if names else f"line{statement.lineno}"])
+
+    def _in_target(self, target: str, node: ast.AST) -> None:
+        if isinstance(node, ast.Assign | ast.AnnAssign) and any(
+            isinstance(t, ast.Name) and t.id in ("__all__", "__slots__")
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        ):
+            return
+        saved, self.target = self.target, target
+        self._mutate(node)
+        self.target = saved
+
+    # Operators.
+    def _mutate(self, node: ast.AST) -> None:
+        if getattr(node, "lineno", None) in self.skipped_lines:
+            return
+        if isinstance(node, ast.AnnAssign):
+            if node.value is not None:
+                self._mutate(node.value)
+            return
+        if isinstance(node, ast.arg):
+            return
+        if isinstance(node, ast.JoinedStr | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                self.visit(node)
+            return
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            return  # a string statement: a docstring or a comment
+        if isinstance(node, ast.Subscript):
+            self._mutate(node.value)  # the index of a subscript at this level is a type's parameters
+            return
+        if isinstance(node, ast.Call):
+            self._call(node)
+            return
+        if isinstance(node, ast.Constant):
+            self._constant(node)
+            return
+        if isinstance(node, ast.Tuple | ast.List | ast.Set | ast.Dict):
+            self._collection(node)
+        if isinstance(node, ast.Compare | ast.BoolOp | ast.BinOp | ast.UnaryOp):
+            self._operator(node)
+        for child in ast.iter_child_nodes(node):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and child in node.decorator_list:
+                continue
+            self._mutate(child)
+
+    def _call(self, node: ast.Call) -> None:
+        regex = (
+            isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("compile", "match", "fullmatch", "search", "sub")
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "re"
+        )
+        logger = isinstance(node.func, ast.Attribute) and node.func.attr == "getLogger"
+        self._mutate(node.func)
+        if logger:
+            return
+        for index, arg in enumerate(node.args):
+            if regex and index == 0 and isinstance(arg, ast.Constant) and isinstance(arg.value, str | bytes):
+                self._regex(arg)
+            else:
+                self._mutate(arg)
+        for keyword in node.keywords:
+            if keyword.arg not in SKIP_KEYWORDS:
+                self._mutate(keyword.value)
+
+    def _constant(self, node: ast.Constant) -> None:
+        value = node.value
+        if isinstance(value, bool):
+            self.add(node, repr(not value), f"{value!r} -> {not value!r}")
+        elif isinstance(value, int | float):
+            self.add(node, repr(value + 1), f"{value!r} -> {value + 1!r}")
+        elif isinstance(value, str) and value in _MODES:
+            self.add(node, repr(_MODES[value]), f"{value!r} -> {_MODES[value]!r}")
+        elif isinstance(value, str | bytes) and value:
+            text = _text(value)
+            if 1 < len(text) <= 6 and set(text) <= _CHARSET:
+                for i in range(len(text)):
+                    self.add(node, _literal(value, text[:i] + text[i + 1 :]), f"{value!r} without {text[i]!r}")
+            else:
+                self.add(node, _literal(value, text[:-1]), f"{value!r} -> {_literal(value, text[:-1])}")
+
+    def _regex(self, node: ast.Constant) -> None:
+        value = node.value
+        assert isinstance(value, str | bytes)
+        pattern = _text(value)
+        if pattern.startswith("(?i)"):
+            self.add(node, _literal(value, pattern[4:]), f"{value!r} without (?i)")
+        for start, end, element in _regex_elements(pattern):
+            narrowed = pattern[:start] + pattern[end:]
+            try:
+                re.compile(narrowed)
+            except re.error:
+                continue
+            self.add(node, _literal(value, narrowed), f"{value!r}: class without {element!r}")
+
+    def _operator(self, node: ast.Compare | ast.BoolOp | ast.BinOp | ast.UnaryOp) -> None:
+        if isinstance(node, ast.UnaryOp):
+            if isinstance(node.op, ast.Not):
+                self.add(node, f"({self._segment(node.operand)})", "not dropped")
+            return
+        ops = node.ops if isinstance(node, ast.Compare) else [node.op]
+        for index, op in enumerate(ops):
+            swapped = _SWAPS.get(type(op))
+            if swapped is None:
+                continue
+            changed = copy.deepcopy(node)
+            if isinstance(changed, ast.Compare):
+                changed.ops[index] = swapped()
+            else:
+                changed.op = swapped()
+            self.add(node, f"({ast.unparse(changed)})", f"{type(op).__name__} -> {swapped.__name__}")
+
+    def _collection(self, node: ast.Tuple | ast.List | ast.Set | ast.Dict) -> None:
+        if isinstance(node, ast.Dict):
+            items = [
+                f"**{self._segment(v)}" if k is None else f"{self._segment(k)}: {self._segment(v)}"
+                for k, v in zip(node.keys, node.values, strict=True)
+            ]
+            open_, close = "{", "}"
+        else:
+            items = [self._segment(e) for e in node.elts]
+            open_, close = {ast.Tuple: ("(", ")"), ast.List: ("[", "]"), ast.Set: ("{", "}")}[type(node)]
+        for i, item in enumerate(items):
+            rest = items[:i] + items[i + 1 :]
+            if isinstance(node, ast.Set) and not rest:
+                text = "set()"
+            else:
+                text = open_ + ", ".join(rest) + ("," if isinstance(node, ast.Tuple) and len(rest) == 1 else "") + close
+            self.add(node, text, f"without {item.splitlines()[0][:60]}")
+
+
+def collect(path: Path) -> list[Mutant]:
+    source = path.read_text()
+    collector = _Collector(path, source)
+    collector.visit(ast.parse(source))
+    return collector.mutants
+
+
+def _imports(path: Path) -> set[str]:
+    """The modules of ext_proc/ a file imports."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == PACKAGE:
+                found.update(f"{PACKAGE}.{a.name}" for a in node.names)
+            elif node.module.startswith(f"{PACKAGE}."):
+                found.add(node.module)
+            elif node.level and path.parent.name == PACKAGE:
+                found.add(f"{PACKAGE}.{node.module}")
+        elif isinstance(node, ast.ImportFrom) and node.level and path.parent.name == PACKAGE:
+            found.update(f"{PACKAGE}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith(f"{PACKAGE}."))
+    return found
+
+
+def _support_imports(text: str) -> set[str]:
+    return {f"tests.support.{m}" for m in re.findall(r"from tests\.support\.(\w+) import", text)}
+
+
+def test_files(module: str) -> list[str]:
+    """Test files that import ``module``, directly or through another module of ext_proc/ or tests/support/."""
+    graph: dict[str, set[str]] = {}
+    for path in [*(ROOT / PACKAGE).glob("*.py"), *(ROOT / "tests" / "support").glob("*.py")]:
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        graph[name] = _imports(path) | _support_imports(path.read_text())
+    reaching = {module}
+    changed = True
+    while changed:
+        changed = False
+        for name, imported in graph.items():
+            if name not in reaching and imported & reaching:
+                reaching.add(name)
+                changed = True
+    selected = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        text = path.read_text()
+        imported = _imports(path) | {
+            f"tests.support.{m}" for m in re.findall(r"from tests\.support\.(\w+) import", text)
+        }
+        if imported & reaching:
+            selected.append(str(path.relative_to(ROOT)))
+    return selected
+
+
+def _run(copy: Path, mutant: Mutant, tests: list[str], timeout: float) -> str:
+    target = copy / mutant.path.relative_to(ROOT)
+    original = target.read_text()  # the copy's: the offsets are of the source as it was copied
+    target.write_text(mutant.apply(original))
+    env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", *PYTEST, *tests], cwd=copy, env=env, capture_output=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return "timeout"
+    finally:
+        target.write_text(original)
+    return "survived" if result.returncode == 0 else "killed"
+
+
+def _baseline(copy: Path, tests: list[str]) -> dict[str, float] | None:
+    """Each test file's time on the unmutated copy (the runs put the fastest first, so a kill comes early), or None
+    when a test fails there: a mutant run against a red suite would count as killed."""
+    report = copy / ".baseline.xml"
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    pytest = [sys.executable, "-m", "pytest", *[a for a in PYTEST if a != "-x"], f"--junitxml={report}", *tests]
+    result = subprocess.run(pytest, cwd=copy, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"the unmutated suite fails; fix it first:\n{result.stdout[-3000:]}", file=sys.stderr)
+        return None
+    seconds: dict[str, float] = defaultdict(float)
+    for case in ElementTree.parse(report).iter("testcase"):  # noqa: S314 (our own pytest's report)
+        module = case.get("classname", "").split(".")
+        for depth in range(len(module), 0, -1):
+            candidate = "/".join(module[:depth]) + ".py"
+            if candidate in tests:
+                seconds[candidate] += float(case.get("time", 0))
+                break
+    return {test: seconds[test] for test in tests}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="*", type=Path)
+    parser.add_argument("--list", action="store_true", help="list the mutants and their tests, run nothing")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--results", type=Path, default=ROOT / ".mutation-constants.txt")
+    parser.add_argument("--match", default="", help="only the mutants whose 'NAME: what changed' this regex finds")
+    parser.add_argument("--deselect", action="append", default=[], help="a test id left out (pytest's --deselect)")
+    args = parser.parse_args()
+    PYTEST.extend(f"--deselect={test}" for test in args.deselect)
+    files = [p.resolve() for p in args.files] or sorted((ROOT / PACKAGE).glob("*.py"))
+    plan: list[tuple[Mutant, list[str]]] = []
+    for path in files:
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        tests = test_files(module)
+        plan.extend(
+            (mutant, tests) for mutant in collect(path) if re.search(args.match, f"{mutant.name}: {mutant.description}")
+        )
+    if args.list:
+        for mutant, tests in plan:
+            print(f"{mutant.name}: {mutant.description}  [{len(tests)} test files]")
+        print(f"{len(plan)} mutants")
+        return 0
+    workdir = Path(tempfile.mkdtemp(prefix="mutate-constants-"))
+    copies = []
+    for n in range(args.jobs):
+        copy = workdir / f"w{n}"
+        shutil.copytree(ROOT, copy, ignore=COPY_IGNORE)
+        copies.append(copy)
+    order = _baseline(copies[0], sorted({t for _, tests in plan for t in tests}))
+    if order is None:
+        return 1
+    plan = [(mutant, sorted(tests, key=order.__getitem__)) for mutant, tests in plan]
+    free = list(copies)
+    began = time.monotonic()
+
+    def one(item: tuple[Mutant, list[str]]) -> str:
+        mutant, tests = item
+        copy = free.pop()
+        try:
+            status = _run(copy, mutant, tests, timeout=600) if tests else "survived"
+        finally:
+            free.append(copy)
+        return f"{mutant.name}: {status}  ({mutant.description})"
+
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool, args.results.open("w") as results:
+        for done, line in enumerate(pool.map(one, plan), 1):
+            results.write(line + "\n")
+            results.flush()
+            if "survived" in line.split("  (")[0]:
+                print(line, flush=True)
+            if done % 25 == 0:
+                print(f"{done}/{len(plan)} in {time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
