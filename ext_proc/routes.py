@@ -25,7 +25,7 @@ import functools
 import json
 import re
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum, auto
 from importlib.resources import files
 from urllib.parse import unquote
 
@@ -33,13 +33,13 @@ PASS_THROUGH = "/anthropic"  # noqa: S105 (a path, not a password)
 RELEASES = ("1.81.14", "1.108.7")
 
 
-class Route(StrEnum):
-    """What LiteLLM does with a request's headers on a route."""
+class Route(Enum):
+    """What LiteLLM does with a request's headers on a route (never shown: the members have no text)."""
 
-    CARRIES = "carries"  # forwards the client's x-* headers (the handoff) on its call to Anthropic
-    LOCAL = "local"  # answers from its own state, with no upstream call: the handoff goes nowhere
-    REROUTE = "reroute"  # answered by LiteLLM's own call; the pass-through twin carries the handoff instead
-    OWN_CALL = "own-call"  # anything else: LiteLLM's own call with the operator's key, or not measured
+    CARRIES = auto()  # forwards the client's x-* headers (the handoff) on its call to Anthropic
+    LOCAL = auto()  # answers from its own state, with no upstream call: the handoff goes nowhere
+    REROUTE = auto()  # answered by LiteLLM's own call; the pass-through twin carries the handoff instead
+    OWN_CALL = auto()  # anything else: LiteLLM's own call with the operator's key, or not measured
 
 
 # Route templates as LiteLLM declares them, classified by measurement (tests/e2e, docs/litellm.md); every other

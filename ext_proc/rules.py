@@ -134,9 +134,11 @@ class Decision:
         return HeaderView([*((n, v) for n, v in headers if n not in drop), *self.set])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class RuleContext:
-    """Everything ``decide`` needs besides the request, compiled once from the config."""
+    """Everything ``decide`` needs besides the request, compiled once from the config. Compared by identity (a
+    reload builds a new one); its repr shows no secret (the LiteLLM keys, the egress token and the memos hold
+    credentials)."""
 
     keyring: Keyring
     server_credential: Credential | None
@@ -149,20 +151,20 @@ class RuleContext:
     # Anthropic's prefix or a LiteLLM key's shape: never let out in a header the egress keeps.
     secret_pattern: re.Pattern[bytes]
     # What LiteLLM sends as its Anthropic key; None when no proof of the sender is asked for (E0).
-    egress_token: bytes | None
+    egress_token: bytes | None = field(repr=False)
     # The one piece of state the rules are handed: how often each handoff was opened (shared across reloads).
     opens: OpenCounter
     # LiteLLM keys known by value (its master key when it is not of the sk- shape): never let out on the egress.
-    litellm_keys: tuple[bytes, ...] = ()
+    litellm_keys: tuple[bytes, ...] = field(repr=False)
     # Whether LiteLLM authenticates its callers: a client's own credential then needs a LiteLLM key beside it (I8).
-    litellm_requires_key: bool = True
+    litellm_requires_key: bool
     # LiteLLM's route tables: where a client's own credential is carried (I7). Loaded once, shared by reloads.
     routes: Routes = field(default_factory=Routes.shipped)
     # A memo of strips_on_egress (a pure function of the fields above), never part of the context's value; each
     # context, including one rebuilt by a reload, starts its own.
-    _verdicts: dict[str, bool] = field(default_factory=dict, init=False, compare=False, repr=False)
+    _verdicts: dict[str, bool] = field(default_factory=dict, init=False, repr=False)
     # The same for holds_secret, on short values only (a client's user agent and x-stainless-* repeat).
-    _secret_verdicts: dict[bytes, bool] = field(default_factory=dict, init=False, compare=False, repr=False)
+    _secret_verdicts: dict[bytes, bool] = field(default_factory=dict, init=False, repr=False)
 
     def allowed(self, name: str) -> bool:
         return name in self.allow_exact or name.startswith(self.allow_prefixes)
@@ -541,8 +543,8 @@ def _conflict(name: str) -> Rejection:
     return Rejection(
         400,
         "invalid_request_error",
-        f"The request carries conflicting values for the {name} header.",
-        f"conflict-{name}",
+        f"The request carries {_PROBLEMS[Problem.CONFLICT]} the {name} header.",
+        f"{Problem.CONFLICT}-{name}",
     )
 
 

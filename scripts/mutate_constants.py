@@ -26,9 +26,9 @@ how Python builds the class; a write to a frozen instance is refused by mypy bef
 ``__slots__``, a script's ``if __name__ == "__main__"``, and a line marked ``# pragma: no mutate`` (mutmut's
 marker, with the same meaning).
 
-Usage: ``python scripts/mutate_constants.py [FILE ...] [--list] [--jobs N] [--results PATH]``. The results go to
-``.mutation-constants.txt`` as ``NAME: killed|survived|timeout  (what changed)`` lines, which
-``scripts/mutation_score.py`` reads next to mutmut's.
+Usage: ``python scripts/mutate_constants.py [FILE ...] [--list] [--jobs N] [--results PATH] [--match REGEX]
+[--deselect TEST]``. The results go to ``.mutation-constants.txt`` as lines ``NAME: killed|survived|timeout  (what
+changed)  [by the first test that failed]``, which ``scripts/mutation_score.py`` reads next to mutmut's.
 """
 
 from __future__ import annotations
@@ -427,13 +427,21 @@ def _run(copy: Path, mutant: Mutant, tests: list[str], timeout: float) -> str:
     env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "pytest", *PYTEST, *tests], cwd=copy, env=env, capture_output=True, timeout=timeout
+            [sys.executable, "-m", "pytest", *PYTEST, *tests],
+            cwd=copy,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired:
         return "timeout"
     finally:
         target.write_text(original)
-    return "survived" if result.returncode == 0 else "killed"
+    if result.returncode == 0:
+        return "survived"
+    failed = re.search(r"^(?:FAILED|ERROR) (\S+)", result.stdout, re.MULTILINE)
+    return f"killed  [by {failed.group(1) if failed else 'the test run'}]"
 
 
 def _baseline(copy: Path, tests: list[str]) -> dict[str, float] | None:
@@ -500,7 +508,8 @@ def main() -> int:
             status = _run(copy, mutant, tests, timeout=600) if tests else "survived"
         finally:
             free.append(copy)
-        return f"{mutant.name}: {status}  ({mutant.description})"
+        status, _, by = status.partition("  ")
+        return f"{mutant.name}: {status}  ({mutant.description}){'  ' + by if by else ''}"
 
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool, args.results.open("w") as results:
         for done, line in enumerate(pool.map(one, plan), 1):

@@ -201,7 +201,8 @@ def test_untouchable_headers_are_neither_removed_nor_refused(name: str, value: s
 
 @pytest.mark.parametrize(
     ("raw", "logged"),
-    [(b"d121422c-bab7-402a", "d121422c-bab7-402a"), (b"a.b:c_d", "a.b:c_d"), (b"x" * 128, "x" * 128),
+    [(b"d121422c-bab7-402a", "d121422c-bab7-402a"), (b"a.b:c_d", "a.b:c_d"), (b"Req-ID.9", "Req-ID.9"),
+     (b"x" * 128, "x" * 128),
      (b"x" * 129, "sha256:" + hashlib.sha256(b"x" * 129).hexdigest()[:16]),
      (b"sk-abcd", "sha256:" + hashlib.sha256(b"sk-abcd").hexdigest()[:16]),
      (b"id-sk-abcd", "sha256:" + hashlib.sha256(b"id-sk-abcd").hexdigest()[:16]),

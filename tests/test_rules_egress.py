@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from ext_proc.config import Config
 from ext_proc.credentials import ApiKey, Credential, OAuthToken
 from ext_proc.headers import HeaderView
+from ext_proc.reload import rule_context
 from ext_proc.rules import Source, answer
 from ext_proc.seal import Keyring
+from ext_proc.secrets import Secrets
 from tests.support.decisions import KEY_B, NOW, context, handoff, run
 
 H = "x-credential-handoff"
@@ -326,6 +329,23 @@ def test_audit_has_fingerprint_never_value() -> None:
     assert KEY not in json.dumps(audit)
     assert audit["fingerprint"].startswith("api-key:...TKEY:") and audit["request_id"] == "rid-7"
     assert audit["source"] == "request-x-api-key"
+
+
+def test_a_rule_context_is_its_own_and_shows_no_secret() -> None:
+    """Its repr could reach a log or a traceback: the LiteLLM keys, the egress token, the server key and the memos
+    (which hold header values seen) stay out of it."""
+    secrets = Secrets(
+        keyring=Keyring.generate(60), server_credential=ApiKey(SERVER_KEY.encode()),
+        egress_token=b"EGRESS-TOKEN-SECRET", litellm_keys=(b"MASTERKEYSECRET",),
+    )  # fmt: skip
+    ctx = rule_context(Config(), secrets)
+    headers = HeaderView.of(("x-api-key", "EGRESS-TOKEN-SECRET"), ("x-stainless-a", KEY), ("x-stainless-b", "short"),
+                            ("x-stainless-masterkeysecret", "v"), ("x-other", "MASTERKEYSECRET"))  # fmt: skip
+    decision, _ = run("egress", "anthropic", headers, ctx)
+    assert decision.rejection is None and ctx.holds_secret(KEY.encode()) and ctx.strips_on_egress("x-other")
+    shown = repr(ctx)
+    for secret in ("EGRESS-TOKEN-SECRET", "MASTERKEYSECRET", "masterkeysecret", "LITELLMSERVER", "CLIENTKEY", "short"):
+        assert secret not in shown
 
 
 @pytest.mark.parametrize("value", ["None", "null", "NULL", "undefined", ""])
