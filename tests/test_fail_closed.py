@@ -124,27 +124,62 @@ def test_the_filters_send_headers_only_whatever_the_processor_asks(tmp_path: Pat
             assert after.get(name, 0) - before.get(name, 0) == 1, name
 
 
+def _continue(request: pb.ProcessingRequest) -> pb.ProcessingResponse:
+    which = request.WhichOneof("request")
+    return pb.ProcessingResponse(**{which: pb.HeadersResponse()})
+
+
 def _pauses(seconds: float) -> Handler:
+    """Answers each stream's first message (the request's headers, or a 4xx answer's) after ``seconds``."""
+
     def handler(requests: Iterator[pb.ProcessingRequest], _: grpc.ServicerContext) -> Iterator[pb.ProcessingResponse]:
-        for _request in requests:
+        for request in requests:
             time.sleep(seconds)  # the pause under test (a GC pause, a busy CPU), not a wait for something
-            yield pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+            yield _continue(request)
             return
 
     return handler
 
 
-@pytest.mark.parametrize(("pause", "expected"), [(0.4, 200), (1.6, 504)])
+@pytest.mark.parametrize(("pause", "expected"), [(0.4, 429), (1.6, 504)])
 def test_a_pause_shorter_than_the_message_timeout_costs_latency_not_the_request(
     tmp_path: Path, pause: float, expected: int
 ) -> None:
-    """The shipped message timeout is 1 s: a processor that answers in 0.4 s is waited for; one that takes 1.6 s
-    fails the request closed (504, nothing forwarded), as the frozen server of test_faults does."""
+    """The shipped message timeout is 1 s, on both filters: a processor that answers in 0.4 s is waited for (the
+    request, and Anthropic's 429 on the way back); one that takes 1.6 s fails the request closed (504, nothing
+    forwarded), as the frozen server of test_faults does."""
     with Recorder() as recorder, _egress(tmp_path, _pauses(pause), recorder) as (egress, envoy):
+        recorder.fail_next(429)
         started = time.monotonic()
         status, _, _ = send(egress, "POST", "/v1/messages", [("x-api-key", "sk-ant-api03-K")], b"{}")
         took = time.monotonic() - started
         forwarded = recorder.take()
-        timeouts = envoy.stats().get("http.egress.ext_proc.message_timeouts", 0)
-    assert status == expected and len(forwarded) == (status == 200) and timeouts == (status == 504)
-    assert took >= 0.9 * min(pause, 1.0)  # Envoy's timer and this clock differ by a few ms
+        stats = envoy.stats()
+    assert status == expected and len(forwarded) == (status != 504)
+    assert stats.get("http.egress.ext_proc.message_timeouts", 0) == (status == 504)
+    assert stats.get("http.egress.ext_proc.answer.streams_started", 0) == (status != 504)
+    assert stats.get("http.egress.ext_proc.answer.message_timeouts", 0) == 0
+    # Envoy's timer and this clock differ by a few ms; the 429 waited for both pauses.
+    assert took >= 0.9 * (min(pause, 1.0) if status == 504 else 2 * pause)
+
+
+def _fails_on_the_answer(
+    requests: Iterator[pb.ProcessingRequest], context: grpc.ServicerContext
+) -> Iterator[pb.ProcessingResponse]:
+    for request in requests:
+        if request.WhichOneof("request") == "response_headers":
+            context.abort(grpc.StatusCode.UNAVAILABLE, "down between the request and its answer")
+        yield _continue(request)
+        return
+
+
+def test_the_answer_filter_fails_open_the_upstream_answer_goes_back_as_it_came(tmp_path: Path) -> None:
+    """All the answer filter can add is ``retry-after: 0``, never a credential; failing closed would turn
+    Anthropic's 4xx into a 503 that LiteLLM's router cools the shared deployment down on."""
+    with Recorder() as recorder, _egress(tmp_path, _fails_on_the_answer, recorder) as (egress, envoy):
+        recorder.fail_next(429)
+        status, body, response = send(egress, "POST", "/v1/messages", [("x-api-key", "sk-ant-api03-K")], b"{}")
+        stats = envoy.stats()
+    assert status == 429 and json.loads(body)["error"]["type"] == "rate_limit_error"
+    assert response.getheader("retry-after") is None
+    assert stats["http.egress.ext_proc.answer.failure_mode_allowed"] == 1
