@@ -94,16 +94,23 @@ _EVERYTHING = processing_mode_pb2.ProcessingMode(
 )
 
 
+def _continue(
+    request: pb.ProcessingRequest, mode: processing_mode_pb2.ProcessingMode | None = None
+) -> pb.ProcessingResponse:
+    """The answer that lets a message of any kind go on unchanged (with ``mode`` as its mode_override)."""
+    which = request.WhichOneof("request")
+    empty = pb.HeadersResponse() if which.endswith("headers") else (
+        pb.BodyResponse() if which.endswith("body") else pb.TrailersResponse())  # fmt: skip
+    return pb.ProcessingResponse(**{which: empty}, mode_override=mode)
+
+
 def _asks_for_everything(
     requests: Iterator[pb.ProcessingRequest], _: grpc.ServicerContext
 ) -> Iterator[pb.ProcessingResponse]:
     """Keeps its stream open, answers each message unchanged, and asks in its first answer for every other
     message there is (``mode_override``)."""
     for request in requests:
-        which = request.WhichOneof("request")
-        empty = pb.HeadersResponse() if which.endswith("headers") else (
-            pb.BodyResponse() if which.endswith("body") else pb.TrailersResponse())  # fmt: skip
-        yield pb.ProcessingResponse(**{which: empty}, mode_override=_EVERYTHING)
+        yield _continue(request, _EVERYTHING)
 
 
 def test_the_filters_send_headers_only_whatever_the_processor_asks(tmp_path: Path) -> None:
@@ -122,11 +129,6 @@ def test_the_filters_send_headers_only_whatever_the_processor_asks(tmp_path: Pat
         for stat in ("streams_started", "stream_msgs_sent"):
             name = f"http.egress.{filter_}.{stat}"
             assert after.get(name, 0) - before.get(name, 0) == 1, name
-
-
-def _continue(request: pb.ProcessingRequest) -> pb.ProcessingResponse:
-    which = request.WhichOneof("request")
-    return pb.ProcessingResponse(**{which: pb.HeadersResponse()})
 
 
 def _pauses(seconds: float) -> Handler:
