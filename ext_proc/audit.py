@@ -22,6 +22,8 @@ log = logging.getLogger("ext_proc.audit")
 _SCALE = 1 << 32
 _BATCH_BYTES = 64 * 1024
 _BODY_CACHE_SIZE = 1024
+# How late a batched line may be written (docs/performance.md: "at most 50 ms late").
+FLUSH_SECONDS = 0.05
 
 
 def format_line(fmt: str, created: float, level: str, logger: str, message: str, audit: dict[str, Any] | None) -> str:
@@ -37,7 +39,7 @@ def format_line(fmt: str, created: float, level: str, logger: str, message: str,
 
 
 class AuditLog:
-    def __init__(self, sample_rate: float = 1.0, fmt: str = "text", stream: TextIO | None = None) -> None:
+    def __init__(self, sample_rate: float, fmt: str, stream: TextIO | None = None) -> None:
         self._threshold = int(sample_rate * _SCALE)
         self._counter = 0
         self._stream = stream
@@ -46,7 +48,7 @@ class AuditLog:
         self._size = 0
         self._flush_scheduled = False
         self._lines = _AuditLines(fmt)
-        self.flush_seconds = 0.05
+        self.flush_seconds = FLUSH_SECONDS
 
     def record(self, audit: Audit) -> None:
         if audit.outcome == "reject":

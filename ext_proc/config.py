@@ -63,6 +63,7 @@ def setting(default: Any, help: str, commands: tuple[str, ...] = SERVER, secret:
     """One setting: a file key (its name), an environment variable (EXT_PROC_ and its name in capitals) and, in
     ``commands``, a flag (``--`` and its name with dashes). A secret has no flag: every local user sees a command
     line, and it stays out of reprs."""
+    # pragma: no mutate block (run at import, before mutmut's forked runs: scripts/mutate_constants.py mutates it)
     return field(default=default, repr=not secret, metadata={"help": help, "commands": () if secret else commands})
 
 
@@ -379,7 +380,7 @@ def _read_file(path: Path) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(Config)}
     unknown = sorted(set(doc) - known)
     if unknown:
-        close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(unknown[0], known)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}{hint}")
     return doc

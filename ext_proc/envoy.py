@@ -389,11 +389,7 @@ def _hcm(
                 "name": "envoy.filters.http.ext_proc",
                 "typed_config": ext_proc_filter(metadata, layout.message_timeout_ms, emits=answers),
             },
-            *(
-                [{"name": ANSWER_FILTER, "typed_config": answer_filter(metadata, layout.message_timeout_ms)}]
-                if answers
-                else []
-            ),
+            *([{"name": ANSWER_FILTER, "typed_config": answer_filter(layout.message_timeout_ms)}] if answers else []),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {
@@ -544,13 +540,15 @@ _ANSWER_OFF = {
 }
 
 
-def answer_filter(metadata: list[dict[str, str]], message_timeout_ms: int, cluster: str = "ext_proc") -> dict[str, Any]:
+def answer_filter(message_timeout_ms: int, cluster: str = "ext_proc") -> dict[str, Any]:
     """The egress's second ext_proc filter (rule E9): the upstream's response headers only, on a stream of their
     own that starts when they arrive, so no stream waits through a long answer, and only for a 4xx answer (an
     Envoy matcher on ``:status`` skips the filter for every other one: no stream at all on the hot path).
 
     It fails open: all it can add is ``retry-after: 0`` on a client credential's 4xx, never a credential, and
-    failing closed would turn Anthropic's answer into a 500 that LiteLLM cools the deployment down on.
+    failing closed would turn Anthropic's answer into a 500 that LiteLLM cools the deployment down on. Its stream
+    carries no leg or policy: the server tells an answer by its message (response headers), and the request filter's
+    dynamic metadata says whether the request left on a client's credential.
     """
     status = {
         "name": "status",
@@ -559,7 +557,7 @@ def answer_filter(metadata: list[dict[str, str]], message_timeout_ms: int, clust
             "header_name": ":status",
         },
     }
-    processor = _answer_processor(metadata, message_timeout_ms, cluster)
+    processor = _answer_processor(message_timeout_ms, cluster)
     skip = {
         "name": "skip",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter"},
@@ -574,10 +572,10 @@ def answer_filter(metadata: list[dict[str, str]], message_timeout_ms: int, clust
     }  # fmt: skip
 
 
-def _answer_processor(metadata: list[dict[str, str]], message_timeout_ms: int, cluster: str) -> dict[str, Any]:
+def _answer_processor(message_timeout_ms: int, cluster: str) -> dict[str, Any]:
     return {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
-        "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "initial_metadata": metadata},
+        "grpc_service": {"envoy_grpc": {"cluster_name": cluster}},
         "failure_mode_allow": True,
         "stat_prefix": "answer",
         "allow_mode_override": False,

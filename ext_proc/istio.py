@@ -75,7 +75,7 @@ def envoyfilter(layout: Layout | None = None, inbound_port: int = 4000) -> dict[
                     "applyTo": "HTTP_FILTER",
                     "match": listener("SIDECAR_OUTBOUND", 80),
                     "patch": insert({"name": ANSWER_FILTER, "disabled": True,
-                                     "typed_config": answer_filter(egress, timeout, MESH_CLUSTER)}),
+                                     "typed_config": answer_filter(timeout, MESH_CLUSTER)}),
                 },
                 {
                     "applyTo": "VIRTUAL_HOST",

@@ -77,16 +77,14 @@ def derive(given: dict[str, Any], egress: str) -> dict[str, Any]:
     groups: list[str] = []
     for model in config.get("model_list") or []:
         params = model.setdefault("litellm_params", {})
-        if str(params.get("model", "")).startswith("anthropic/"):
+        if str(params.get("model")).startswith("anthropic/"):
             params["api_base"] = f"http://{egress}"
             params["api_key"] = _TOKEN_FROM_ENV
             groups.append(str(model.get("model_name")))
     if not groups:
         raise LiteLLMError("the LiteLLM config has no Anthropic deployment (model: anthropic/...) to protect")
-    settings = config.setdefault("litellm_settings", None) or {}
-    config["litellm_settings"] = settings
-    group_settings = settings.setdefault("model_group_settings", None) or {}
-    settings["model_group_settings"] = group_settings
+    settings = config["litellm_settings"] = config.get("litellm_settings") or {}
+    group_settings = settings["model_group_settings"] = settings.get("model_group_settings") or {}
     forwarded = list(group_settings.get("forward_client_headers_to_llm_api") or [])
     group_settings["forward_client_headers_to_llm_api"] = forwarded + [g for g in groups if g not in forwarded]
     return dict(config)
@@ -206,7 +204,9 @@ class Plan:
         env = environment(given, token.decode(), str(layout.egress), loopback)
         return cls(given, derived, env, binary, path)
 
-    async def start(self, work: Path, layout: Layout, stopping: asyncio.Event) -> asyncio.subprocess.Process:
+    async def start(  # pragma: no mutate block (runs LiteLLM: `up`'s process, tests/e2e/test_router.py)
+        self, work: Path, layout: Layout, stopping: asyncio.Event
+    ) -> asyncio.subprocess.Process:
         """LiteLLM from the derived config, dying with this process, waited for until its liveliness answers."""
         derived = work / "litellm.yaml"
         fd = os.open(derived, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

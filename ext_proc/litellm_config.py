@@ -70,8 +70,8 @@ def attempts(doc: Mapping[str, Any]) -> Attempts:
                 for source, targets in entry.items() if isinstance(entry, Mapping) else ():
                     edges.setdefault(str(source), set()).update(str(t) for t in targets or [])
     cap = 1 + int(router.get("max_fallbacks", DEFAULT_MAX_FALLBACKS))
-    groups = {str(m.get("model_name")) for m in models} | set(edges)
-    widest = max((_reachable(group, edges) for group in groups), default=1)
+    # A group without fallbacks of its own reaches no more than "*" does: the sources are where the widest starts.
+    widest = max((_reachable(group, edges) for group in edges), default=1)
     return Attempts(most, min(widest, cap))
 
 
@@ -103,8 +103,8 @@ def _lines(node: yaml.Node, path: tuple[str | int, ...]) -> int:
     for step in path:
         if isinstance(node, yaml.MappingNode):
             found = next((v for k, v in node.value if k.value == step), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
-            found = node.value[step]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int):
+            found = node.value[step]  # an index of the same document's list: always there
         else:
             found = None
         if found is None:
@@ -181,7 +181,7 @@ def check_text(
         params = model.get("litellm_params") or {}
         name = model.get("model_name", f"#{index + 1}")
         at: tuple[str | int, ...] = ("model_list", index, "litellm_params")
-        if not str(params.get("model", "")).startswith("anthropic/"):
+        if not str(params.get("model")).startswith("anthropic/"):
             others.append(name)
             continue
         anthropic_groups.append(str(name))
@@ -233,8 +233,8 @@ def up_changes(doc: Mapping[str, Any], env: Mapping[str, str], seal_max_opens: i
     """What `up --litellm-config` sets that the config does not say itself (in the copy LiteLLM runs, and in the
     gateway), worded for `check`: a LiteLLM run separately needs the first two in its own config."""
     general = doc.get("general_settings") or {}
-    groups = [str(m.get("model_name")) for m in doc.get("model_list") or []
-              if str((m.get("litellm_params") or {}).get("model", "")).startswith("anthropic/")]  # fmt: skip
+    groups = [str(m.get("model_name", f"#{i + 1}")) for i, m in enumerate(doc.get("model_list") or [])
+              if str((m.get("litellm_params") or {}).get("model")).startswith("anthropic/")]  # fmt: skip
     if not groups:
         return []
     named = ", ".join(groups)

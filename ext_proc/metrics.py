@@ -6,7 +6,6 @@ config might send is counted as ``unknown``, so no request can grow the label sp
 
 from __future__ import annotations
 
-import threading
 from bisect import bisect_left
 from collections.abc import Iterator
 from itertools import accumulate
@@ -82,7 +81,6 @@ class Metrics:
         )  # fmt: skip
         self.body_bytes = Counter("ext_proc_body_bytes", "Body bytes received (should stay 0).", registry=self.registry)
         self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
 
     def observe(self, leg: str, policy: str, decision: Decision, seconds: float) -> None:
         leg = leg if leg in LEGS else "unknown"
@@ -105,9 +103,8 @@ class Metrics:
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics; returns the bound port (0 picks one)."""
-        server, thread = start_http_server(port, host, registry=self.registry)
-        self._server, self._thread = server, thread
-        return int(server.server_address[1])
+        self._server, _ = start_http_server(port, host, registry=self.registry)  # its thread is a daemon
+        return int(self._server.server_address[1])
 
     def close(self) -> None:
         if self._server is not None:

@@ -50,12 +50,12 @@ def load_secrets(config: Config) -> Secrets:
 
 
 def reread_secret(config: Config, setting: str, current: Secrets) -> Secrets:
-    """``current`` with the secret of one file setting read again, by the reader `load_secrets` uses."""
+    """``current`` with the secret of one file setting read again, by the reader `load_secrets` uses.
+
+    The setting names a file (callers skip those unset): a reader given a file returns its secret or raises.
+    """
     field, read = next((f, r) for f, (s, r) in _READERS.items() if s == setting)
-    value = read(config)
-    if value is None:
-        raise ConfigError(f"{setting} {getattr(config, setting)}: holds nothing")
-    return replace(current, **{field: value})
+    return replace(current, **{field: read(config)})
 
 
 def secret_paths(config: Config) -> tuple[tuple[str, Path | None], ...]:

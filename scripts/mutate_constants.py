@@ -15,6 +15,8 @@ with ``-x``; a mutant that no test fails survives. The operators:
 - an Envoy processing mode turns into another (``SEND`` and ``SKIP``, ``NONE`` into ``STREAMED``): the ext_proc
   filter's settings, whose functions (``FILTER_SETTINGS``) this step mutates although mutmut could, since the tests
   that pin them run a real Envoy (too slow for mutmut's per-mutant runs of the unit suite);
+- the body of a function run at import (``IMPORT_TIME``: ``config.setting``, each setting's field), which mutmut's
+  forked runs never execute under a mutant;
 - a comparison, ``and``/``or`` or arithmetic operator turns into its counterpart (``==`` and ``!=``, ``<`` and
   ``<=``, ``in`` and ``not in``, ``+`` and ``-``...), and a ``not`` is dropped: the operators of a decorated
   function's body (a @property, an @lru_cache function), which mutmut leaves alone.
@@ -62,6 +64,9 @@ PYTEST = ["-p", "no:cacheprovider", "-q", "-x", "--hypothesis-seed=0", "-m", "no
 _CHARSET = frozenset(string.punctuation + string.whitespace)
 # The functions that build the ext_proc filter's settings (fail closed, headers only, mutation refused, timeouts).
 FILTER_SETTINGS = frozenset({("ext_proc.envoy", "ext_proc_filter"), ("ext_proc.envoy", "_answer_processor")})
+# Functions run while their module is imported (a dataclass field's factory): mutmut's runs fork after the import,
+# so its mutants of them never run; each is marked ``# pragma: no mutate block`` for mutmut, and mutated here.
+IMPORT_TIME = frozenset({("ext_proc.config", "setting")})
 _MODES = {"SEND": "SKIP", "SKIP": "SEND", "NONE": "STREAMED"}
 
 
@@ -199,7 +204,7 @@ class _Collector(ast.NodeVisitor):
         self.scope.pop()
 
     def _function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
-        if _reached_by_mutmut(node, self.depth) and (self.module, node.name) not in FILTER_SETTINGS:
+        if _reached_by_mutmut(node, self.depth) and (self.module, node.name) not in FILTER_SETTINGS | IMPORT_TIME:
             return
         self.scope.append(node.name)
         self.depth += 1

@@ -16,7 +16,15 @@ import pytest
 from ext_proc import cli
 from ext_proc.config import Config, ConfigError
 from ext_proc.credentials import ApiKey, OAuthToken
-from ext_proc.secrets import load_secrets, new_seal_key
+from ext_proc.seal import KEY_BYTES, key_id
+from ext_proc.secrets import (
+    Secrets,
+    default_egress_token_path,
+    egress_token_file,
+    load_secrets,
+    new_egress_token,
+    new_seal_key,
+)
 from tests.support.processes import BIN
 
 KEY1 = base64.b64encode(bytes(32)).decode()
@@ -77,33 +85,106 @@ def test_secrets_never_in_repr_or_errors(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('handoff_header = "credential-handoff"', "must be a lower-case header name starting with 'x-'"),
-        ("seal_ttl_seconds = 0", "seal_ttl_seconds must be a positive"),
-        ('seal_ttl_seconds = "soon"', "seal_ttl_seconds: expected a whole number"),
-        ('seal_keys = ["bm90IGEga2V5"]', "seal key #1: must decode to 32 bytes"),
+        ('handoff_header = "credential-handoff"', "handoff_header 'credential-handoff': must be a lower-case header "
+         "name starting with 'x-' (LiteLLM forwards x-* headers to the upstream, nothing else)"),
+        ("seal_ttl_seconds = 0", "seal_ttl_seconds must be a positive number of seconds"),
+        ('seal_ttl_seconds = "soon"', "seal_ttl_seconds: expected a whole number, got 'soon'"),
+        ('seal_keys = ["bm90IGEga2V5"]', "seal key #1: must decode to 32 bytes, got 9"),
         ('seal_keys = ["%%%"]', "seal key #1: not base64"),
-        ("bogus = 1", "unknown setting(s) bogus"),
-        ('oauth_prefix = "oat"', "oauth_prefix must start with anthropic_prefix"),
-        ('egress_allowlist = ["x-credential-handoff"]', "must not contain the handoff header"),
-        ('litellm_headers = ["bad header"]', "header name 'bad header'"),
-        ('log_level = "LOUD"', "log_level must be one of"),
+        ("bogus = 1", "config file {file}: unknown setting(s) bogus"),
+        ('oauth_prefix = "oat"', "oauth_prefix must start with anthropic_prefix, and neither may be empty"),
+        ('anthropic_prefix = ""', "oauth_prefix must start with anthropic_prefix, and neither may be empty"),
+        ('egress_allowlist = ["x-credential-handoff"]', "egress_allowlist must not contain the handoff header"),
+        ('litellm_headers = ["bad header"]', "header name 'bad header': must be lower case and contain only token "
+         "characters"),
+        ('egress_allowlist = ["bad header*"]', "header name 'bad header': must be lower case and contain only token "
+         "characters"),
+        ('log_level = "LOUD"', "log_level must be one of DEBUG, INFO, WARNING, ERROR"),
+        ('log_format = "yaml"', "log_format must be 'text' or 'json'"),
         ('event_loop = "trio"', "event_loop must be 'uvloop' or 'asyncio'"),
-        ("listen = [", "not valid TOML"),
-        ('seal_key_file = "/nonexistent/keys"', "seal_key_file /nonexistent/keys: No such file"),
-        ("seal_max_opens = 0", "seal_max_opens must be at least 1"),
-        ("drain_seconds = -1", "grace_seconds and drain_seconds not negative"),
-        ('egress_token = "short"', "egress token: must be at least 32 characters"),
-        ('egress_token = "sk-' + "a" * 40 + '"', "must not look like an Anthropic or LiteLLM key"),
-        ('egress_token = "x' + "a" * 40 + '"\negress_token_file = "/t"', "set egress_token or egress_token_file"),
-        ('secret_patterns = ["(unclosed"]', "secret_patterns '(unclosed': not a regular expression"),
+        ("listen = [", "config file {file}: not valid TOML: Invalid value (at end of document)"),
+        ('seal_key_file = "/nonexistent/keys"', "seal_key_file /nonexistent/keys: No such file or directory "
+         "(`ext-proc keygen` prints a key; without any seal key one is generated for this process)"),
+        ("seal_max_opens = 0", "seal_max_opens must be at least 1 (one open per upstream call LiteLLM makes)"),
+        ("drain_seconds = -1", "reload_interval_seconds must be positive, grace_seconds and drain_seconds not "
+         "negative"),
+        ("audit_sample_rate = 1.5", "audit_sample_rate must be between 0 and 1 (rejections are always logged)"),
+        ("audit_sample_rate = -0.1", "audit_sample_rate must be between 0 and 1 (rejections are always logged)"),
+        ('metrics_listen = "9090"', "metrics_listen '9090': expected HOST:PORT, or 'off'"),
+        ('metrics_listen = ":9090"', "metrics_listen ':9090': expected HOST:PORT, or 'off'"),
+        ('metrics_listen = "host:port"', "metrics_listen 'host:port': expected HOST:PORT, or 'off'"),
+        ('egress_token = "short"', "egress token: must be at least 32 characters of [A-Za-z0-9._~+/=-] (`ext-proc "
+         "keygen --egress-token` prints one)"),
+        ('egress_token = "' + "x" * 31 + '"', "egress token: must be at least 32 characters of [A-Za-z0-9._~+/=-] "
+         "(`ext-proc keygen --egress-token` prints one)"),
+        ('egress_token = "egress-' + "\u0436" * 40 + '"', "egress token: must be at least 32 characters of "
+         "[A-Za-z0-9._~+/=-] (`ext-proc keygen --egress-token` prints one)"),
+        ('egress_token = "sk-' + "a" * 40 + '"', "egress token: must not look like an Anthropic or LiteLLM key"),
+        ('egress_token = "x' + "a" * 40 + '"\negress_token_file = "/t"', "set egress_token or egress_token_file, not "
+         "both"),
+        ('server_credential = "sk-ant-api03-X"\nserver_credential_file = "/s"', "set server_credential or "
+         "server_credential_file, not both"),
+        ('seal_keys = ["a"]\nseal_key_file = "/k"', "set seal_keys or seal_key_file, not both"),
+        ('server_credential = "sk-ant-api03-\u043a\u043b\u044e\u0447"',
+         "server credential: not an Anthropic credential (expected a value starting with 'sk-ant-')"),
+        ('secret_patterns = ["(unclosed"]', "secret_patterns '(unclosed': not a regular expression (missing ), "
+         "unterminated subpattern at position 0)"),
+        ('litellm_keys = ["sk-7chr"]', "litellm_keys: a key of 7 characters is too short to search headers for (at "
+         "least 8)"),
+        ('litellm_requires_key = "maybe"', "litellm_requires_key: expected true or false, got 'maybe'"),
+        ('seal_key_file = 3', "seal_key_file: expected a file path"),
+        ("log_level = 3", "log_level: expected a string"),
+        ("litellm_headers = [1]", "litellm_headers: expected a list of strings"),
     ],
-)
+)  # fmt: skip
 def test_bad_config_is_reported_clearly(tmp_path: Path, text: str, message: str) -> None:
+    """The whole message: the setting, what is wrong, and the way out; never the value of a secret."""
     file = tmp_path / "c.toml"
     file.write_text(text + "\n")
     with pytest.raises(ConfigError) as info:
         load_secrets(Config.load(file, {}))
-    assert message in str(info.value)
+    assert str(info.value) == message.format(file=file)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["seal_ttl_seconds = 1", "seal_max_opens = 1", 'log_level = "debug"', 'log_level = "warning"',
+     'log_level = "Error"', 'log_format = "json"', "audit_sample_rate = 0.0", "audit_sample_rate = 1.0",
+     'metrics_listen = ""', 'metrics_listen = "off"', 'metrics_listen = "[::1]:9090"',
+     'egress_token = "' + "x" * 32 + '"', 'litellm_keys = ["sk-8char"]', 'egress_allowlist = ["x-mine-*"]'],
+)  # fmt: skip
+def test_each_bound_and_choice_is_accepted_at_its_edge(tmp_path: Path, text: str) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text(text + "\n")
+    assert load_secrets(Config.load(file, {}))
+
+
+def test_values_that_are_case_sensitive_keep_their_case_header_names_do_not() -> None:
+    config = Config.load(env={"EXT_PROC_LITELLM_KEYS": "sk-Mixed-Case-1", "EXT_PROC_SECRET_PATTERNS": "Corp-[A-Z]{4}",
+                              "EXT_PROC_SEAL_KEYS": KEY2, "EXT_PROC_UPSTREAM": "Other=https://Api.Example:443",
+                              "EXT_PROC_LITELLM_HEADERS": "X-My-Key"})  # fmt: skip
+    assert (config.litellm_keys, config.secret_patterns, config.seal_keys, config.upstream, config.litellm_headers) == (
+        ("sk-Mixed-Case-1",),
+        ("Corp-[A-Z]{4}",),
+        (KEY2,),
+        ("Other=https://Api.Example:443",),
+        ("x-my-key",),
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "unknown"),
+    [("seal_tll_seconds = 1\nzzz = 2", "seal_tll_seconds, zzz (did you mean seal_ttl_seconds?)"),
+     ("zzz = 2\nyyy = 1", "yyy, zzz")],
+)  # fmt: skip
+def test_unknown_file_keys_are_all_named_with_the_closest_setting_to_the_first(
+    tmp_path: Path, text: str, unknown: str
+) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text(text + "\n")
+    with pytest.raises(ConfigError) as refused:
+        Config.load(file, {})
+    assert str(refused.value) == f"config file {file}: unknown setting(s) {unknown}"
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
@@ -136,7 +217,8 @@ def _load(setting: str, path: Path) -> object:
 @pytest.mark.parametrize(
     ("mode", "owner", "allowed"),
     [(0o600, "self", True), (0o400, "self", True), (0o644, "self", False), (0o604, "self", False),
-     (0o640, "root", True), (0o440, "root", True), (0o644, "root", False), (0o640, "other", False)],
+     (0o640, "root", True), (0o440, "root", True), (0o644, "root", False), (0o640, "other", False),
+     (0o641, "root", False), (0o601, "other", False), (0o601, "self", False)],
 )  # fmt: skip
 def test_a_secret_file_others_can_read_is_refused_as_postgresql_refuses_its_key_file(
     tmp_path: Path, setting: str, value: str, mode: int, owner: str, allowed: bool
@@ -381,3 +463,98 @@ def test_each_secret_file_is_read_once_when_a_command_starts(tmp_path: Path, com
         capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(tmp_path)},
     )  # fmt: skip
     assert result.stdout.strip().splitlines()[-1] == "0 [1, 1, 1, 1] 4", result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "make", "reason"),
+    [
+        ("seal_key_file", None, "No such file or directory (`ext-proc keygen` prints a key; without any seal key one "
+         "is generated for this process)"),
+        ("egress_token_file", None, "No such file or directory (`ext-proc keygen --egress-token` prints one; "
+         "`ext-proc up` makes it on first start)"),
+        ("litellm_key_file", None, "No such file or directory"),
+        ("seal_key_file", "dir", "Is a directory"),
+        ("seal_key_file", "# only a comment\n", "holds no key"),
+        ("server_credential_file", "sk-ant-api03-ONE\nsk-ant-api03-TWO\n", "must hold one line"),
+        ("egress_token_file", "\n", "must hold one line"),
+    ],
+)  # fmt: skip
+def test_a_secret_file_that_cannot_be_read_says_why_and_what_makes_one(
+    tmp_path: Path, setting: str, make: str | None, reason: str
+) -> None:
+    """Only a missing file gets the hint of the command that makes one; any other error is the system's own."""
+    path = tmp_path / "secret"
+    if make == "dir":
+        path.mkdir(mode=0o700)
+    elif make is not None:
+        path.write_text(make)
+    with pytest.raises(ConfigError) as refused:
+        load_secrets(Config.load(env={}, overrides={setting: path}, validate=False))
+    assert str(refused.value) == f"{setting} {path}: {reason}"
+
+
+def test_a_key_file_holds_comments_indented_keys_without_padding_and_latin_1(tmp_path: Path) -> None:
+    """A hand-edited file: indented comments and keys, base64url without its "=" (as urlsafe tools print it), and a
+    LiteLLM key with a byte that is not UTF-8 (read as Latin-1, as Envoy hands header bytes over)."""
+    keys, litellm = tmp_path / "keys", tmp_path / "litellm"
+    unpadded = base64.urlsafe_b64encode(bytes(range(32))).decode().rstrip("=")
+    keys.write_text(f"  # newest first\n  {unpadded}  \n\t# the previous one\n{KEY1}\n")
+    litellm.write_bytes(b"  # the master key\nsk-litellm-caf\xe9-0123\n")
+    secrets = load_secrets(Config.load(env={}, overrides={"seal_key_file": keys, "litellm_key_file": litellm}))
+    assert secrets.keyring is not None
+    assert secrets.keyring.key_ids == (key_id(bytes(range(32))).hex(), key_id(bytes(32)).hex())
+    assert secrets.litellm_keys == (b"sk-litellm-caf\xe9-0123",)
+
+
+def test_new_keys_and_tokens_are_random_and_what_the_loader_takes() -> None:
+    keys, tokens = {new_seal_key() for _ in range(3)}, {new_egress_token() for _ in range(3)}
+    assert len(keys) == len(tokens) == 3
+    for key, token in zip(keys, tokens, strict=True):
+        assert len(base64.urlsafe_b64decode(key)) == KEY_BYTES
+        assert token.startswith("egress-") and len(token) == len("egress-") + 43
+        secrets = load_secrets(Config.load(env={"EXT_PROC_SEAL_KEYS": key, "EXT_PROC_EGRESS_TOKEN": token}))
+        assert secrets.egress_token == token.encode()
+        assert secrets.keyring is not None and secrets.keyring.key_ids == (key_id(base64.urlsafe_b64decode(key)).hex(),)
+
+
+def test_up_s_egress_token_file_is_made_private_once_and_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under $XDG_CONFIG_HOME, else ~/.config; 0600 in a 0700 directory whatever the umask; the same token on every
+    later start; made again, in the directory already there, when deleted."""
+    caplog.set_level("INFO", logger="ext_proc.up")
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_egress_token_path() == tmp_path / "home" / ".config" / "ext-proc" / "egress-token"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    umask = os.umask(0o022)
+    try:
+        path = egress_token_file()
+    finally:
+        os.umask(umask)
+    assert path == default_egress_token_path() == tmp_path / "xdg" / "ext-proc" / "egress-token"
+    assert (path.stat().st_mode & 0o777, path.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+    made = [(r.name, r.getMessage()) for r in caplog.records]
+    assert made == [("ext_proc.up", f"generated the egress token in {path}")]
+    token = path.read_text()
+    assert token.endswith("\n") and token.count("\n") == 1
+    loaded = load_secrets(Config.load(env={}, overrides={"egress_token_file": path}))
+    assert loaded.egress_token == token.strip().encode()
+    assert egress_token_file() == path and path.read_text() == token
+    path.unlink()
+    assert egress_token_file() == path and path.read_text() not in ("", token)
+    given = tmp_path / "given" / "token"
+    assert egress_token_file(given) == given and given.read_text() != token
+
+
+def test_secrets_show_what_is_set_never_a_value() -> None:
+    secrets = load_secrets(Config.load(env={"EXT_PROC_SEAL_KEYS": f"{KEY2},{KEY1}",
+                                            "EXT_PROC_SERVER_CREDENTIAL": "sk-ant-api03-REPRSECRET",
+                                            "EXT_PROC_EGRESS_TOKEN": "egress-" + "r" * 40,
+                                            "EXT_PROC_LITELLM_KEYS": "sk-litellm-one-1,sk-litellm-two-2"}))  # fmt: skip
+    assert secrets.keyring is not None and secrets.server_credential is not None
+    assert repr(secrets) == (
+        f"Secrets(keyring={secrets.keyring.key_ids}, server_credential={secrets.server_credential.fingerprint()}, "
+        "egress_token=set, litellm_keys=2)"
+    )
+    assert repr(Secrets()) == "Secrets(keyring=None, server_credential=None, egress_token=None, litellm_keys=0)"

@@ -42,23 +42,57 @@ def test_the_example_config_derives_and_has_a_claude_wildcard() -> None:
     assert [m["model_name"] for m in derived["model_list"]] == ["claude-*"]
 
 
-@pytest.mark.parametrize(
-    ("master", "env", "loopback", "message"),
-    [
-        ("os.environ/LITELLM_MASTER_KEY", {}, False, "is not set and the ingress listens beyond loopback"),
-        ("os.environ/LITELLM_MASTER_KEY", {"LITELLM_MASTER_KEY": litellm.DEV_MASTER_KEY}, False, "development"),
-        (None, {}, False, "no general_settings.master_key"),
-    ],
+BEYOND = (
+    "not beyond loopback (anyone who guesses it is served on the operator's key); `ext-proc keygen --egress-token` "
 )
+BEYOND += "prints a random value to base one on"
+
+
+@pytest.mark.parametrize(
+    ("master", "env", "message", "on_loopback"),
+    [
+        ("os.environ/MY_MASTER", {}, "MY_MASTER is not set and the ingress listens beyond loopback: set a master key "
+         "of your own (the development default 'sk-local-dev-only' is only for --ingress-listen 127.0.0.1:PORT)",
+         litellm.DEV_MASTER_KEY),
+        ("os.environ/LITELLM_MASTER_KEY", {"LITELLM_MASTER_KEY": litellm.DEV_MASTER_KEY},
+         f"LiteLLM's master key is the development default: {BEYOND}", litellm.DEV_MASTER_KEY),
+        ("sk-1234", {}, f"LiteLLM's master key is a sample key from documentation: {BEYOND}", "sk-1234"),
+        ("sk-fifteen-char", {}, f"LiteLLM's master key is shorter than 16 characters: {BEYOND}", "sk-fifteen-char"),
+        (None, {}, "the LiteLLM config has no general_settings.master_key: not beyond loopback", None),
+    ],
+)  # fmt: skip
 def test_a_master_key_is_required_beyond_loopback(
-    master: str | None, env: dict[str, str], loopback: bool, message: str, monkeypatch: pytest.MonkeyPatch
+    master: str | None, env: dict[str, str], message: str, on_loopback: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Beyond loopback each is refused, saying why; on loopback each is served (the default filled in)."""
     monkeypatch.delenv("LITELLM_MASTER_KEY", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     given = {"general_settings": {"master_key": master}} if master else {}
-    with pytest.raises(litellm.LiteLLMError, match=message):
-        litellm.environment(given, "egress-token", "127.0.0.1:10000", loopback)
+    with pytest.raises(litellm.LiteLLMError) as refused:
+        litellm.environment(given, "egress-token", "127.0.0.1:10000", False)
+    assert str(refused.value) == message
+    assert litellm.environment(given, "egress-token", "127.0.0.1:10000", True).get("LITELLM_MASTER_KEY") == on_loopback
+
+
+def test_a_master_key_of_16_characters_is_served_beyond_loopback() -> None:
+    given = {"general_settings": {"master_key": "sk-sixteen-chars"}}
+    assert (
+        litellm.environment(given, "egress-token", "127.0.0.1:10000", False)["LITELLM_MASTER_KEY"] == "sk-sixteen-chars"
+    )
+
+
+def test_a_config_without_litellm_settings_or_an_anthropic_deployment() -> None:
+    """Forwarding is set where LiteLLM reads it even when the config has no litellm_settings; a deployment without
+    litellm_params is left alone; a config with nothing to protect is refused."""
+    given: dict[str, Any] = {"model_list": [{"model_name": "c", "litellm_params": {"model": "anthropic/c"}},
+                                            {"model_name": "bare"}]}  # fmt: skip
+    derived = litellm.derive(given, "127.0.0.1:10000")
+    assert derived["litellm_settings"] == {"model_group_settings": {"forward_client_headers_to_llm_api": ["c"]}}
+    assert derived["model_list"][1] == {"model_name": "bare", "litellm_params": {}}
+    with pytest.raises(litellm.LiteLLMError) as refused:
+        litellm.derive({"model_list": [{"model_name": "bare"}]}, "127.0.0.1:10000")
+    assert str(refused.value) == "the LiteLLM config has no Anthropic deployment (model: anthropic/...) to protect"
 
 
 def test_on_loopback_the_development_master_key_is_filled_in(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,3 +199,222 @@ def test_the_master_key_up_reads_stays_known_by_value_when_the_key_file_is_reloa
     keys.write_text("mk-second-file-key-after-rotation\n")
     rules.reload_changed()
     assert set(rules().litellm_keys) == {master.encode(), b"mk-second-file-key-after-rotation"}
+
+
+MASTER = "sk-master-of-this-litellm-0123"
+GIVEN: dict[str, Any] = {"model_list": [{"model_name": "c", "litellm_params": {"model": "anthropic/c"}}],
+                         "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"}}  # fmt: skip
+
+
+def _plan(env: dict[str, str], given: dict[str, Any] = GIVEN) -> litellm.Plan:
+    return litellm.Plan(given, "derived: yes\n", env, Path("/opt/litellm"), Path("c.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("master", "known"),
+    [(MASTER, MASTER.encode()), ("sk-8char", b"sk-8char"), ("sk-7chr", None),
+     ("sk-\u043a\u043b\u044e\u0447-0123", b"sk-????-0123")],
+)  # fmt: skip
+def test_up_knows_litellm_s_master_key_by_value_when_it_is_long_enough_to_search_for(
+    master: str, known: bytes | None
+) -> None:
+    """At least LITELLM_KEY_MIN (8) characters; a character outside Latin-1 is searched as Envoy would hand it over
+    ('?'), never a crash; a key the secrets already hold is not held twice."""
+    from ext_proc.config import Config
+    from ext_proc.secrets import Secrets
+
+    plan = _plan({"LITELLM_MASTER_KEY": master})
+    assert (plan.given, plan.derived, plan.env, plan.binary, plan.output) == (
+        GIVEN,
+        "derived: yes\n",
+        {"LITELLM_MASTER_KEY": master},
+        Path("/opt/litellm"),
+        None,
+    )
+    config, secrets = plan.applied(Config(), Secrets(litellm_keys=(b"sk-from-file-0123", MASTER.encode())))
+    expected = (b"sk-from-file-0123", MASTER.encode(), *([known] if known and known != MASTER.encode() else []))
+    assert secrets.litellm_keys == expected
+    assert config.litellm_keys == ((master,) if known else ())
+
+
+@pytest.mark.parametrize(("opens", "raised"), [(3, 6), (6, 6), (9, 9)])
+def test_up_raises_seal_max_opens_to_the_calls_litellm_may_make(
+    opens: int, raised: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ext_proc.config import Config
+    from ext_proc.secrets import Secrets
+
+    caplog.set_level("INFO", logger="ext_proc.up")
+    given = {**GIVEN, "router_settings": {"fallbacks": [{"c": ["d"]}]}}
+    config, _ = _plan({}, given).applied(Config(seal_max_opens=opens), Secrets())
+    assert config.seal_max_opens == raised
+    assert [r.getMessage() for r in caplog.records] == (
+        ["LiteLLM may call Anthropic up to 6 times for one request (3 tries in each of 2 model groups), each opening "
+         "the request's handoff: seal_max_opens 6"] if opens < 6 else []
+    )  # fmt: skip
+
+
+def test_a_litellm_config_the_gateway_cannot_follow_names_the_file() -> None:
+    from ext_proc.config import Config
+    from ext_proc.secrets import Secrets
+    from ext_proc.supervise import UpError
+
+    given = {**GIVEN, "general_settings": {"litellm_key_header_name": "Bad Header"}}
+    with pytest.raises(UpError) as refused:
+        _plan({}, given).applied(Config(), Secrets())
+    assert str(refused.value) == (
+        "the LiteLLM config c.yaml: header name 'bad header': must be lower case and contain only token characters"
+    )
+
+
+def test_a_litellm_config_that_cannot_be_read_is_refused_by_name(tmp_path: Path) -> None:
+    missing, listed = tmp_path / "missing.yaml", tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    with pytest.raises(litellm.LiteLLMError) as refused:
+        litellm.load(missing)
+    assert (
+        str(refused.value)
+        == f"cannot read the LiteLLM config {missing}: [Errno 2] No such file or directory: '{missing}'"
+    )
+    with pytest.raises(litellm.LiteLLMError) as refused:
+        litellm.load(listed)
+    assert str(refused.value) == f"the LiteLLM config {listed} is not a YAML mapping"
+
+
+@pytest.mark.parametrize(
+    ("master", "environ", "host", "lines"),
+    [
+        ("os.environ/LITELLM_MASTER_KEY", {"LITELLM_MASTER_KEY": MASTER}, "0.0.0.0",
+         ["export ANTHROPIC_BASE_URL=http://127.0.0.1:8080",
+          'export ANTHROPIC_CUSTOM_HEADERS="x-litellm-api-key: $LITELLM_MASTER_KEY"']),
+        ("os.environ/LITELLM_MASTER_KEY", {}, "::",
+         ["export ANTHROPIC_BASE_URL=http://127.0.0.1:8080",
+          'export ANTHROPIC_CUSTOM_HEADERS="x-litellm-api-key: sk-local-dev-only"']),
+        (MASTER, {}, "10.0.0.7",
+         ["export ANTHROPIC_BASE_URL=http://10.0.0.7:8080",
+          'export ANTHROPIC_CUSTOM_HEADERS="x-litellm-api-key: <your LiteLLM key>"']),
+    ],
+)  # fmt: skip
+def test_up_prints_the_two_lines_a_client_needs_never_a_key_s_value(
+    master: str, environ: dict[str, str], host: str, lines: list[str],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    from ext_proc.envoy import HostPort, Layout
+
+    monkeypatch.delenv("LITELLM_MASTER_KEY", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    given = {**GIVEN, "general_settings": {"master_key": master}}
+    _plan({}, given).print_client_setup(Layout(ingress=HostPort(host, 8080)))
+    printed = capsys.readouterr().out
+    assert printed.splitlines() == lines and MASTER not in printed
+
+
+def test_up_logs_each_change_in_whether_litellm_answers(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every CHECK_SECONDS (here 0): a change is logged once, a steady state never; the first answer after a start
+    without one is not "again"."""
+    import asyncio
+    import threading
+
+    from ext_proc.envoy import Layout
+
+    caplog.set_level("INFO", logger="ext_proc.up")
+    looks = [False, True, True, False, False, True]
+    seen = threading.Event()
+
+    def answers(host: str, port: int) -> bool:
+        assert (host, port) == ("127.0.0.1", 4000)
+        if not looks:  # asked again: the last look has been judged
+            seen.set()
+            return True
+        return looks.pop(0)
+
+    monkeypatch.setattr(litellm, "answers", answers)
+    monkeypatch.setattr(litellm, "CHECK_SECONDS", 0)
+
+    async def scenario() -> None:
+        watcher = asyncio.create_task(litellm.watch(Layout(), False))
+        await asyncio.to_thread(seen.wait, 10)
+        watcher.cancel()
+
+    asyncio.run(scenario())
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "LiteLLM at 127.0.0.1:4000 answers"),
+        ("WARNING", "LiteLLM at 127.0.0.1:4000 does not answer: the ingress leg answers 503 until it does"),
+        ("INFO", "LiteLLM at 127.0.0.1:4000 answers again"),
+    ]
+
+
+def test_up_finds_litellm_beside_its_python_else_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beside this Python only when it is an executable file (the extra installs it there), else on PATH."""
+    beside, on_path = tmp_path / "venv" / "bin", tmp_path / "path"
+    beside.mkdir(parents=True)
+    on_path.mkdir()
+    monkeypatch.setattr("sys.executable", str(beside / "python"))
+    monkeypatch.setenv("PATH", str(on_path))
+    with pytest.raises(litellm.LiteLLMError) as missing:
+        litellm.find_litellm()
+    assert str(missing.value) == (
+        "LiteLLM not found: install this package's litellm extra (pip install '.[litellm]' in a clone of the "
+        "repository, 'ext-proc-credentials[litellm]' from a package index) or put litellm on PATH, or run LiteLLM "
+        "yourself and give --litellm URL instead of --litellm-config"
+    )
+    (on_path / "litellm").write_text("#!/bin/sh\n")
+    (on_path / "litellm").chmod(0o700)
+    (beside / "litellm").write_text("#!/bin/sh\n")
+    (beside / "litellm").chmod(0o600)
+    assert litellm.find_litellm() == on_path / "litellm", "not executable beside Python: PATH's"
+    (beside / "litellm").chmod(0o700)
+    assert litellm.find_litellm() == beside / "litellm"
+
+
+@pytest.mark.parametrize(
+    ("change", "refusal"),
+    [
+        ({"layout": {"litellm": "https"}}, "--litellm-config runs LiteLLM on --litellm, which must be an http:// "
+         "address here"),
+        ({"token": None}, "--litellm-config needs an egress token (egress_token_file)"),
+        ({"cooldown": True}, "the LiteLLM config {path} breaks a guarantee (see above)"),
+        ({"layout": {"ingress": "0.0.0.0"}}, "LITELLM_MASTER_KEY is not set and the ingress listens beyond loopback: "
+         "set a master key of your own (the development default 'sk-local-dev-only' is only for --ingress-listen "
+         "127.0.0.1:PORT)"),
+        ({}, None),
+    ],
+)  # fmt: skip
+def test_up_plans_litellm_from_the_config_or_refuses_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    change: dict[str, Any], refusal: str | None,
+) -> None:  # fmt: skip
+    from ext_proc.config import Config
+    from ext_proc.envoy import Endpoint, HostPort, Layout
+    from ext_proc.secrets import Secrets
+    from ext_proc.supervise import UpError
+
+    monkeypatch.delenv("LITELLM_MASTER_KEY", raising=False)
+    monkeypatch.setattr(litellm, "find_litellm", lambda: Path("/opt/bin/litellm"))
+    given: dict[str, Any] = {
+        "model_list": [{"model_name": "claude-*", "litellm_params": {"model": "anthropic/claude-*"}}],
+        "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"},
+    }
+    if change.get("cooldown"):
+        given["model_list"][0]["litellm_params"]["cooldown_time"] = 30
+    path = tmp_path / "litellm.yaml"
+    path.write_text(yaml.safe_dump(given))
+    places = change.get("layout", {})
+    layout = Layout(ingress=HostPort(places.get("ingress", "127.0.0.1"), 8080),
+                    litellm=Endpoint(places.get("litellm", "http"), "127.0.0.1", 4000))  # fmt: skip
+    token = change.get("token", b"egress-" + b"p" * 40)
+    caplog.set_level("WARNING", logger="ext_proc.up")
+    if refusal is not None:
+        with pytest.raises((UpError, litellm.LiteLLMError)) as refused:
+            litellm.Plan.of(path, layout, Config(), Secrets(egress_token=token))
+        assert str(refused.value) == refusal.format(path=path)
+        assert any("cooldown" in r.getMessage() for r in caplog.records) == bool(change.get("cooldown"))
+        return
+    plan = litellm.Plan.of(path, layout, Config(), Secrets(egress_token=token))
+    assert (plan.given, plan.binary, plan.path) == (given, Path("/opt/bin/litellm"), path)
+    assert plan.derived == yaml.safe_dump(litellm.derive(given, "127.0.0.1:10000"), sort_keys=False)
+    assert (plan.env["ANTHROPIC_API_KEY"], plan.env["LITELLM_MASTER_KEY"]) == (token.decode(), litellm.DEV_MASTER_KEY)
+    assert caplog.records == []

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import os
 import subprocess
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 
+from ext_proc.cli import main
 from ext_proc.litellm_config import attempts
 from tests.support.processes import BIN
 
@@ -30,15 +35,28 @@ ROOT = Path(__file__).resolve().parent.parent
 def check(
     tmp_path: Path, text: str, env: dict[str, str] | None = None, run_by: str = "litellm", *flags: str
 ) -> tuple[int, str]:
-    """`ext-proc check` as an operator runs it for a LiteLLM it runs itself (``run_by``), or for `up`'s."""
+    """`ext-proc check` as an operator runs it for a LiteLLM it runs itself (``run_by``), or for `up`'s: in this
+    process (cli.main, with only ``env`` as its environment), so that mutation testing sees it;
+    test_the_check_command_runs_as_installed runs the installed command once."""
     (tmp_path / "token").write_text(TOKEN + "\n")
     (tmp_path / "litellm.yaml").write_text(text)
+    out, err = io.StringIO(), io.StringIO()
+    with patch.dict(os.environ, {"HOME": str(tmp_path), **(env or {})}, clear=True), redirect_stdout(out), \
+            redirect_stderr(err):  # fmt: skip
+        code = main(["check", "--egress-token-file", str(tmp_path / "token"),
+                     "--litellm-config", str(tmp_path / "litellm.yaml"), "--run-by", run_by, *flags])  # fmt: skip
+    return code, out.getvalue() + err.getvalue()
+
+
+def test_the_check_command_runs_as_installed(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    (tmp_path / "litellm.yaml").write_text(GOOD)
     result = subprocess.run(
         [str(BIN / "ext-proc"), "check", "--egress-token-file", str(tmp_path / "token"),
-         "--litellm-config", str(tmp_path / "litellm.yaml"), "--run-by", run_by, *flags],
-        capture_output=True, text=True, timeout=60, env={"HOME": str(tmp_path), **(env or {})},
+         "--litellm-config", str(tmp_path / "litellm.yaml"), "--run-by", "litellm"],
+        capture_output=True, text=True, timeout=60, env={"HOME": str(tmp_path)},
     )  # fmt: skip
-    return result.returncode, result.stdout + result.stderr
+    assert (result.returncode, result.stdout + result.stderr) == check(tmp_path, GOOD)
 
 
 def test_a_config_as_docs_litellm_md_says_is_ok(tmp_path: Path) -> None:
@@ -143,6 +161,16 @@ ATTEMPTS = [
     ("context window fallbacks", {"litellm_settings": {"context_window_fallbacks": [{M: ["big"]}]}}, 6),
     ("retry policy", {"router_settings": {"retry_policy": {"RateLimitErrorRetries": 7}}}, 8),
     ("per-deployment retries", {"model_list": [{"model_name": M, "litellm_params": {"num_retries": 4}}]}, 5),
+    ("retry policy of a model group",
+     {"router_settings": {"model_group_retry_policy": {M: {"TimeoutErrorRetries": 6}}}}, 7),
+    ("a fallback to itself", {"router_settings": {"fallbacks": [{M: [M]}]}}, 3),
+    ("a generic fallback to a group", {"router_settings": {"fallbacks": [{"*": [M]}]}}, 6),
+    ("a generic fallback after a group's own",
+     {"router_settings": {"fallbacks": [{M: ["backup"]}, {"*": ["other"]}]}}, 9),
+    # What LiteLLM would refuse or ignore counts as its default, never as a crash of `check`.
+    ("retries that are no number", {"router_settings": {"num_retries": "many"}}, 3),
+    ("a retry policy that is no mapping", {"router_settings": {"retry_policy": "often"}}, 3),
+    ("a fallback entry that is no mapping", {"router_settings": {"fallbacks": ["backup"]}}, 3),
     ("max_fallbacks caps the groups",
      {"router_settings": {"fallbacks": [{M: ["a", "b", "c", "d"]}], "max_fallbacks": 2}}, 9),
 ]  # fmt: skip
@@ -207,3 +235,188 @@ def test_check_compares_litellm_s_key_settings_with_the_ingress_s(tmp_path: Path
     assert "sets litellm_requires_key false (LiteLLM has no master key" in out, out
     code, out = check(tmp_path, GOOD, None, "nobody")
     assert code == 2 and "--run-by: 'up' or 'litellm'" in out, out
+
+
+EVERYTHING = f"""model_list:
+  - model_name: claude-a
+    litellm_params:
+      model: anthropic/claude-a
+      api_base: https://api.anthropic.com
+      api_key: sk-ant-api03-REALKEY
+      cooldown_time: 30
+  - litellm_params:
+      model: anthropic/claude-b
+      api_base: http://127.0.0.1:10000
+      api_key: os.environ/NOT_IN_THIS_ENVIRONMENT
+    model_info: {{cooldown_time: 5}}
+  - model_name: gpt
+    litellm_params: {{model: openai/gpt-4o}}
+  - model_name: claude-c
+    litellm_params:
+      model: anthropic/claude-c
+      api_base: http://127.0.0.1:10000
+      api_key: {TOKEN}
+      cooldown_time: 1
+router_settings:
+  fallbacks: [{{claude-a: [claude-c]}}]
+general_settings:
+  master_key: os.environ/MY_MASTER
+  forward_client_headers_to_llm_api: true
+  litellm_key_header_name: X-My-Key
+"""
+COOLDOWN = ("a deployment's own cooldown_time outranks the retry-after: 0 the egress gives LiteLLM when Anthropic "
+            "refuses a client's own credential (rule E9), so one client's revoked token would cool this deployment "
+            "down for everyone; set router_settings.cooldown_time instead")  # fmt: skip
+SIX = ("LiteLLM may call Anthropic up to 6 times for one request (3 tries in each of 2 model groups), each opening "
+       "the request's handoff")  # fmt: skip
+CLAUDE_CODE = ("no Anthropic model group matches claude-opus-5-5, claude-sonnet-5-5, which Claude Code asks for by "
+               "default (LiteLLM answers 400 'Invalid model name'); a claude-* group matches")  # fmt: skip
+TO_EVERY = ("client x-* headers, the sealed handoff among them, are forwarded to every provider (gpt); forward per "
+            "model group instead, or route those providers through the egress (--upstream)")  # fmt: skip
+ENV = {"MY_MASTER": "mk-\u043a\u043b\u044e\u0447-0123456789"}  # a master key outside Latin-1, of no known shape
+
+
+@pytest.mark.parametrize(
+    ("run_by", "lines"),
+    [
+        ("litellm", [
+            f"{SIX}; seal_max_opens is 3",
+            f"warning: line 2: {CLAUDE_CODE}",
+            "error: line 5: claude-a: calls Anthropic directly, around the egress; set api_base to the egress listener "
+            "(http://127.0.0.1:10000 with `ext-proc up`)",
+            "error: line 6: claude-a: api_key is a real Anthropic key: keep it in the gateway "
+            "(--server-credential-file); LiteLLM sends the egress token",
+            f"error: line 7: claude-a: {COOLDOWN}",
+            f"error: line 12: #2: {COOLDOWN}",
+            f"error: line 20: claude-c: {COOLDOWN}",
+            f"error: line 22: {SIX}, and the gateway allows 3 (seal_max_opens): the later calls would be refused; set "
+            "seal_max_opens to 6 (EXT_PROC_SEAL_MAX_OPENS=6; `up --litellm-config` derives it)",
+            "error: line 24: the master key does not have LiteLLM's key shape (sk-...) and the gateway does not know "
+            "it, so the egress could not find it in a header LiteLLM forwards to Anthropic (rule E7): give it to the "
+            "gateway (litellm_key_file), or use a master key starting with sk-",
+            f"warning: line 25: {TO_EVERY}",
+            "error: line 26: LiteLLM also reads its callers' keys from x-my-key, which the gateway does not know: a "
+            "client that sends its LiteLLM key there next to its own Anthropic credential is refused at the ingress "
+            "(rule I8); add it to litellm_headers (EXT_PROC_LITELLM_HEADERS)",
+            "litellm config has 8 error(s): FILE",
+        ]),
+        ("up", [
+            "`up --litellm-config` sets api_base http://127.0.0.1:10000 (the egress listener) and api_key the egress "
+            "token for claude-a, #2, claude-c",
+            f"`up --litellm-config` sets seal_max_opens 6 ({SIX})",
+            "`up --litellm-config` sets litellm_requires_key true (LiteLLM has a master key)",
+            "`up --litellm-config` sets litellm_headers + x-my-key (LiteLLM's litellm_key_header_name)",
+            "(a LiteLLM you run yourself needs the first two in its config: --run-by litellm checks it)",
+            f"warning: line 2: {CLAUDE_CODE}",
+            f"error: line 7: claude-a: {COOLDOWN}",
+            f"error: line 12: #2: {COOLDOWN}",
+            f"error: line 20: claude-c: {COOLDOWN}",
+            f"warning: line 25: {TO_EVERY}",
+            "litellm config has 3 error(s): FILE",
+        ]),
+    ],
+)  # fmt: skip
+def test_every_finding_of_one_config_word_for_word(tmp_path: Path, run_by: str, lines: list[str]) -> None:
+    """What an operator reads, in file order, for a config with a bit of everything; `up` sets half of it."""
+    code, out = check(tmp_path, EVERYTHING, ENV, run_by)
+    file = f"{tmp_path / 'litellm.yaml'}"
+    shown = [line.removeprefix(f"{file}: ").replace(file, "FILE") for line in out.splitlines()[1:]]
+    assert (code, shown) == (1, lines)
+    assert "REALKEY" not in out and ENV["MY_MASTER"] not in out
+
+
+GROUPS = """model_list:
+  - model_name: claude-*
+    litellm_params:
+      model: anthropic/claude-*
+      api_base: http://127.0.0.1:10000
+      api_key: placeholder-sealed-by-sidecar
+  - model_name: claude-sonnet-5-5
+    litellm_params:
+      model: anthropic/claude-sonnet-5-5
+      api_base: http://127.0.0.1:10000
+      api_key: egress-other-token-0123456789abcdefghijkl
+  - model_name: gpt
+    litellm_params: {model: openai/gpt-4o}
+litellm_settings:
+  model_group_settings:
+    forward_client_headers_to_llm_api: [claude-sonnet-5-5, gpt]
+"""
+
+
+@pytest.mark.parametrize(
+    ("run_by", "code", "lines"),
+    [
+        ("litellm", 1, [
+            "LiteLLM may call Anthropic up to 3 times for one request (3 tries in each of 1 model group), each "
+            "opening the request's handoff; seal_max_opens is 3",
+            "warning: line 1: no master_key here: if LiteLLM runs without one (LITELLM_MASTER_KEY unset in its "
+            "environment too), it asks callers for no key, while the ingress refuses a client's own Anthropic "
+            "credential without a LiteLLM key beside it (rule I8); set litellm_requires_key = false for such a "
+            "LiteLLM",
+            "error: line 6: claude-*: api_key is the old fixed placeholder; the egress releases sealed credentials "
+            'only to the egress token (ANTHROPIC_API_KEY="$(cat ~/.config/ext-proc/egress-token)", api_key: '
+            "os.environ/ANTHROPIC_API_KEY)",
+            "error: line 11: claude-sonnet-5-5: api_key is not the gateway's egress token",
+            "error: line 16: claude-*: client headers are not forwarded for this group, so clients' own credentials "
+            "are lost on /v1/messages and /v1/chat/completions; add it to litellm_settings.model_group_settings."
+            "forward_client_headers_to_llm_api",
+            "litellm config has 3 error(s): FILE",
+        ]),
+        ("up", 0, [
+            "`up --litellm-config` sets api_base http://127.0.0.1:10000 (the egress listener) and api_key the egress "
+            "token for claude-*, claude-sonnet-5-5",
+            "`up --litellm-config` sets client headers forwarded for claude-*",
+            "`up --litellm-config` sets litellm_requires_key false (LiteLLM has no master key, asks callers for none)",
+            "(a LiteLLM you run yourself needs the first two in its config: --run-by litellm checks it)",
+            "litellm config OK: FILE",
+        ]),
+    ],
+)  # fmt: skip
+def test_per_group_forwarding_and_keys_word_for_word(tmp_path: Path, run_by: str, code: int, lines: list[str]) -> None:
+    got, out = check(tmp_path, GROUPS, {}, run_by)
+    file = f"{tmp_path / 'litellm.yaml'}"
+    assert (got, [line.removeprefix(f"{file}: ").replace(file, "FILE") for line in out.splitlines()[1:]]) == (
+        code,
+        lines,
+    )
+
+
+def test_a_finding_under_an_empty_section_names_the_section_s_line(tmp_path: Path) -> None:
+    """`litellm_settings:` with nothing under it: the forwarding it lacks is pointed at that line."""
+    text = GOOD.replace("litellm_settings:\n  model_group_settings:\n    forward_client_headers_to_llm_api: "
+                        "[claude-sonnet-4-5]\n", "litellm_settings:\n")  # fmt: skip
+    assert text != GOOD
+    code, out = check(tmp_path, text)
+    assert code == 1 and "error: line 7: claude-sonnet-4-5: client headers are not forwarded for this group" in out
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "env", "finding"),
+    [
+        (f"api_key: {TOKEN}", "api_key: os.environ/ANTHROPIC_API_KEY", {"ANTHROPIC_API_KEY": "egress-" + "w" * 40},
+         "error: line 6: claude-sonnet-4-5: api_key is not the gateway's egress token"),
+        (f"      api_key: {TOKEN}\n", "", {},
+         "error: line 4: claude-sonnet-4-5: no api_key: LiteLLM must send the egress token as its Anthropic key "
+         "(docs/litellm.md)"),
+        ("master_key: sk-master-1234", "master_key: mk-literal-NotShaped", {},
+         "error: line 11: the master key does not have LiteLLM's key shape (sk-...) and the gateway does not know it, "
+         "so the egress could not find it in a header LiteLLM forwards to Anthropic (rule E7): give it to the gateway "
+         "(litellm_key_file), or use a master key starting with sk-"),
+    ],
+)  # fmt: skip
+def test_keys_read_from_the_environment_and_given_literally(
+    tmp_path: Path, old: str, new: str, env: dict[str, str], finding: str
+) -> None:
+    code, out = check(tmp_path, GOOD.replace(old, new), env)
+    assert (code, [line.split(": ", 1)[1] for line in out.splitlines() if ": error: " in line]) == (1, [finding])
+
+
+def test_an_empty_config_is_judged_at_its_first_line(tmp_path: Path) -> None:
+    code, out = check(tmp_path, "")
+    warnings = [line.split(": ", 1)[1] for line in out.splitlines() if ": warning: " in line]
+    assert (code, warnings) == (0, [
+        "warning: line 1: no master_key here: if LiteLLM runs without one (LITELLM_MASTER_KEY unset in its environment "
+        "too), it asks callers for no key, while the ingress refuses a client's own Anthropic credential without a "
+        "LiteLLM key beside it (rule I8); set litellm_requires_key = false for such a LiteLLM",
+    ])  # fmt: skip

@@ -9,26 +9,32 @@ import io
 import json
 import logging
 import subprocess
+import sys
 import time
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from prometheus_client import generate_latest
 
-from ext_proc.audit import AuditLog, LineFormatter, format_line
+from ext_proc.audit import FLUSH_SECONDS, AuditLog, LineFormatter, _AuditLines, format_line
 from ext_proc.config import Config
 from ext_proc.credentials import ApiKey
 from ext_proc.headers import HeaderView
 from ext_proc.metrics import Metrics
 from ext_proc.reload import LiveRules
-from ext_proc.rules import Audit, RuleContext, Source, decide
+from ext_proc.rules import Audit, Decision, RuleContext, Source, decide
+from ext_proc.secrets import Secrets
 from ext_proc.server import Server
 from tests.support.extproc import EGRESS, exchange, headers_message, message_stream
 from tests.support.http import get_text
 from tests.support.processes import BIN, start_server
 
+ROOT = Path(__file__).resolve().parent.parent
 KEY_A = base64.urlsafe_b64encode(bytes(32)).decode()
 KEY_B = base64.urlsafe_b64encode(bytes(range(32))).decode()
 
@@ -127,7 +133,7 @@ def test_batched_audit_lines_are_exactly_what_the_log_formatter_writes(
     }  # fmt: skip
     assert set(others) == {f.name for f in dataclasses.fields(Audit)}, "a new Audit field needs a case here"
     stream = io.StringIO()
-    audit = AuditLog(fmt=fmt, stream=stream)
+    audit = AuditLog(1.0, fmt, stream)
     expected = []
     for record in (base, *(dataclasses.replace(base, **{name: value}) for name, value in others.items()), base):
         audit.record(record)
@@ -153,7 +159,7 @@ def _audit(request_id: str | None, outcome: str = "forward") -> Audit:
 def test_audit_sampling_is_per_request_id_and_rejections_always_logged(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="ext_proc.audit")
     stream = io.StringIO()
-    sampled = AuditLog(0.25, stream=stream)
+    sampled = AuditLog(0.25, "text", stream)
     ids = [f"req-{i}" for i in range(2000)]
 
     def logged() -> list[str]:
@@ -170,27 +176,41 @@ def test_audit_sampling_is_per_request_id_and_rejections_always_logged(caplog: p
     for rid in ids:
         sampled.record(_audit(rid))
     assert logged() == first, "the same requests again: both legs agree"
-    AuditLog(0.0, stream=stream).record(_audit("x", outcome="reject"))
-    AuditLog(0.0, stream=stream).record(_audit("y"))
-    assert [r.audit["request_id"] for r in caplog.records] == ["x"]  # type: ignore[attr-defined]
+    AuditLog(0.0, "text", stream).record(_audit("x", outcome="reject"))
+    AuditLog(0.0, "text", stream).record(_audit("y"))
+    assert [(r.name, r.levelname, r.getMessage(), r.audit["request_id"]) for r in caplog.records] == [  # type: ignore[attr-defined]
+        ("ext_proc.audit", "WARNING", "decision", "x")
+    ]
     assert logged() == []
 
 
 def test_audit_lines_are_batched_and_flushed_by_the_event_loop(caplog: pytest.LogCaptureFixture) -> None:
+    """Lines wait for one timer per batch, FLUSH_SECONDS (the 50 ms docs/performance.md states) unless set, and a
+    batch after a flush gets a timer of its own."""
     caplog.set_level(logging.INFO, logger="ext_proc.audit")
     stream = io.StringIO()
-    audit = AuditLog(stream=stream)
-    audit.flush_seconds = 0.01
+    audit = AuditLog(1.0, "text", stream)
+    assert audit.flush_seconds == FLUSH_SECONDS == 0.05
+    assert "(at most 50 ms late)" in (ROOT / "docs" / "performance.md").read_text()
+    audit.flush_seconds = 0.001
+    flush, flushed = audit.flush, asyncio.Queue[str]()
 
-    async def scenario() -> tuple[str, str]:
+    def counted() -> None:
+        flush()
+        flushed.put_nowait(stream.getvalue())
+
+    audit.flush = counted  # type: ignore[method-assign]
+
+    async def scenario() -> list[str]:
         audit.record(_audit("a"))
         audit.record(_audit("b"))
-        before = stream.getvalue()
-        await asyncio.sleep(0.05)
-        return before, stream.getvalue()
+        seen = [stream.getvalue(), await asyncio.wait_for(flushed.get(), 5)]
+        audit.record(_audit("c"))
+        seen.append(await asyncio.wait_for(flushed.get(), 5))
+        return seen
 
-    before, after = asyncio.run(scenario())
-    assert before == "" and len(after.splitlines()) == 2
+    before, first, second = asyncio.run(scenario())
+    assert (before, len(first.splitlines()), len(second.splitlines())) == ("", 2, 3)
 
 
 def test_json_log_format_merges_the_audit_record() -> None:
@@ -210,38 +230,77 @@ def _ctx() -> RuleContext:
 
 
 def test_hot_reload_of_server_credential_and_seal_keys(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """What changed is used, what cannot be used keeps the old value; the log says which, by key id and
+    fingerprint, never by value."""
+    caplog.set_level(logging.INFO, logger="ext_proc.reload")
     cred, keys = tmp_path / "server", tmp_path / "keys"
     cred.write_text("sk-ant-api03-FIRST\n")
-    keys.write_text(KEY_A + "\n")
+    keys.write_text(f"{KEY_A}\n{KEY_B}\n")
     metrics = Metrics()
     live = LiveRules(Config(server_credential_file=cred, seal_key_file=keys), metrics)
     sealed_with_a = live().keyring.seal([("x-api-key", b"sk-ant-api03-C")], 1000)
+    (id_a, id_b), first, second = live().keyring.key_ids, ApiKey(b"sk-ant-api03-FIRST"), ApiKey(b"sk-ant-api03-SECOND")
 
     live.reload_changed()
-    assert live().server_credential == ApiKey(b"sk-ant-api03-FIRST"), "nothing changed, nothing reloaded"
+    assert live().server_credential == first, "nothing changed, nothing reloaded"
+    assert _logged(caplog) == [
+        ("INFO", f"seal keys loaded: key ids {id_a}, {id_b} (first seals)"),
+        ("INFO", f"server credential loaded: {first.fingerprint()}"),
+        ("WARNING", "no egress token configured: the egress leg attaches the server credential and sealed "
+                    "credentials to whatever reaches it, not only to LiteLLM (docs/rules.md E0)"),
+    ]  # fmt: skip
 
     cred.write_text("sk-ant-api03-SECOND\n")
     keys.write_text(f"{KEY_B}\n{KEY_A}\n")
     live.reload_changed()
-    assert live().server_credential == ApiKey(b"sk-ant-api03-SECOND")
+    assert live().server_credential == second
     assert live().keyring.open(sealed_with_a.encode(), 1000).entries == (("x-api-key", b"sk-ant-api03-C"),)
-    assert live().keyring.key_ids[0] != LiveRules(Config(seal_keys=(KEY_A,)), Metrics()).current.keyring.key_ids[0]
+    assert live().keyring.key_ids == (id_b, id_a) and id_b != id_a
+    assert _logged(caplog) == [
+        ("INFO", f"reloaded seal_key_file: Secrets(keyring={(id_b, id_a)}, server_credential={first.fingerprint()}, "
+                 "egress_token=None, litellm_keys=0)"),
+        ("INFO", f"reloaded server_credential_file: Secrets(keyring={(id_b, id_a)}, "
+                 f"server_credential={second.fingerprint()}, egress_token=None, litellm_keys=0)"),
+    ]  # fmt: skip
 
-    caplog.set_level(logging.ERROR, logger="ext_proc.reload")
     cred.write_text("sk-master-NOT-ANTHROPIC-BADSECRET\n")
     keys.write_text("not base64 !!\n")
     live.reload_changed()
-    assert live().server_credential == ApiKey(b"sk-ant-api03-SECOND"), "a bad file keeps the old value"
+    assert live().server_credential == second, "a bad file keeps the old value"
     assert live().keyring.open(sealed_with_a.encode(), 1000)
-    messages = " ".join(r.getMessage() for r in caplog.records)
-    assert "server_credential_file changed but cannot be used" in messages and "seal_key_file changed" in messages
-    assert "BADSECRET" not in messages
+    assert _logged(caplog) == [
+        ("ERROR", "seal_key_file changed but cannot be used, keeping the previous value: seal key #1: not base64"),
+        ("ERROR", "server_credential_file changed but cannot be used, keeping the previous value: server credential: "
+                  "not an Anthropic credential (expected a value starting with 'sk-ant-')"),
+    ]  # fmt: skip
     cred.unlink()
     live.reload_changed()
-    assert live().server_credential == ApiKey(b"sk-ant-api03-SECOND"), "a vanished file keeps the old value"
+    assert live().server_credential == second, "a vanished file keeps the old value"
     scraped = metrics.registry.get_sample_value
     assert scraped("ext_proc_reloads_total", {"file": "server_credential_file", "result": "ok"}) == 1
     assert scraped("ext_proc_reloads_total", {"file": "server_credential_file", "result": "rejected"}) == 2
+
+
+def _logged(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    """The records since the last call, as (level, message); then forgotten."""
+    records = [(r.levelname, r.getMessage()) for r in caplog.records]
+    caplog.clear()
+    return records
+
+
+def test_without_a_seal_key_one_is_generated_and_its_id_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Secrets as the command read them are used as given (never read again): here none, so a key is made."""
+    caplog.set_level(logging.INFO, logger="ext_proc.reload")
+    token, keys = b"egress-" + b"k" * 40, (b"sk-litellm-one-1", b"sk-litellm-two-2")
+    live = LiveRules(Config(seal_keys=(KEY_A,)), Metrics(), Secrets(egress_token=token, litellm_keys=keys))
+    generated = live().keyring.key_ids
+    assert len(generated) == 1 and live().egress_token == token and live().litellm_keys == keys
+    assert _logged(caplog) == [
+        ("INFO", f"no seal key configured: generated one for this process (key id {generated[0]}): a handoff opens "
+                 "only here, which is right when one process serves both legs (up, the sidecar and mesh forms); "
+                 "gateway replicas that open each other's handoffs need a shared seal_key_file"),
+        ("INFO", "LiteLLM keys known by value: 2"),
+    ]  # fmt: skip
 
 
 def test_running_server_picks_up_a_new_server_credential(tmp_path: Path) -> None:
@@ -314,3 +373,158 @@ def test_check_command(tmp_path: Path) -> None:
     broken_envoy.write_text("static_resources: {listeners: [{name: x}]}\n")
     rejected = _check("--config", str(good), "--envoy-config", str(broken_envoy))
     assert rejected.returncode == 1 and "Envoy rejects" in rejected.stderr
+
+
+@pytest.fixture
+def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Local time is UTC for the test, so that a line's time can be spelt out."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+AT = 1765000000.5  # 2025-12-06 05:46:40.500 UTC
+REST = ('"leg":"egress","policy":"anthropic","outcome":"forward","reason":null,"source":null,"kind":null,'
+        '"fingerprint":null,"sealed":[],"removed":[],"scrubbed":[],"request_id":"r"')  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fmt", "created", "expected"),
+    [
+        ("text", AT, "2025-12-06 05:46:40,500 INFO ext_proc.audit decision {" + REST + "}"),
+        ("text", AT + 0.25, "2025-12-06 05:46:40,750 INFO ext_proc.audit decision {" + REST + "}"),
+        ("text", AT + 86400.75, "2025-12-07 05:46:41,250 INFO ext_proc.audit decision {" + REST + "}"),
+        ("json", AT, '{"time":"2025-12-06T05:46:40","level":"INFO","logger":"ext_proc.audit",' + REST + "}"),
+        ("json", AT + 86400.75, '{"time":"2025-12-07T05:46:41","level":"INFO","logger":"ext_proc.audit",' + REST + "}"),
+    ],
+)  # fmt: skip
+def test_a_log_line_s_time_and_fields_to_the_character(utc: None, fmt: str, created: float, expected: str) -> None:
+    """Log shippers parse these lines: local time to the millisecond (text) or second (json), then the fields.
+
+    The batched audit line (one formatter kept across calls, as AuditLog keeps it) is format_line's, byte for byte.
+    """
+    audit = Audit(leg="egress", policy="anthropic", outcome="forward", request_id="r")
+    assert format_line(fmt, created, "INFO", "ext_proc.audit", "decision", audit.as_dict()) == expected
+    lines = _AuditLines(fmt)
+    assert [lines.line(audit, at) for at in (AT, created, created)] == [lines.line(audit, AT), expected, expected]
+
+
+def test_a_plain_log_line_and_its_exception(utc: None) -> None:
+    record = logging.LogRecord("ext_proc.server", logging.ERROR, __file__, 1, "failed: %s", ("x",), None)
+    record.created = AT
+    assert LineFormatter("json").format(record) == (
+        '{"time":"2025-12-06T05:46:40","level":"ERROR","logger":"ext_proc.server","message":"failed: x"}'
+    )
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        record.exc_info = sys.exc_info()
+    formatter = LineFormatter("text")
+    traceback = formatter.formatException(record.exc_info)
+    assert "RuntimeError: boom" in traceback
+    assert formatter.format(record) == f"2025-12-06 05:46:40,500 ERROR ext_proc.server failed: x\n{traceback}"
+
+
+def test_requests_without_an_id_are_sampled_by_their_count(caplog: pytest.LogCaptureFixture) -> None:
+    """Envoy always sends x-request-id; without one the n-th line is kept as request id "n" would be. The rate
+    is set so that request "1" sits exactly on the threshold: kept below it, not on it."""
+    caplog.set_level(logging.INFO, logger="ext_proc.audit")
+    stream = io.StringIO()
+    threshold = zlib.crc32(b"1")
+    audit = AuditLog(threshold / 2**32, "text", stream)
+    for _ in range(40):
+        audit.record(_audit(None))
+    audit.flush()
+    kept = [json.loads(line.split(" decision ", 1)[1])["request_id"] for line in stream.getvalue().splitlines()]
+    expected = [n for n in range(1, 41) if zlib.crc32(str(n).encode()) < threshold]
+    assert kept == [None] * len(expected) and 1 not in expected and 5 < len(expected) < 35
+    again = AuditLog(threshold / 2**32, "text", stream)
+    assert [again._sampled(None) for _ in range(40)] == [n in expected for n in range(1, 41)]
+
+
+def test_audit_lines_are_written_when_a_batch_reaches_64_kib(caplog: pytest.LogCaptureFixture) -> None:
+    """At 65536 bytes of lines the batch is written at once, without waiting for the timer; at 65535 it waits,
+    from the start and after a write alike."""
+    caplog.set_level(logging.INFO, logger="ext_proc.audit")
+    stream = io.StringIO()
+    audit = AuditLog(1.0, "text", stream)
+    audit.flush_seconds = 3600
+    length = len(_AuditLines("text").line(_audit(""), time.time()))
+
+    def batch(total: int) -> list[int]:
+        """Lines of exactly ``total`` bytes; the bytes written after each."""
+        written = []
+        for _ in range(50):
+            audit.record(_audit("r" * 1000))
+            written.append(len(stream.getvalue()))
+        audit.record(_audit("r" * (total - 50 * (length + 1000) - length)))
+        return [*written, len(stream.getvalue())]
+
+    async def scenario() -> list[list[int]]:
+        waits = batch(65535)
+        audit.flush()
+        return [waits, batch(65536), batch(65535)]
+
+    waits, full, waits_again = asyncio.run(scenario())
+    first = 65535 + 51  # the lines and their newlines
+    assert waits == [0] * 51
+    assert full == [first] * 50 + [first + 65536 + 51]
+    assert waits_again == [first + 65536 + 51] * 51
+
+
+def test_metric_names_types_and_help_as_scraped() -> None:
+    """What a dashboard or an alert is written against: every family, its type and its help."""
+    metrics = Metrics()
+    metrics.observe("egress", "anthropic", _forward(), 1e-5)
+    exposed = [line for line in generate_latest(metrics.registry).decode().splitlines() if line.startswith("# ")]
+    assert exposed == [
+        "# HELP ext_proc_requests_total Decisions made, by leg, policy and where the credential that left came from.",
+        "# TYPE ext_proc_requests_total counter",
+        "# HELP ext_proc_decision_seconds Time to decide one request's headers.",
+        "# TYPE ext_proc_decision_seconds histogram",
+        "# HELP ext_proc_rejections_total Requests answered by the gateway instead of forwarded.",
+        "# TYPE ext_proc_rejections_total counter",
+        "# HELP ext_proc_seal_failures_total Handoff headers that could not be opened.",
+        "# TYPE ext_proc_seal_failures_total counter",
+        "# HELP ext_proc_reloads_total Secret file reloads, by file and result.",
+        "# TYPE ext_proc_reloads_total counter",
+        "# HELP ext_proc_unexpected_messages_total Messages other than request headers.",
+        "# TYPE ext_proc_unexpected_messages_total counter",
+        "# HELP ext_proc_answers_marked_total Endpoint 4xx answers to a client's own credential marked retry-after: 0 "
+        "for LiteLLM's router (E9).",
+        "# TYPE ext_proc_answers_marked_total counter",
+        "# HELP ext_proc_body_bytes_total Body bytes received (should stay 0).",
+        "# TYPE ext_proc_body_bytes_total counter",
+        "# HELP ext_proc_body_bytes_created Body bytes received (should stay 0).",
+        "# TYPE ext_proc_body_bytes_created gauge",
+    ]
+
+
+def _forward() -> Decision:
+    """A forwarded egress decision without a credential source: nothing to attach, nothing sealed."""
+    decision = decide("ingress", "anthropic", HeaderView.of((":method", "POST"), (":path", "/v1/messages")), _ctx(), 0)
+    assert decision.rejection is None and decision.audit.source is None and not decision.audit.sealed
+    return decision
+
+
+@pytest.mark.parametrize(("policy", "label"), [("anthropic", "anthropic"), ("", "none"), ("made-up", "unknown")])
+def test_a_policy_outside_the_known_ones_is_counted_as_unknown(policy: str, label: str) -> None:
+    metrics = Metrics()
+    metrics.observe("ingress", policy, _forward(), 1e-5)
+    labels = {"leg": "ingress", "policy": label, "source": "none"}
+    assert metrics.registry.get_sample_value("ext_proc_requests_total", labels) == 1
+
+
+def test_metrics_listen_on_the_address_given_only_and_close_twice() -> None:
+    """127.0.0.2 is loopback too: a listener bound to all addresses would answer on 127.0.0.1 as well."""
+    metrics = Metrics()
+    port = metrics.serve("127.0.0.2", 0)
+    try:
+        assert "ext_proc_requests_total" in get_text(f"http://127.0.0.2:{port}/metrics")
+        with pytest.raises(OSError):
+            get_text(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        metrics.close()
+    metrics.close()

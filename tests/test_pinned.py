@@ -290,7 +290,7 @@ EGRESS_META = (("x-ext-proc-leg", "egress"), ("x-ext-proc-policy", "anthropic"))
 def test_process_decides_with_its_clock_counts_by_leg_and_policy_and_caches_forwarded_edits() -> None:
     metrics = Metrics()
     late = NOW + 10_000
-    processor = CredentialProcessor(lambda: context(), AuditLog(), metrics, clock=lambda: late)
+    processor = CredentialProcessor(lambda: context(), AuditLog(1.0, "text"), metrics, clock=lambda: late)
     sealed = handoff(("x-api-key", KEY)).encode()
     answer = _process(processor, _Context([headers_message((H, sealed))], EGRESS_META))
     assert answer is not None and answer.immediate_response.status.code == 400, "the processor's clock: expired"
@@ -306,7 +306,7 @@ def test_process_decides_with_its_clock_counts_by_leg_and_policy_and_caches_forw
 
 
 def test_process_without_metadata_decides_with_no_leg_and_refuses_unknown_messages_plainly() -> None:
-    processor = CredentialProcessor(lambda: context(), AuditLog(), Metrics())
+    processor = CredentialProcessor(lambda: context(), AuditLog(1.0, "text"), Metrics())
     answer = _process(processor, _Context([headers_message()], ()))
     assert answer is not None and answer.immediate_response.details == "ext_proc_credentials_config_leg"
     assert b"unknown leg ''" in answer.immediate_response.body
@@ -332,7 +332,7 @@ def test_process_traces_each_decision_with_its_own_time_and_envoy_s_parent() -> 
     exporter = InMemorySpanExporter()
     tracing = Tracing.start(Config(), exporter)
     assert tracing is not None
-    processor = CredentialProcessor(lambda: context(), AuditLog(), Metrics(), tracing=tracing)
+    processor = CredentialProcessor(lambda: context(), AuditLog(1.0, "text"), Metrics(), tracing=tracing)
     envoy = "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01"
     client = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     request = headers_message(("x-api-key", KEY.encode()), ("traceparent", client.encode()))
@@ -379,7 +379,7 @@ def test_a_decision_s_span_lasts_exactly_what_its_latency_metric_observed() -> N
     tracing = Tracing.start(Config(), exporter)
     assert tracing is not None
     metrics = Metrics()
-    processor = CredentialProcessor(lambda: context(), AuditLog(), metrics, tracing=tracing)
+    processor = CredentialProcessor(lambda: context(), AuditLog(1.0, "text"), metrics, tracing=tracing)
     before = time.time_ns()
     _process(processor, _Context([headers_message(("x-api-key", KEY.encode()))], EGRESS_META))
     after = time.time_ns()

@@ -7,13 +7,15 @@ spans and the server's and for everything that leaves for the collector.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -23,7 +25,7 @@ from ext_proc.headers import HeaderView
 from ext_proc.reload import rule_context
 from ext_proc.rules import decide
 from ext_proc.secrets import Secrets
-from ext_proc.tracing import Tracing, encode, otlp_exporter
+from ext_proc.tracing import EXPORT_SECONDS, Tracing, encode, otlp_exporter
 from tests.support.collector import Collector, Span
 from tests.support.decisions import KEYRING, NOW
 from tests.support.http import send
@@ -134,21 +136,28 @@ def test_trace_context_a_client_shapes_cannot_carry_text_into_a_span(
 
 
 @pytest.mark.parametrize(
-    ("endpoint", "message"),
-    [
-        ("127.0.0.1:4317", "expected http://HOST:PORT"),
-        ("https://collector:4317", "expected http://HOST:PORT"),
-        ("http://collector", "expected http://HOST:PORT"),
-        ("http://collector:4317/v1/traces", "expected http://HOST:PORT"),
-    ],
-)
-def test_the_endpoint_is_checked_at_start(endpoint: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
+    "endpoint",
+    ["127.0.0.1:4317", "https://collector:4317", "http://collector", "http://collector:4317/v1/traces",
+     "http://:4317", "http://a/b:4317", "http://collector:otlp", "http://collector:", "http://collector:4317X"],
+)  # fmt: skip
+def test_the_endpoint_is_checked_at_start(endpoint: str) -> None:
+    with pytest.raises(ConfigError) as refused:
         Config(tracing_endpoint=endpoint).validated()
-    assert Config(tracing_endpoint="http://otel-collector:4317").validated().tracing_address() == (
-        "otel-collector",
-        4317,
+    assert str(refused.value) == (
+        f"tracing_endpoint {endpoint!r}: expected http://HOST:PORT, an OpenTelemetry collector's OTLP/gRPC port "
+        "(4317) next to the gateway; TLS to a remote collector is the local collector's job"
     )
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "address"),
+    [("http://otel-collector:4317", ("otel-collector", 4317)), ("http://127.0.0.1:4317/", ("127.0.0.1", 4317)),
+     ("http://[::1]:4317", ("::1", 4317)), ("http://[fd00::2]:14317/", ("fd00::2", 14317)),
+     ("http://Xray:4317", ("Xray", 4317))],
+)  # fmt: skip
+def test_the_collector_s_address_is_read_from_the_endpoint(endpoint: str, address: tuple[str, int]) -> None:
+    """IPv6 in brackets, as in a URL; one trailing slash tolerated."""
+    assert Config(tracing_endpoint=endpoint).validated().tracing_address() == address
 
 
 def test_without_the_tracing_extra_the_setting_is_refused_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -213,9 +222,94 @@ def test_spans_are_encoded_with_otlp_s_numbers(traced: tuple[Tracing, InMemorySp
     assert service == "ext-proc-credentials"
 
 
-def test_the_exporter_reports_a_collector_it_cannot_reach_as_a_failure() -> None:
-    exporter = otlp_exporter(("127.0.0.1", free_port()))
-    try:
-        assert exporter.export([]) == SpanExportResult.FAILURE
-    finally:
-        exporter.shutdown()
+@pytest.mark.parametrize("collector", ["closed", "silent"])
+def test_the_exporter_reports_a_collector_it_cannot_reach_or_that_never_answers_as_a_failure(collector: str) -> None:
+    """A closed port fails at once; a port that accepts and never answers fails at the export's deadline."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1] if collector == "silent" else free_port()
+        exporter = otlp_exporter(("127.0.0.1", port), 0.2)
+        try:
+            assert exporter.export([]) == SpanExportResult.FAILURE
+        finally:
+            exporter.shutdown()
+
+
+def test_the_configured_collector_receives_the_spans_as_recorded() -> None:
+    """In this process: `tracing_endpoint` to OTLP/gRPC, field by field, against the spans the SDK finished."""
+    with Collector() as collector:
+        config = Config(tracing_endpoint=collector.endpoint, tracing_service_name="gw-under-test").validated()
+        tracing = Tracing.start(config)
+        assert tracing is not None and EXPORT_SECONDS == 10
+        memory = InMemorySpanExporter()
+        tracing._provider.add_span_processor(SimpleSpanProcessor(memory))
+        ctx = rule_context(Config(), Secrets(KEYRING, ApiKey(SERVER_KEY.encode()), TOKEN.encode()))
+        for leg, policy, headers in [
+            ("ingress", "", HeaderView.of(("traceparent", PARENT), ("authorization", f"Bearer {OAUTH}"))),
+            ("sideways", "anthropic", HeaderView.of(("x-api-key", "k"))),
+        ]:
+            decision = decide(leg, policy, HeaderView([(":method", b"POST"), (":path", b"/v1/messages"), *headers]),
+                              ctx, NOW)  # fmt: skip
+            tracing.record(leg, policy, decision, 1_000, 2_000, (), headers)
+        tracing.shutdown()
+        (request,) = collector.requests
+    finished = memory.get_finished_spans()
+    assert [s.instrumentation_scope and s.instrumentation_scope.name for s in finished] == ["ext_proc", "ext_proc"]
+    assert [(s.status.status_code, s.status.description) for s in finished] == [
+        (StatusCode.UNSET, None), (StatusCode.ERROR, "config-leg"),
+    ]  # fmt: skip
+    assert request == encode(finished)
+    (resource_spans,) = request.resource_spans
+    (scope,) = getattr(resource_spans, resource_spans.DESCRIPTOR.fields_by_number[2].name)
+    assert getattr(scope, scope.DESCRIPTOR.fields_by_number[1].name).name == "ext_proc"
+    resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+    assert resource["service.name"] == "gw-under-test"
+    ingress, sideways = scope.spans
+    assert (ingress.trace_id.hex(), ingress.parent_span_id.hex()) == (TRACE_ID, "00f067aa0ba902b7")
+    assert ingress.span_id == finished[0].context.span_id.to_bytes(8, "big") and sideways.parent_span_id == b""
+    assert [(s.status.code, s.status.message) for s in scope.spans] == [(0, ""), (2, "config-leg")]
+    attributes = {a.key: (a.value.WhichOneof("value"), getattr(a.value, a.value.WhichOneof("value")))
+                  for a in ingress.attributes}  # fmt: skip
+    assert attributes == {
+        "ext_proc.leg": ("string_value", "ingress"), "ext_proc.policy": ("string_value", "none"),
+        "ext_proc.outcome": ("string_value", "reject"), "ext_proc.reason": ("string_value", "no-litellm-key"),
+        "http.response.status_code": ("int_value", 400),
+    }  # fmt: skip
+
+
+def test_spans_of_two_providers_keep_their_own_resource() -> None:
+    spans: list[ReadableSpan] = []
+    for service in ("gw-a", "gw-b"):
+        memory = InMemorySpanExporter()
+        tracing = Tracing.start(Config(tracing_service_name=service), memory)
+        assert tracing is not None
+        ctx = rule_context(Config(), Secrets(KEYRING))
+        tracing.record("egress", "anthropic", decide("egress", "anthropic", HeaderView.of(), ctx, NOW), 1, 2, (),
+                       HeaderView.of())  # fmt: skip
+        tracing.shutdown()
+        spans += memory.get_finished_spans()
+    services = [{a.key: a.value.string_value for a in r.resource.attributes}["service.name"]
+                for r in encode(spans).resource_spans]  # fmt: skip
+    assert services == ["gw-a", "gw-b"]
+
+
+def test_a_collector_that_never_answers_holds_the_exporter_only_for_the_export_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Shutting down flushes the queue through the exporter: against a silent collector that takes the export's
+    deadline (here 0.2 s instead of EXPORT_SECONDS), never longer."""
+    monkeypatch.setattr("ext_proc.tracing.EXPORT_SECONDS", 0.2)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        tracing = Tracing.start(Config(tracing_endpoint=f"http://127.0.0.1:{silent.getsockname()[1]}").validated())
+        assert tracing is not None
+        ctx = rule_context(Config(), Secrets(KEYRING))
+        tracing.record("egress", "anthropic", decide("egress", "anthropic", HeaderView.of(), ctx, NOW), 1, 2, (),
+                       HeaderView.of())  # fmt: skip
+
+        async def shutdown() -> None:
+            await asyncio.wait_for(asyncio.to_thread(tracing.shutdown), 5)
+
+        asyncio.run(shutdown())
