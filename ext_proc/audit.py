@@ -141,7 +141,7 @@ class LineFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler()  # sys.stderr
     handler.setFormatter(LineFormatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -284,7 +284,7 @@ def _check_litellm(config: Config, secrets: Secrets, path: Path, run_by_up: bool
     import yaml
 
     from ext_proc.envoy import Layout
-    from ext_proc.litellm_config import attempts, check_text, up_changes
+    from ext_proc.litellm_config import attempts, check_text, shape_problem, up_changes
 
     token = secrets.egress_token
     if token is None and default_egress_token_path().exists():
@@ -302,8 +302,9 @@ def _check_litellm(config: Config, secrets: Secrets, path: Path, run_by_up: bool
     except (OSError, ValueError, yaml.YAMLError) as exc:
         print(f"ext-proc: cannot read {path}: {exc}", file=sys.stderr)
         return 2
-    if not isinstance(doc, dict):
-        print(f"ext-proc: {path}: not a YAML mapping", file=sys.stderr)
+    problem = "not a YAML mapping" if not isinstance(doc, dict) else shape_problem(doc)
+    if problem:
+        print(f"ext-proc: {path}: {problem}", file=sys.stderr)
         return 2
     findings = check_text(text, token, config.anthropic_prefix, os.environ, recognises, config.seal_max_opens,
                           run_by_up=run_by_up, key_headers=config.all_litellm_headers,

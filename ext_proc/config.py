@@ -59,12 +59,15 @@ SERVER = ("serve", "up", "check")
 LAYOUT = ("up", "envoy-config")
 
 
+# pragma: no mutate start (run at import, before mutmut's forked runs: scripts/mutate_constants.py mutates it)
 def setting(default: Any, help: str, commands: tuple[str, ...] = SERVER, secret: bool = False) -> Any:
     """One setting: a file key (its name), an environment variable (EXT_PROC_ and its name in capitals) and, in
     ``commands``, a flag (``--`` and its name with dashes). A secret has no flag: every local user sees a command
     line, and it stays out of reprs."""
-    # pragma: no mutate block (run at import, before mutmut's forked runs: scripts/mutate_constants.py mutates it)
     return field(default=default, repr=not secret, metadata={"help": help, "commands": () if secret else commands})
+
+
+# pragma: no mutate end
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,7 +367,7 @@ def _check_variables(env: Mapping[str, str]) -> None:
         rest = name.removeprefix(ENV_PREFIX)
         if rest == name or rest in known or _SERVICE_LINK.fullmatch(name):
             continue
-        close = difflib.get_close_matches(rest, known, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(rest, known)
         hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else " (docs/configuration.md lists every setting)"
         raise ConfigError(f"{name} is not a setting{hint}")
 

@@ -26,7 +26,7 @@ import yaml
 from ext_proc import supervise
 from ext_proc.config import Config, ConfigError
 from ext_proc.envoy import Layout
-from ext_proc.litellm_config import asks_for_key, attempts, check_text, key_header
+from ext_proc.litellm_config import asks_for_key, attempts, check_text, key_header, shape_problem
 from ext_proc.secrets import LITELLM_KEY_MIN, Secrets
 from ext_proc.supervise import UpError, answers, die_with_parent, http_ok, prefixed, wait_until
 
@@ -145,6 +145,8 @@ def load(path: Path) -> dict[str, Any]:
         raise LiteLLMError(f"cannot read the LiteLLM config {path}: {exc}") from None
     if not isinstance(doc, dict):
         raise LiteLLMError(f"the LiteLLM config {path} is not a YAML mapping")
+    if problem := shape_problem(doc):
+        raise LiteLLMError(f"the LiteLLM config {path}: {problem}")
     return doc
 
 
@@ -204,9 +206,8 @@ class Plan:
         env = environment(given, token.decode(), str(layout.egress), loopback)
         return cls(given, derived, env, binary, path)
 
-    async def start(  # pragma: no mutate block (runs LiteLLM: `up`'s process, tests/e2e/test_router.py)
-        self, work: Path, layout: Layout, stopping: asyncio.Event
-    ) -> asyncio.subprocess.Process:
+    # pragma: no mutate start (runs LiteLLM in `up`'s process: tests/e2e/test_router.py and test_chain.py)
+    async def start(self, work: Path, layout: Layout, stopping: asyncio.Event) -> asyncio.subprocess.Process:
         """LiteLLM from the derived config, dying with this process, waited for until its liveliness answers."""
         derived = work / "litellm.yaml"
         fd = os.open(derived, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -228,6 +229,8 @@ class Plan:
             raise
         return child
 
+    # pragma: no mutate end
+
     def print_client_setup(self, layout: Layout) -> None:
         """The two lines a Claude Code user needs (a master key as the shell holds it, never its value)."""
         host = "127.0.0.1" if layout.ingress.host in ("0.0.0.0", "::") else layout.ingress.host
@@ -237,8 +240,9 @@ class Plan:
             key = f"${MASTER_KEY_ENV}"
         else:
             key = DEV_MASTER_KEY
-        print(f"export ANTHROPIC_BASE_URL=http://{host}:{layout.ingress.port}", flush=True)
-        print(f'export ANTHROPIC_CUSTOM_HEADERS="x-litellm-api-key: {key}"', flush=True)
+        # flush: a pipe reader waits for these lines while up runs (tests/e2e/test_chain.py; capsys cannot tell)
+        print(f"export ANTHROPIC_BASE_URL=http://{host}:{layout.ingress.port}", flush=True)  # pragma: no mutate
+        print(f'export ANTHROPIC_CUSTOM_HEADERS="x-litellm-api-key: {key}"', flush=True)  # pragma: no mutate
 
 
 async def watch(layout: Layout, up: bool) -> None:

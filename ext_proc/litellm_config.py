@@ -27,6 +27,7 @@ _FORWARD = ("litellm_settings", "model_group_settings", "forward_client_headers_
 DEFAULT_NUM_RETRIES = 2
 DEFAULT_MAX_FALLBACKS = 5
 _FALLBACK_SETTINGS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
+_SECTIONS = ("general_settings", "litellm_settings", "router_settings")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,33 @@ class Attempts:
             f"LiteLLM may call Anthropic up to {self.calls} times for one request ({1 + self.retries} tries in each "
             f"of {self.groups} model group{'s' if self.groups != 1 else ''}), each opening the request's handoff"
         )
+
+
+def shape_problem(doc: Mapping[str, Any]) -> str | None:
+    """The first part of a LiteLLM config that is not the kind of value LiteLLM reads there (a list where a mapping
+    goes...), or None. The readers below take the shape for granted: `check` and `up` refuse such a file first."""
+
+    def wrong(where: str, value: Any, kind: type) -> str | None:
+        if value is None or isinstance(value, kind):
+            return None
+        return f"{where}: expected a {'mapping' if kind is dict else 'list'}, got {type(value).__name__}"
+
+    for name in _SECTIONS:
+        if problem := wrong(name, doc.get(name), dict):
+            return problem
+    groups = (doc.get("litellm_settings") or {}).get("model_group_settings")
+    if problem := wrong("litellm_settings.model_group_settings", groups, dict):
+        return problem
+    models = doc.get("model_list")
+    if problem := wrong("model_list", models, list):
+        return problem
+    for index, model in enumerate(models or []):
+        if problem := wrong(f"model_list[{index}]", model, dict):
+            return problem
+        for section in ("litellm_params", "model_info"):
+            if problem := wrong(f"model_list[{index}].{section}", (model or {}).get(section), dict):
+                return problem
+    return None
 
 
 def attempts(doc: Mapping[str, Any]) -> Attempts:

@@ -15,8 +15,8 @@ with ``-x``; a mutant that no test fails survives. The operators:
 - an Envoy processing mode turns into another (``SEND`` and ``SKIP``, ``NONE`` into ``STREAMED``): the ext_proc
   filter's settings, whose functions (``FILTER_SETTINGS``) this step mutates although mutmut could, since the tests
   that pin them run a real Envoy (too slow for mutmut's per-mutant runs of the unit suite);
-- the body of a function run at import (``IMPORT_TIME``: ``config.setting``, each setting's field), which mutmut's
-  forked runs never execute under a mutant;
+- the body and the defaults of a function run at import (``IMPORT_TIME``: ``config.setting``, each setting's
+  field), which mutmut's forked runs never execute under a mutant (it is marked ``# pragma: no mutate`` for mutmut);
 - a comparison, ``and``/``or`` or arithmetic operator turns into its counterpart (``==`` and ``!=``, ``<`` and
   ``<=``, ``in`` and ``not in``, ``+`` and ``-``...), and a ``not`` is dropped: the operators of a decorated
   function's body (a @property, an @lru_cache function), which mutmut leaves alone.
@@ -208,7 +208,11 @@ class _Collector(ast.NodeVisitor):
             return
         self.scope.append(node.name)
         self.depth += 1
-        self._body(node.body, target=".".join(self.scope))
+        target = ".".join(self.scope)
+        if (self.module, node.name) in IMPORT_TIME:  # its defaults too: mutmut leaves the signature to its own runs
+            for default in (*node.args.defaults, *(d for d in node.args.kw_defaults if d is not None)):
+                self._in_target(target, default)
+        self._body(node.body, target=target)
         self.depth -= 1
         self.scope.pop()
 

@@ -2,8 +2,9 @@
 # Mutation testing (tests/README.md), two steps over the same files: the pinned mutmut, in a virtualenv of its own,
 # over function bodies (the files of [tool.mutmut] only_mutate, against its test selection), then
 # scripts/mutate_constants.py over what mutmut never reaches (module and class level, decorated functions), against
-# the tests that import each module. Arguments narrow the files mutated (e.g. ext_proc/seal.py); none: all of
-# ext_proc/. The last line is the score over both.
+# the tests that import each module. Arguments narrow the files mutated (e.g. ext_proc/seal.py); none: the files of
+# only_mutate, and for the second step also the ext_proc filter's settings in ext_proc/envoy.py (tests/README.md
+# lists the modules left out and why). The last line is the score over both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv-mutation
@@ -25,5 +26,14 @@ for file in "$@"; do
 done
 "$VENV/bin/mutmut" run --max-children "$(nproc)" "${patterns[@]}" > .mutation-run.log 2>&1 || { tail -40 .mutation-run.log; exit 1; }
 "$VENV/bin/mutmut" results --all true > .mutation-results.txt 2>/dev/null || "$VENV/bin/mutmut" results > .mutation-results.txt
-"$VENV/bin/python" scripts/mutate_constants.py --results .mutation-constants.txt "$@"
-exec "$VENV/bin/python" scripts/mutation_score.py .mutation-results.txt .mutation-constants.txt tests/mutation-equivalent.txt
+results=(.mutation-results.txt .mutation-constants.txt)
+if [ $# -gt 0 ]; then
+  "$VENV/bin/python" scripts/mutate_constants.py --results .mutation-constants.txt "$@"
+else
+  mapfile -t files < <("$VENV/bin/python" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["mutmut"]["only_mutate"]))')
+  "$VENV/bin/python" scripts/mutate_constants.py --results .mutation-constants.txt "${files[@]}"
+  "$VENV/bin/python" scripts/mutate_constants.py --results .mutation-filter.txt ext_proc/envoy.py \
+    --match '^ext_proc\.envoy\.(ext_proc_filter|_answer_processor)@'
+  results+=(.mutation-filter.txt)
+fi
+exec "$VENV/bin/python" scripts/mutation_score.py "${results[@]}" tests/mutation-equivalent.txt

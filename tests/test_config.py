@@ -108,6 +108,10 @@ def test_secrets_never_in_repr_or_errors(tmp_path: Path) -> None:
         ("seal_max_opens = 0", "seal_max_opens must be at least 1 (one open per upstream call LiteLLM makes)"),
         ("drain_seconds = -1", "reload_interval_seconds must be positive, grace_seconds and drain_seconds not "
          "negative"),
+        ("grace_seconds = -1", "reload_interval_seconds must be positive, grace_seconds and drain_seconds not "
+         "negative"),
+        ("reload_interval_seconds = 0", "reload_interval_seconds must be positive, grace_seconds and drain_seconds "
+         "not negative"),
         ("audit_sample_rate = 1.5", "audit_sample_rate must be between 0 and 1 (rejections are always logged)"),
         ("audit_sample_rate = -0.1", "audit_sample_rate must be between 0 and 1 (rejections are always logged)"),
         ('metrics_listen = "9090"', "metrics_listen '9090': expected HOST:PORT, or 'off'"),
@@ -134,6 +138,7 @@ def test_secrets_never_in_repr_or_errors(tmp_path: Path) -> None:
         ('litellm_requires_key = "maybe"', "litellm_requires_key: expected true or false, got 'maybe'"),
         ('seal_key_file = 3', "seal_key_file: expected a file path"),
         ("log_level = 3", "log_level: expected a string"),
+        ('audit_sample_rate = "half"', "audit_sample_rate: expected a number, got 'half'"),
         ("litellm_headers = [1]", "litellm_headers: expected a list of strings"),
     ],
 )  # fmt: skip
@@ -151,7 +156,8 @@ def test_bad_config_is_reported_clearly(tmp_path: Path, text: str, message: str)
     ["seal_ttl_seconds = 1", "seal_max_opens = 1", 'log_level = "debug"', 'log_level = "warning"',
      'log_level = "Error"', 'log_format = "json"', "audit_sample_rate = 0.0", "audit_sample_rate = 1.0",
      'metrics_listen = ""', 'metrics_listen = "off"', 'metrics_listen = "[::1]:9090"',
-     'egress_token = "' + "x" * 32 + '"', 'litellm_keys = ["sk-8char"]', 'egress_allowlist = ["x-mine-*"]'],
+     'egress_token = "' + "x" * 32 + '"', 'litellm_keys = ["sk-8char"]', 'egress_allowlist = ["x-mine-*"]',
+     "grace_seconds = 0", "drain_seconds = 0", 'event_loop = "asyncio"', 'event_loop = "uvloop"'],
 )  # fmt: skip
 def test_each_bound_and_choice_is_accepted_at_its_edge(tmp_path: Path, text: str) -> None:
     file = tmp_path / "c.toml"
@@ -558,3 +564,85 @@ def test_secrets_show_what_is_set_never_a_value() -> None:
         "egress_token=set, litellm_keys=2)"
     )
     assert repr(Secrets()) == "Secrets(keyring=None, server_credential=None, egress_token=None, litellm_keys=0)"
+
+
+def test_every_layout_setting_lands_where_envoy_reads_it() -> None:
+    from ext_proc.envoy import DEPLOYED_SOCKET, Endpoint, HostPort, Layout, OtherUpstream
+
+    assert Config().layout() == Layout(server_address=DEPLOYED_SOCKET)
+    config = Config(ingress_listen="10.0.0.1:9080", egress_listen="127.0.0.1:19000", probe_listen="0.0.0.0:8081",
+                    admin_listen="127.0.0.1:9901", litellm="http://litellm:4000", anthropic="https://a.example:8443",
+                    upstream=("openai=https://api.openai.com:443",), server_address="unix:/run/x/s.sock",
+                    tracing_endpoint="http://otel:4317")  # fmt: skip
+    assert config.layout() == Layout(
+        ingress=HostPort("10.0.0.1", 9080), egress=HostPort("127.0.0.1", 19000), probe=HostPort("0.0.0.0", 8081),
+        admin=HostPort("127.0.0.1", 9901), litellm=Endpoint("http", "litellm", 4000),
+        anthropic=Endpoint("https", "a.example", 8443),
+        upstreams=(OtherUpstream("openai", Endpoint("https", "api.openai.com", 443)),),
+        server_address="unix:/run/x/s.sock", tracing=HostPort("otel", 4317),
+    )  # fmt: skip
+    assert Config(admin_listen="unix:/run/x/admin.sock").layout().admin == "unix:/run/x/admin.sock"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"ingress_listen": "8080"}, "--ingress-listen: expected HOST:PORT, got '8080'"),
+        ({"egress_listen": "localhost"}, "--egress-listen: expected HOST:PORT, got 'localhost'"),
+        ({"probe_listen": ":1"}, "--probe-listen: expected HOST:PORT, got ':1'"),
+        ({"admin_listen": "admin"}, "--admin-listen: expected HOST:PORT, got 'admin'"),
+        ({"upstream": ("a=http://x:1", "a=http://y:2")}, "--upstream: each NAME once, got a, a"),
+        ({"litellm": "litellm:4000"}, "--litellm: expected an http:// or https:// URL, got 'litellm:4000'"),
+        ({"anthropic": "ftp://x:1"}, "--anthropic: expected an http:// or https:// URL, got 'ftp://x:1'"),
+    ],
+)  # fmt: skip
+def test_a_bad_layout_setting_names_its_flag(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises((ConfigError, ValueError)) as refused:
+        Config(**settings).layout()
+    assert str(refused.value) == message
+
+
+def test_serve_s_default_socket_is_in_a_directory_of_this_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ext_proc.config import default_socket
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+    assert default_socket() == "unix:/run/user/1000/ext-proc/ext-proc.sock"
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    assert default_socket() == f"unix:{tmp_path}/ext-proc-{os.getuid()}/ext-proc.sock"
+
+
+@pytest.mark.parametrize(
+    ("spelt", "value"),
+    [("true", True), ("1", True), ("yes", True), ("on", True), (" ON ", True),
+     ("false", False), ("0", False), ("no", False), ("off", False), ("Off", False)],
+)  # fmt: skip
+def test_a_boolean_in_the_environment_is_spelt_as_a_shell_user_would(spelt: str, value: bool) -> None:
+    assert Config.load(env={"EXT_PROC_LITELLM_REQUIRES_KEY": spelt}).litellm_requires_key is value
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"EXT_PROC_SEAL_KEY_FIEL": "/k"},
+         "EXT_PROC_SEAL_KEY_FIEL is not a setting; did you mean EXT_PROC_SEAL_KEY_FILE?"),
+        ({"HOME": "/root", "EXT_PROC_LOG_LEVEL": "info", "EXT_PROC_UPSTREEM": "a=http://x:1"},
+         "EXT_PROC_UPSTREEM is not a setting; did you mean EXT_PROC_UPSTREAM?"),
+        ({"EXT_PROC_WHATEVER": "1"}, "EXT_PROC_WHATEVER is not a setting (docs/configuration.md lists every setting)"),
+    ],
+)  # fmt: skip
+def test_a_misspelt_variable_is_refused_naming_the_closest_setting(env: dict[str, str], message: str) -> None:
+    """Every variable is looked at, in order, whatever comes before the misspelt one."""
+    with pytest.raises(ConfigError) as refused:
+        Config.load(env=env)
+    assert str(refused.value) == message
+
+
+def test_no_environment_and_empty_variables_are_the_defaults() -> None:
+    assert Config.load() == Config() == Config.load(env={"EXT_PROC_LOG_LEVEL": "", "EXT_PROC_SEAL_TTL_SECONDS": ""})
+
+
+def test_a_litellm_key_outside_latin_1_is_searched_as_envoy_hands_it_over() -> None:
+    config = Config.load(env={"EXT_PROC_LITELLM_KEYS": "sk-litellm-\u043a\u043b\u044e\u0447-1"})
+    assert load_secrets(config).litellm_keys == (b"sk-litellm-????-1",)

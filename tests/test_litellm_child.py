@@ -310,19 +310,33 @@ def test_up_prints_the_two_lines_a_client_needs_never_a_key_s_value(
     assert printed.splitlines() == lines and MASTER not in printed
 
 
+@pytest.mark.parametrize(
+    ("up", "looks", "logged"),
+    [
+        (False, [False, True, True, False, False, True], [
+            ("INFO", "LiteLLM at 127.0.0.1:4000 answers"),
+            ("WARNING", "LiteLLM at 127.0.0.1:4000 does not answer: the ingress leg answers 503 until it does"),
+            ("INFO", "LiteLLM at 127.0.0.1:4000 answers again"),
+        ]),
+        (True, [True, False, True], [
+            ("WARNING", "LiteLLM at 127.0.0.1:4000 does not answer: the ingress leg answers 503 until it does"),
+            ("INFO", "LiteLLM at 127.0.0.1:4000 answers again"),
+        ]),
+    ],
+)  # fmt: skip
 def test_up_logs_each_change_in_whether_litellm_answers(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Every CHECK_SECONDS (here 0): a change is logged once, a steady state never; the first answer after a start
-    without one is not "again"."""
+    up: bool, looks: list[bool], logged: list[tuple[str, str]],
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """Every CHECK_SECONDS (here 0): a change is logged once, a steady state never; an answer is "again" once
+    LiteLLM has answered before, at start or since."""
     import asyncio
     import threading
 
     from ext_proc.envoy import Layout
 
     caplog.set_level("INFO", logger="ext_proc.up")
-    looks = [False, True, True, False, False, True]
-    seen = threading.Event()
+    seen, looks = threading.Event(), list(looks)  # the parameter's own list is shared by every run of the test
 
     def answers(host: str, port: int) -> bool:
         assert (host, port) == ("127.0.0.1", 4000)
@@ -335,16 +349,12 @@ def test_up_logs_each_change_in_whether_litellm_answers(
     monkeypatch.setattr(litellm, "CHECK_SECONDS", 0)
 
     async def scenario() -> None:
-        watcher = asyncio.create_task(litellm.watch(Layout(), False))
+        watcher = asyncio.create_task(litellm.watch(Layout(), up))
         await asyncio.to_thread(seen.wait, 10)
         watcher.cancel()
 
     asyncio.run(scenario())
-    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
-        ("INFO", "LiteLLM at 127.0.0.1:4000 answers"),
-        ("WARNING", "LiteLLM at 127.0.0.1:4000 does not answer: the ingress leg answers 503 until it does"),
-        ("INFO", "LiteLLM at 127.0.0.1:4000 answers again"),
-    ]
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == logged
 
 
 def test_up_finds_litellm_beside_its_python_else_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -381,6 +391,8 @@ def test_up_finds_litellm_beside_its_python_else_on_path(tmp_path: Path, monkeyp
          "set a master key of your own (the development default 'sk-local-dev-only' is only for --ingress-listen "
          "127.0.0.1:PORT)"),
         ({}, None),
+        ({"layout": {"ingress": "::1"}}, None),
+        ({"layout": {"ingress": "localhost"}}, None),
     ],
 )  # fmt: skip
 def test_up_plans_litellm_from_the_config_or_refuses_before_anything_starts(
@@ -411,10 +423,18 @@ def test_up_plans_litellm_from_the_config_or_refuses_before_anything_starts(
         with pytest.raises((UpError, litellm.LiteLLMError)) as refused:
             litellm.Plan.of(path, layout, Config(), Secrets(egress_token=token))
         assert str(refused.value) == refusal.format(path=path)
-        assert any("cooldown" in r.getMessage() for r in caplog.records) == bool(change.get("cooldown"))
+        cooldown = (f"LiteLLM config {path}: error: line 5: claude-*: a deployment's own cooldown_time outranks the "
+                    "retry-after: 0 the egress gives LiteLLM when Anthropic refuses a client's own credential (rule "
+                    "E9), so one client's revoked token would cool this deployment down for everyone; set "
+                    "router_settings.cooldown_time instead")  # fmt: skip
+        assert [r.getMessage() for r in caplog.records] == ([cooldown] if change.get("cooldown") else [])
         return
     plan = litellm.Plan.of(path, layout, Config(), Secrets(egress_token=token))
     assert (plan.given, plan.binary, plan.path) == (given, Path("/opt/bin/litellm"), path)
     assert plan.derived == yaml.safe_dump(litellm.derive(given, "127.0.0.1:10000"), sort_keys=False)
-    assert (plan.env["ANTHROPIC_API_KEY"], plan.env["LITELLM_MASTER_KEY"]) == (token.decode(), litellm.DEV_MASTER_KEY)
+    assert (plan.env["ANTHROPIC_API_KEY"], plan.env["ANTHROPIC_API_BASE"], plan.env["LITELLM_MASTER_KEY"]) == (
+        token.decode(),
+        "http://127.0.0.1:10000",
+        litellm.DEV_MASTER_KEY,
+    )
     assert caplog.records == []

@@ -13,7 +13,8 @@ from unittest.mock import patch
 import pytest
 
 from ext_proc.cli import main
-from ext_proc.litellm_config import attempts
+from ext_proc.litellm import LiteLLMError, load
+from ext_proc.litellm_config import attempts, up_changes
 from tests.support.processes import BIN
 
 TOKEN = "egress-test-token-0123456789abcdefghij"
@@ -260,8 +261,8 @@ EVERYTHING = f"""model_list:
 router_settings:
   fallbacks: [{{claude-a: [claude-c]}}]
 general_settings:
-  master_key: os.environ/MY_MASTER
   forward_client_headers_to_llm_api: true
+  master_key: os.environ/MY_MASTER
   litellm_key_header_name: X-My-Key
 """
 COOLDOWN = ("a deployment's own cooldown_time outranks the retry-after: 0 the egress gives LiteLLM when Anthropic "
@@ -291,10 +292,10 @@ ENV = {"MY_MASTER": "mk-\u043a\u043b\u044e\u0447-0123456789"}  # a master key ou
             f"error: line 20: claude-c: {COOLDOWN}",
             f"error: line 22: {SIX}, and the gateway allows 3 (seal_max_opens): the later calls would be refused; set "
             "seal_max_opens to 6 (EXT_PROC_SEAL_MAX_OPENS=6; `up --litellm-config` derives it)",
-            "error: line 24: the master key does not have LiteLLM's key shape (sk-...) and the gateway does not know "
+            f"warning: line 24: {TO_EVERY}",
+            "error: line 25: the master key does not have LiteLLM's key shape (sk-...) and the gateway does not know "
             "it, so the egress could not find it in a header LiteLLM forwards to Anthropic (rule E7): give it to the "
             "gateway (litellm_key_file), or use a master key starting with sk-",
-            f"warning: line 25: {TO_EVERY}",
             "error: line 26: LiteLLM also reads its callers' keys from x-my-key, which the gateway does not know: a "
             "client that sends its LiteLLM key there next to its own Anthropic credential is refused at the ingress "
             "(rule I8); add it to litellm_headers (EXT_PROC_LITELLM_HEADERS)",
@@ -311,7 +312,7 @@ ENV = {"MY_MASTER": "mk-\u043a\u043b\u044e\u0447-0123456789"}  # a master key ou
             f"error: line 7: claude-a: {COOLDOWN}",
             f"error: line 12: #2: {COOLDOWN}",
             f"error: line 20: claude-c: {COOLDOWN}",
-            f"warning: line 25: {TO_EVERY}",
+            f"warning: line 24: {TO_EVERY}",
             "litellm config has 3 error(s): FILE",
         ]),
     ],
@@ -420,3 +421,48 @@ def test_an_empty_config_is_judged_at_its_first_line(tmp_path: Path) -> None:
         "too), it asks callers for no key, while the ingress refuses a client's own Anthropic credential without a "
         "LiteLLM key beside it (rule I8); set litellm_requires_key = false for such a LiteLLM",
     ])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("model_list: [oops]\n", "model_list[0]: expected a mapping, got str"),
+        ("model_list: {a: 1}\n", "model_list: expected a list, got dict"),
+        ("model_list:\n  - model_name: c\n    litellm_params: [anthropic/c]\n",
+         "model_list[0].litellm_params: expected a mapping, got list"),
+        ("model_list:\n  - model_name: c\n    model_info: fast\n",
+         "model_list[0].model_info: expected a mapping, got str"),
+        ("general_settings: open\n", "general_settings: expected a mapping, got str"),
+        ("router_settings: [3]\n", "router_settings: expected a mapping, got list"),
+        ("litellm_settings: 1\n", "litellm_settings: expected a mapping, got int"),
+        ("litellm_settings: {model_group_settings: all}\n",
+         "litellm_settings.model_group_settings: expected a mapping, got str"),
+    ],
+)  # fmt: skip
+def test_a_config_of_the_wrong_shape_is_refused_by_check_and_up_never_a_crash(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    """LiteLLM would refuse these too; `check` and `up` say where, instead of a traceback."""
+    code, out = check(tmp_path, text)
+    path = tmp_path / "litellm.yaml"
+    assert (code, out.splitlines()[-1]) == (2, f"ext-proc: {path}: {problem}")
+    with pytest.raises(LiteLLMError) as refused:
+        load(path)
+    assert str(refused.value) == f"the LiteLLM config {path}: {problem}"
+
+
+def test_up_names_every_group_it_forwards_client_headers_for() -> None:
+    doc = {"model_list": [{"model_name": n, "litellm_params": {"model": f"anthropic/{n}"}} for n in ("a", "b", "c")],
+           "litellm_settings": {"model_group_settings": {"forward_client_headers_to_llm_api": ["b"]}}}  # fmt: skip
+    assert up_changes(doc, {}, 3, "127.0.0.1:10000")[1] == "client headers forwarded for a, c"
+
+
+def test_forwarding_everything_names_every_other_provider(tmp_path: Path) -> None:
+    text = GOOD.replace("general_settings:\n", "general_settings:\n  forward_client_headers_to_llm_api: true\n")
+    text = text.replace(
+        "litellm_settings:",
+        "  - model_name: gpt\n    litellm_params: {model: openai/gpt-4o}\n"
+        "  - model_name: mistral\n    litellm_params: {model: mistral/large}\nlitellm_settings:",
+    )
+    code, out = check(tmp_path, text)
+    assert code == 0 and "are forwarded to every provider (gpt, mistral); forward per model group" in out, out

@@ -21,12 +21,12 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from prometheus_client import generate_latest
 
-from ext_proc.audit import FLUSH_SECONDS, AuditLog, LineFormatter, _AuditLines, format_line
+from ext_proc.audit import FLUSH_SECONDS, AuditLog, LineFormatter, _AuditLines, configure_logging, format_line
 from ext_proc.config import Config
 from ext_proc.credentials import ApiKey
 from ext_proc.headers import HeaderView
 from ext_proc.metrics import Metrics
-from ext_proc.reload import LiveRules
+from ext_proc.reload import LiveRules, rule_context
 from ext_proc.rules import Audit, Decision, RuleContext, Source, decide
 from ext_proc.secrets import Secrets
 from ext_proc.server import Server
@@ -528,3 +528,26 @@ def test_metrics_listen_on_the_address_given_only_and_close_twice() -> None:
     finally:
         metrics.close()
     metrics.close()
+
+
+@pytest.mark.parametrize(("level", "fmt", "starts"), [("debug", "json", '{"time":'), ("WARNING", "text", "20")])
+def test_logging_is_one_stderr_handler_in_the_level_and_format_set(level: str, fmt: str, starts: str) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging(level, fmt)
+        (handler,) = root.handlers
+        assert isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr
+        assert root.level == getattr(logging, level.upper())
+        record = logging.LogRecord("ext_proc.server", logging.ERROR, __file__, 1, "x", (), None)
+        assert handler.format(record).startswith(starts)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+
+
+def test_a_rule_context_is_never_made_without_a_seal_key() -> None:
+    """LiveRules generates one when none is configured; a caller that forgets is told, not handed open handoffs."""
+    with pytest.raises(ValueError) as refused:
+        rule_context(Config(), Secrets())
+    assert str(refused.value) == "a rule context needs a seal key (LiveRules generates one when none is configured)"
