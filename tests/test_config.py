@@ -646,3 +646,10 @@ def test_no_environment_and_empty_variables_are_the_defaults() -> None:
 def test_a_litellm_key_outside_latin_1_is_searched_as_envoy_hands_it_over() -> None:
     config = Config.load(env={"EXT_PROC_LITELLM_KEYS": "sk-litellm-\u043a\u043b\u044e\u0447-1"})
     assert load_secrets(config).litellm_keys == (b"sk-litellm-????-1",)
+
+
+def test_a_header_name_setting_takes_every_token_character() -> None:
+    """RFC 9110's tchar, lower case: what Envoy delivers as a header name, so what a setting may name."""
+    name = "x-az09!#$%&'*+.^_`|~-"
+    config = Config(litellm_headers=(name,), egress_allowlist=(name, f"{name}*")).validated()
+    assert config.litellm_headers == (name,)
