@@ -653,3 +653,16 @@ def test_a_header_name_setting_takes_every_token_character() -> None:
     name = "x-az09!#$%&'*+.^_`|~-"
     config = Config(litellm_headers=(name,), egress_allowlist=(name, f"{name}*")).validated()
     assert config.litellm_headers == (name,)
+
+
+def test_service_links_with_digits_and_underscores_in_port_names_are_no_setting() -> None:
+    """Kubernetes turns a port named grpc-2 or http-metrics into GRPC_2 and HTTP_METRICS."""
+    env = {"EXT_PROC_CREDENTIALS_SERVICE_PORT_GRPC_2": "9000", "EXT_PROC_CREDENTIALS_SERVICE_PORT_HTTP_METRICS": "1"}
+    assert Config.load(None, env) == Config()
+
+
+@pytest.mark.parametrize(
+    ("listen", "address"), [("", None), ("off", None), ("127.0.0.1:9464", ("127.0.0.1", 9464)), ("[::1]:9", ("::1", 9))]
+)
+def test_the_metrics_address_is_read_from_metrics_listen(listen: str, address: tuple[str, int] | None) -> None:
+    assert Config(metrics_listen=listen).validated().metrics_address == address
