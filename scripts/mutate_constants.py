@@ -16,7 +16,7 @@ with ``-x``; a mutant that no test fails survives. The operators:
   filter's settings, whose functions (``FILTER_SETTINGS``) this step mutates although mutmut could, since the tests
   that pin them run a real Envoy (too slow for mutmut's per-mutant runs of the unit suite);
 - the body and the defaults of a function run at import (``IMPORT_TIME``: ``config.setting``, each setting's
-  field), which mutmut's forked runs never execute under a mutant (it is marked ``# pragma: no mutate`` for mutmut);
+  field), which mutmut's forked runs never execute under a mutant (``# pragma: no mutate start``/``end`` for mutmut);
 - a comparison, ``and``/``or`` or arithmetic operator turns into its counterpart (``==`` and ``!=``, ``<`` and
   ``<=``, ``in`` and ``not in``, ``+`` and ``-``...), and a ``not`` is dropped: the operators of a decorated
   function's body (a @property, an @lru_cache function), which mutmut leaves alone.
@@ -65,7 +65,8 @@ _CHARSET = frozenset(string.punctuation + string.whitespace)
 # The functions that build the ext_proc filter's settings (fail closed, headers only, mutation refused, timeouts).
 FILTER_SETTINGS = frozenset({("ext_proc.envoy", "ext_proc_filter"), ("ext_proc.envoy", "_answer_processor")})
 # Functions run while their module is imported (a dataclass field's factory): mutmut's runs fork after the import,
-# so its mutants of them never run; each is marked ``# pragma: no mutate block`` for mutmut, and mutated here.
+# so its mutants of them never run; each sits between ``# pragma: no mutate start`` and ``end`` for mutmut, and is
+# mutated here.
 IMPORT_TIME = frozenset({("ext_proc.config", "setting")})
 _MODES = {"SEND": "SKIP", "SKIP": "SEND", "NONE": "STREAMED"}
 

@@ -238,6 +238,12 @@ def test_check_compares_litellm_s_key_settings_with_the_ingress_s(tmp_path: Path
     assert code == 2 and "--run-by: 'up' or 'litellm'" in out, out
 
 
+def _shown(tmp_path: Path, out: str) -> list[str]:
+    """`check`'s lines after the first (the settings), without the file's name in front, and FILE for it within."""
+    file = f"{tmp_path / 'litellm.yaml'}"
+    return [line.removeprefix(f"{file}: ").replace(file, "FILE") for line in out.splitlines()[1:]]
+
+
 EVERYTHING = f"""model_list:
   - model_name: claude-a
     litellm_params:
@@ -320,9 +326,7 @@ ENV = {"MY_MASTER": "mk-\u043a\u043b\u044e\u0447-0123456789"}  # a master key ou
 def test_every_finding_of_one_config_word_for_word(tmp_path: Path, run_by: str, lines: list[str]) -> None:
     """What an operator reads, in file order, for a config with a bit of everything; `up` sets half of it."""
     code, out = check(tmp_path, EVERYTHING, ENV, run_by)
-    file = f"{tmp_path / 'litellm.yaml'}"
-    shown = [line.removeprefix(f"{file}: ").replace(file, "FILE") for line in out.splitlines()[1:]]
-    assert (code, shown) == (1, lines)
+    assert (code, _shown(tmp_path, out)) == (1, lines)
     assert "REALKEY" not in out and ENV["MY_MASTER"] not in out
 
 
@@ -376,11 +380,7 @@ litellm_settings:
 )  # fmt: skip
 def test_per_group_forwarding_and_keys_word_for_word(tmp_path: Path, run_by: str, code: int, lines: list[str]) -> None:
     got, out = check(tmp_path, GROUPS, {}, run_by)
-    file = f"{tmp_path / 'litellm.yaml'}"
-    assert (got, [line.removeprefix(f"{file}: ").replace(file, "FILE") for line in out.splitlines()[1:]]) == (
-        code,
-        lines,
-    )
+    assert (got, _shown(tmp_path, out)) == (code, lines)
 
 
 def test_a_finding_under_an_empty_section_names_the_section_s_line(tmp_path: Path) -> None:

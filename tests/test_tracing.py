@@ -287,9 +287,7 @@ def test_spans_of_two_providers_keep_their_own_resource() -> None:
         memory = InMemorySpanExporter()
         tracing = Tracing.start(Config(tracing_service_name=service), memory)
         assert tracing is not None
-        ctx = rule_context(Config(), Secrets(KEYRING))
-        tracing.record("egress", "anthropic", decide("egress", "anthropic", HeaderView.of(), ctx, NOW), 1, 2, (),
-                       HeaderView.of())  # fmt: skip
+        _record_an_egress_decision(tracing)
         tracing.shutdown()
         spans += memory.get_finished_spans()
     services = [{a.key: a.value.string_value for a in r.resource.attributes}["service.name"]
@@ -308,11 +306,15 @@ def test_a_collector_that_never_answers_holds_the_exporter_only_for_the_export_d
         silent.listen()
         tracing = Tracing.start(Config(tracing_endpoint=f"http://127.0.0.1:{silent.getsockname()[1]}").validated())
         assert tracing is not None
-        ctx = rule_context(Config(), Secrets(KEYRING))
-        tracing.record("egress", "anthropic", decide("egress", "anthropic", HeaderView.of(), ctx, NOW), 1, 2, (),
-                       HeaderView.of())  # fmt: skip
+        _record_an_egress_decision(tracing)
 
         async def shutdown() -> None:
             await asyncio.wait_for(asyncio.to_thread(tracing.shutdown), 5)
 
         asyncio.run(shutdown())
+
+
+def _record_an_egress_decision(tracing: Tracing) -> None:
+    """One span: an egress request without a credential (the server credential is not configured here)."""
+    decision = decide("egress", "anthropic", HeaderView.of(), rule_context(Config(), Secrets(KEYRING)), NOW)
+    tracing.record("egress", "anthropic", decision, 1, 2, (), HeaderView.of())
