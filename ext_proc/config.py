@@ -407,13 +407,18 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(value, str) or value.strip().lower() not in _BOOLEANS:
             raise ConfigError(f"{name}: expected true or false, got {value!r}")
         return _BOOLEANS[value.strip().lower()]
+    # A TOML true is an int to Python and 2.5 would truncate to 2: only whole numbers, or text of one, are counts.
     if kind == "int":
         try:
+            if isinstance(value, bool | float):
+                raise ValueError(value)
             return int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name}: expected a whole number, got {value!r}") from None
     if kind == "float":
         try:
+            if isinstance(value, bool):
+                raise ValueError(value)
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name}: expected a number, got {value!r}") from None

@@ -89,6 +89,10 @@ def test_secrets_never_in_repr_or_errors(tmp_path: Path) -> None:
          "name starting with 'x-' (LiteLLM forwards x-* headers to the upstream, nothing else)"),
         ("seal_ttl_seconds = 0", "seal_ttl_seconds must be a positive number of seconds"),
         ('seal_ttl_seconds = "soon"', "seal_ttl_seconds: expected a whole number, got 'soon'"),
+        ("seal_max_opens = 2.5", "seal_max_opens: expected a whole number, got 2.5"),
+        ("seal_max_opens = 2.0", "seal_max_opens: expected a whole number, got 2.0"),
+        ("seal_ttl_seconds = true", "seal_ttl_seconds: expected a whole number, got True"),
+        ("audit_sample_rate = true", "audit_sample_rate: expected a number, got True"),
         ('seal_keys = ["bm90IGEga2V5"]', "seal key #1: must decode to 32 bytes, got 9"),
         ('seal_keys = ["%%%"]', "seal key #1: not base64"),
         ("bogus = 1", "config file {file}: unknown setting(s) bogus"),
@@ -157,7 +161,8 @@ def test_bad_config_is_reported_clearly(tmp_path: Path, text: str, message: str)
      'log_level = "Error"', 'log_format = "json"', "audit_sample_rate = 0.0", "audit_sample_rate = 1.0",
      'metrics_listen = ""', 'metrics_listen = "off"', 'metrics_listen = "[::1]:9090"',
      'egress_token = "' + "x" * 32 + '"', 'litellm_keys = ["sk-8char"]', 'egress_allowlist = ["x-mine-*"]',
-     "grace_seconds = 0", "drain_seconds = 0", 'event_loop = "asyncio"', 'event_loop = "uvloop"'],
+     "grace_seconds = 0", "drain_seconds = 0", "audit_sample_rate = 1", 'seal_max_opens = "2"',
+     'audit_sample_rate = "0.5"', 'event_loop = "asyncio"', 'event_loop = "uvloop"'],
 )  # fmt: skip
 def test_each_bound_and_choice_is_accepted_at_its_edge(tmp_path: Path, text: str) -> None:
     file = tmp_path / "c.toml"

@@ -39,17 +39,25 @@ def _ephemeral_floor() -> int:
         return 32768
 
 
+# Ports handed out in this run. A server binds its port seconds later (LiteLLM takes ~10 s to start), and a child
+# that outlives its test may bind late too: a port is never handed out twice, so no later test can be given it.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
     """A free port below the ephemeral range, so outgoing connections cannot take it before a server binds it."""
     top = min(_ephemeral_floor(), 32768)
     for _ in range(200):
         port = random.randrange(15000, top)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        _HANDED_OUT.add(port)
+        return port
     raise OSError("no free port found")
 
 
