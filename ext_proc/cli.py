@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 from ext_proc.audit import configure_logging
 from ext_proc.config import ENV_PREFIX, Config, ConfigError, default_socket, shown
-from ext_proc.envoy import EnvoyNotFound, find_envoy
+from ext_proc.envoy import EnvoyNotFound, Layout, find_envoy
 from ext_proc.secrets import (
     Secrets,
     default_egress_token_path,
@@ -81,7 +81,7 @@ def _settings(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
             continue
         flag, env = "--" + f.name.replace("_", "-"), ENV_PREFIX + f.name.upper()
         default = f"; default {shown(f.default)}" if shown(f.default) else ""
-        help = f"{f.metadata['help']} (env {env}{default})".replace("%", "%%")
+        help = f"{f.metadata['help']} (env {env}{default})"  # no % in any: each command's --help is tested
         if f.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help)
         elif f.type == "tuple[str, ...]":
@@ -192,10 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             sys.stdout.write(render(layout))
             return 0
-        if layout is not None and config.egress_token is None:
-            # Made on first start, at the path given or at the default place.
-            config = replace(config, egress_token_file=egress_token_file(config.egress_token_file))
         config = config.validated()
+        if layout is not None and config.egress_token is None:
+            # Made on first start (once the settings are accepted), at the path given or at the default place.
+            config = replace(config, egress_token_file=egress_token_file(config.egress_token_file))
         secrets = load_secrets(config)  # read once, here, for whichever command runs
     except (ConfigError, ValueError, OSError) as exc:  # OSError: the egress token file cannot be made there
         print(f"ext-proc: configuration error: {exc}", file=sys.stderr)
@@ -207,6 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         code = _check(secrets, args.envoy_config, config.envoy or None)
         return code or (_check_litellm(config, secrets, litellm_config, args.run_by == "up") if litellm_config else 0)
+    return _start(config, secrets, layout, litellm_config)
+
+
+# pragma: no mutate start (runs until a signal: tests/test_up.py, test_operations.py and tests/e2e run the commands)
+def _start(config: Config, secrets: Secrets, layout: Layout | None, litellm_config: Path | None) -> int:
+    """`serve`, or `up` when there is a layout: until signalled; a start that fails is one line and status 1."""
     configure_logging(config.log_level, config.log_format)
     try:
         if layout is not None:
@@ -218,6 +224,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (EnvoyNotFound, OSError, RuntimeError) as exc:
         print(f"ext-proc: {exc}", file=sys.stderr)
         return 1
+
+
+async def _serve(config: Config, secrets: Secrets) -> int:
+    from ext_proc.server import Server
+
+    server = Server(config, secrets)
+
+    def ready(address: str) -> None:
+        at = config.metrics_address
+        metrics = f" metrics={at[0]}:{server.metrics_port}" if at and server.metrics_port else ""
+        print(f"serving ext_proc on {address}{metrics}", flush=True)
+
+    await server.run_until_signalled(ready)
+    return 0
 
 
 def _run(main: Coroutine[Any, Any, int], event_loop: str) -> int:
@@ -234,6 +254,14 @@ def _run(main: Coroutine[Any, Any, int], event_loop: str) -> int:
         return runner.run(main)
 
 
+# pragma: no mutate end
+
+
+# Below every shipped exec probe's timeoutSeconds (3): a server that accepts but never answers fails the probe with
+# this command's own message, not kubelet's kill.
+HEALTH_SECONDS = 2
+
+
 def _health(address: str) -> int:
     """For exec probes: the server listens on a Unix socket that kubelet cannot reach."""
     import grpc
@@ -241,7 +269,11 @@ def _health(address: str) -> int:
 
     try:
         with grpc.insecure_channel(address) as channel:
-            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status
+            status = (
+                health_pb2_grpc.HealthStub(channel)
+                .Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_SECONDS)
+                .status
+            )
     except grpc.RpcError as exc:
         print(f"ext-proc: health check of {address} failed: {exc.code().name}", file=sys.stderr)
         return 1
@@ -283,7 +315,6 @@ def _check_litellm(config: Config, secrets: Secrets, path: Path, run_by_up: bool
     """
     import yaml
 
-    from ext_proc.envoy import Layout
     from ext_proc.litellm_config import attempts, check_text, shape_problem, up_changes
 
     token = secrets.egress_token
@@ -320,20 +351,6 @@ def _check_litellm(config: Config, secrets: Secrets, path: Path, run_by_up: bool
     errors = sum(f.error for f in findings)
     print(f"litellm config {'has ' + str(errors) + ' error(s)' if errors else 'OK'}: {path}")
     return 1 if errors else 0
-
-
-async def _serve(config: Config, secrets: Secrets) -> int:
-    from ext_proc.server import Server
-
-    server = Server(config, secrets)
-
-    def ready(address: str) -> None:
-        at = config.metrics_address
-        metrics = f" metrics={at[0]}:{server.metrics_port}" if at and server.metrics_port else ""
-        print(f"serving ext_proc on {address}{metrics}", flush=True)
-
-    await server.run_until_signalled(ready)
-    return 0
 
 
 if __name__ == "__main__":

@@ -62,8 +62,9 @@ class Legs:
 
 
 @contextmanager
-def running_legs(work: Path, recorder: Recorder, *server_args: str) -> Iterator[Legs]:
-    """Client -> ingress listener -> egress listener -> recorder: both legs, with nothing in between."""
+def running_legs(work: Path, recorder: Recorder, *server_args: str, tracing: HostPort | None = None) -> Iterator[Legs]:
+    """Client -> ingress listener -> egress listener -> recorder: both legs, with nothing in between; Envoy's spans to
+    ``tracing`` when given."""
     keys = work / "seal-keys"
     keys.write_text(SEAL_KEY + "\n")
     socket_path = work / "ext-proc.sock"
@@ -76,6 +77,7 @@ def running_legs(work: Path, recorder: Recorder, *server_args: str) -> Iterator[
         anthropic=Endpoint.parse(recorder.url, "stand-in"),
         server_address=f"unix:{socket_path}",
         admin=HostPort("127.0.0.1", 0),
+        tracing=tracing,
     )
     envoy = start_envoy(layout, work)
     legs = Legs(recorder, server, envoy, layout, socket_path, server_args)

@@ -22,6 +22,7 @@ import re
 import shlex
 import subprocess
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from ext_proc.chart import CHART_SETS, config_schema
+from ext_proc.chart import CHART_SETS, _templated, config_schema, sentinel_layout
+from ext_proc.cli import HEALTH_SECONDS
 from ext_proc.config import Config
 from ext_proc.deployed import DEPLOYED, GATEWAY
-from ext_proc.envoy import Endpoint, HostPort, bootstrap, find_envoy
+from ext_proc.envoy import Endpoint, HostPort, Layout, bootstrap, find_envoy
 from ext_proc.istio import envoyfilter
 from ext_proc.secrets import load_secrets
 from tests.support.helm_render import CHART, LITELLM_VALUES, Doc, find, litellm_chart_pod, render_chart, secret_files
@@ -397,3 +399,53 @@ def test_litellm_s_pod_with_each_values_file_validates(name: str) -> None:
     volumes = {v["name"] for v in pod["volumes"]} | set(injected)
     for container in [*pod["initContainers"], *pod["containers"]]:
         assert {m["name"] for m in container.get("volumeMounts", [])} <= volumes, container["name"]
+
+
+@pytest.mark.parametrize(
+    ("layout", "probe", "scheme"),
+    [(Layout(), HostPort("0.0.0.0", 61003), "http"),
+     (Layout(probe=HostPort("10.0.0.1", 9902), litellm=Endpoint("https", "l", 443)), HostPort("10.0.0.1", 61003),
+      "https")],
+)  # fmt: skip
+def test_the_chart_s_layout_keeps_every_host_and_scheme_and_always_has_a_probe(
+    layout: Layout, probe: HostPort, scheme: str
+) -> None:
+    """The chart's pods are probed over HTTP whatever the layout they came from said; only the values it sets move."""
+    sentinels = sentinel_layout(layout)
+    assert (sentinels.probe, sentinels.litellm) == (probe, Endpoint(scheme, "litellm.sentinel.invalid", 61004))
+    assert (sentinels.ingress, sentinels.egress) == (HostPort(layout.ingress.host, 61001),
+                                                     HostPort(layout.egress.host, 61002))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "refusal"),
+    [("a: '{{ x }}'\n", "a generated config holds '{{': Helm would take it for a template action"),
+     ("port_value: 61001\nport_value: 61001\n", "'port_value: 61001' occurs more than once")],
+)  # fmt: skip
+def test_a_generated_config_helm_would_misread_is_refused(text: str, refusal: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        _templated(text)
+    assert str(refused.value) == refusal
+    assert _templated("port_value: 61001\n") == "port_value: {{ .Values.gateway.ports.http }}\n"
+
+
+def _exec_probes(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key.endswith("Probe") and isinstance(value, dict) and "exec" in value:
+                yield value
+            else:
+                yield from _exec_probes(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _exec_probes(item)
+
+
+def test_every_shipped_health_probe_outlasts_the_command_s_own_deadline() -> None:
+    """Kubernetes' default timeoutSeconds is 1: an `ext-proc health` probe without one (the startup probes had none)
+    is killed before the command's own deadline, and a slow start reads as a failed probe."""
+    deploy = Path(__file__).resolve().parent.parent / "deploy"
+    files = [*(deploy / "k8s").rglob("*.yaml"), *(deploy / "helm" / "litellm").glob("*.yaml")]
+    docs = [*render_chart(), *(d for f in files for d in yaml.safe_load_all(f.read_text()))]
+    probes = [p for p in _exec_probes(docs) if p["exec"]["command"][:2] == ["ext-proc", "health"]]
+    assert len(probes) >= 12 and [p for p in probes if p.get("timeoutSeconds", 1) <= HEALTH_SECONDS] == []

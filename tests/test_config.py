@@ -16,6 +16,7 @@ import pytest
 from ext_proc import cli
 from ext_proc.config import Config, ConfigError
 from ext_proc.credentials import ApiKey, OAuthToken
+from ext_proc.envoy import Endpoint, HostPort, Layout, OtherUpstream, render
 from ext_proc.seal import KEY_BYTES, key_id
 from ext_proc.secrets import (
     Secrets,
@@ -25,6 +26,7 @@ from ext_proc.secrets import (
     new_egress_token,
     new_seal_key,
 )
+from tests.support.command import Ran, run_cli
 from tests.support.processes import BIN
 
 KEY1 = base64.b64encode(bytes(32)).decode()
@@ -336,17 +338,29 @@ def test_the_docs_table_of_settings_is_the_model_s() -> None:
 
 @pytest.mark.parametrize(
     ("variable", "hint"),
-    [("EXT_PROC_SEAL_KEY_FIEL", "did you mean EXT_PROC_SEAL_KEY_FILE?"),
-     ("EXT_PROC_UPSTREEM", "did you mean EXT_PROC_UPSTREAM?"),
-     ("EXT_PROC_EGRES_TOKEN_FILE", "did you mean EXT_PROC_EGRESS_TOKEN_FILE?"),
-     ("EXT_PROC_WHATEVER", "docs/configuration.md lists every setting")],
+    [("EXT_PROC_SEAL_KEY_FIEL", "; did you mean EXT_PROC_SEAL_KEY_FILE?"),
+     ("EXT_PROC_UPSTREEM", "; did you mean EXT_PROC_UPSTREAM?"),
+     ("EXT_PROC_EGRES_TOKEN_FILE", "; did you mean EXT_PROC_EGRESS_TOKEN_FILE?"),
+     ("EXT_PROC_WHATEVER", " (docs/configuration.md lists every setting)")],
 )  # fmt: skip
 def test_a_misspelt_variable_stops_the_command_naming_the_closest_setting(variable: str, hint: str) -> None:
-    for command in (["check"], ["envoy-config"], ["serve"]):
-        result = subprocess.run([str(BIN / "ext-proc"), *command], capture_output=True, text=True, timeout=60,
-                                env={variable: "/run/x"})  # fmt: skip
-        assert result.returncode == 2, result.stderr
-        assert f"{variable} is not a setting" in result.stderr and hint in result.stderr
+    for command in (["check"], ["envoy-config"], ["serve"], ["up"]):
+        result = run_cli(command, {variable: "/run/x"})
+        assert (result.returncode, result.stdout) == (2, ""), result.stderr
+        assert result.stderr == f"ext-proc: configuration error: {variable} is not a setting{hint}\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [(["check"], {"EXT_PROC_SEAL_KEY_FIEL": "/run/x"}),
+     (["envoy-config", "--ingress-listen", "127.0.0.1:18099"], {"EXT_PROC_UPSTREAMS": "openai=http://127.0.0.1:9"}),
+     (["serve", "--server-credential", "sk-ant-api03-" + "Q" * 40], {}),
+     (["up", "--seal-ttl-seconds", "0"], {})],
+)  # fmt: skip
+def test_the_installed_command_answers_as_cli_main_does_in_the_tests(argv: list[str], env: dict[str, str]) -> None:
+    """The tests run cli.main in this process (tests/support/command.py); the console script is that function."""
+    installed = subprocess.run([str(BIN / "ext-proc"), *argv], capture_output=True, text=True, timeout=60, env=env)
+    assert run_cli(argv, env) == Ran(installed.returncode, installed.stdout, installed.stderr)
 
 
 def test_a_misspelt_file_key_names_the_closest_setting(tmp_path: Path) -> None:
@@ -386,27 +400,27 @@ def test_kubernetes_service_link_variables_are_no_setting() -> None:
 def test_layout_settings_come_from_the_file_and_the_environment_too(tmp_path: Path) -> None:
     (tmp_path / "c.toml").write_text('ingress_listen = "127.0.0.1:18099"\nupstream = ["openai=http://127.0.0.1:9"]\n')
     env = {"EXT_PROC_CONFIG": str(tmp_path / "c.toml"), "EXT_PROC_EGRESS_LISTEN": "127.0.0.1:18100"}
-    result = subprocess.run([str(BIN / "ext-proc"), "envoy-config"], capture_output=True, text=True, timeout=60,
-                            env=env)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert "port_value: 18099" in result.stdout and "port_value: 18100" in result.stdout
-    assert "upstream-openai" in result.stdout
+    result = run_cli(["envoy-config"], env)
+    assert (result.returncode, result.stderr) == (0, "")
+    expected = Layout(ingress=HostPort("127.0.0.1", 18099), egress=HostPort("127.0.0.1", 18100),
+                      upstreams=(OtherUpstream("openai", Endpoint("http", "127.0.0.1", 9)),))  # fmt: skip
+    assert result.stdout == render(expected)
 
 
 def test_the_earlier_upstreams_variable_is_the_upstream_setting() -> None:
-    result = subprocess.run([str(BIN / "ext-proc"), "envoy-config"], capture_output=True, text=True, timeout=60,
-                            env={"EXT_PROC_UPSTREAMS": "openai=http://127.0.0.1:9"})  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert "upstream-openai" in result.stdout
-    assert "EXT_PROC_UPSTREAMS is now EXT_PROC_UPSTREAM" in result.stderr
+    result = run_cli(["envoy-config"], {"EXT_PROC_UPSTREAMS": "openai=http://127.0.0.1:9"})
+    assert result.returncode == 0
+    assert result.stdout == render(Layout(upstreams=(OtherUpstream("openai", Endpoint("http", "127.0.0.1", 9)),)))
+    assert result.stderr == (
+        "ext-proc: EXT_PROC_UPSTREAMS is now EXT_PROC_UPSTREAM; the old spelling will stop working in a later release\n"
+    )
 
 
 def test_a_secret_after_a_mistyped_flag_is_not_taken_as_a_file_nor_repeated() -> None:
     """`--server-credential KEY` is no flag (secrets have none) and no abbreviation of --server-credential-file:
     refused, without the key in the message (argparse would repeat the unrecognised words)."""
     secret = "sk-ant-api03-" + "Q" * 40
-    result = subprocess.run([str(BIN / "ext-proc"), "serve", "--server-credential", secret], capture_output=True,
-                            text=True, timeout=60, env={})  # fmt: skip
+    result = run_cli(["serve", "--server-credential", secret], {})
     assert result.returncode == 2
     assert "unrecognized arguments: --server-credential" in result.stderr
     assert secret not in result.stderr + result.stdout and "Q" * 40 not in result.stderr
@@ -430,9 +444,9 @@ def test_an_egress_token_file_up_cannot_make_is_a_configuration_error(tmp_path: 
     """`up` makes the egress token file wherever the setting came from; where it cannot, it says so and exits 2."""
     (tmp_path / "a-file").write_text("")
     env = {"EXT_PROC_EGRESS_TOKEN_FILE": str(tmp_path / "a-file" / "egress-token"), "HOME": str(tmp_path)}
-    result = subprocess.run([str(BIN / "ext-proc"), "up"], capture_output=True, text=True, timeout=60, env=env)
-    assert result.returncode == 2, result.stderr
-    assert "configuration error" in result.stderr and "a-file" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli(["up"], env)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"ext-proc: configuration error: [Errno 17] File exists: '{tmp_path / 'a-file'}'\n"
 
 
 # Run in a fresh interpreter: an audit hook lists every open() of the four secret files while a command starts.
@@ -518,7 +532,11 @@ def test_a_key_file_holds_comments_indented_keys_without_padding_and_latin_1(tmp
 
 
 def test_new_keys_and_tokens_are_random_and_what_the_loader_takes() -> None:
-    keys, tokens = {new_seal_key() for _ in range(3)}, {new_egress_token() for _ in range(3)}
+    """`ext-proc keygen` prints a seal key, `keygen --egress-token` an egress token, one line each."""
+    printed = [run_cli(["keygen", *flag], {}) for flag in ([], [], ["--egress-token"], ["--egress-token"])]
+    assert all(ran.returncode == 0 and ran.stderr == "" and ran.stdout.count("\n") == 1 for ran in printed)
+    keys = {new_seal_key(), *(ran.stdout.strip() for ran in printed[:2])}
+    tokens = {new_egress_token(), *(ran.stdout.strip() for ran in printed[2:])}
     assert len(keys) == len(tokens) == 3
     for key, token in zip(keys, tokens, strict=True):
         assert len(base64.urlsafe_b64decode(key)) == KEY_BYTES
@@ -671,3 +689,121 @@ def test_service_links_with_digits_and_underscores_in_port_names_are_no_setting(
 )
 def test_the_metrics_address_is_read_from_metrics_listen(listen: str, address: tuple[str, int] | None) -> None:
     assert Config(metrics_listen=listen).validated().metrics_address == address
+
+
+def _docs_settings() -> list[list[str]]:
+    """docs/configuration.md's table of settings: file key, environment, flag and commands, default, meaning."""
+    rows = []
+    text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    for line in text.split("<!-- settings:")[1].split("<!-- end of settings -->")[0].splitlines():
+        if line.startswith("| `"):
+            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            rows.append([c.strip("`") if i in (0, 1, 3) else c for i, c in enumerate(cells)])
+    return rows
+
+
+COMMAND_OWN = {"up": set(), "serve": set(), "check": {"--envoy-config", "--run-by"}, "envoy-config": {"--all"}}
+
+
+@pytest.mark.parametrize("command", list(COMMAND_OWN))
+def test_each_command_s_help_offers_the_flags_the_docs_give_it_with_their_meaning(command: str) -> None:
+    """docs/configuration.md's "flag, in" column is what `ext-proc COMMAND --help` offers, each flag with the
+    table's meaning, its variable and its default."""
+    ran = run_cli([command, "--help"], {"COLUMNS": "10000"})  # no wrapping inside a word (x-stainless-*)
+    assert (ran.returncode, ran.stderr) == (0, "")
+    documented = {}
+    for _key, env, flag_in, default, meaning in _docs_settings():
+        flag, _, commands = flag_in.partition(", ")
+        if command in commands.split(", "):
+            documented[flag.strip("`")] = f"{meaning} (env {env}{'; default ' + default if default != 'none' else ''})"
+    entries = re.split(r"\n(?=  -)", ran.stdout.split("\noptions:\n")[1])
+    parsed = (re.fullmatch(r"\s*(--[a-z-]+)(?:, --no-[a-z-]+| [A-Z_]+)?\s+(.*)", e, re.DOTALL) for e in entries[1:])
+    offered = {m[1]: " ".join(m[2].split()) for m in parsed if m}
+    assert len(offered) == len(entries) - 1, "each option after -h has a flag, its value's name and a help text"
+    assert offered.pop("--config") == "TOML config file; env EXT_PROC_CONFIG"
+    assert set(offered) - COMMAND_OWN[command] == set(documented) != set()
+    assert {flag: offered[flag] for flag in documented} == documented
+
+
+def test_the_command_s_help_is_the_module_s_and_a_command_is_required() -> None:
+    ran = run_cli(["--help"], {"COLUMNS": "10000"})
+    assert (ran.returncode, ran.stderr) == (0, "") and cli.__doc__ is not None
+    assert cli.__doc__.strip() in ran.stdout, "the module's description, its lines kept"
+    assert ran.stdout.startswith("usage: ext-proc [-h] {up,serve,check,envoy-config,health,keygen} ...\n")
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for command in ("up", "serve", "check", "envoy-config", "health", "keygen"):
+        assert f"`ext-proc {command}" in readme and re.search(rf"^    {command} +\S", ran.stdout, re.MULTILINE)
+    assert run_cli([], {}) == Ran(
+        2,
+        "",
+        "usage: ext-proc [-h] {up,serve,check,envoy-config,health,keygen} ...\n"
+        "ext-proc: error: the following arguments are required: command\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [("127.0.0.1:0", HostPort("127.0.0.1", 0)), ("[::1]:65535", HostPort("::1", 65535)),
+     ("envoy:9901", HostPort("envoy", 9901)),
+     ("127.0.0.1:65536", "--x: expected HOST:PORT, got '127.0.0.1:65536'"),
+     ("h:x", "--x: expected HOST:PORT, got 'h:x'"),
+     (":80", "--x: expected HOST:PORT, got ':80'"), ("h", "--x: expected HOST:PORT, got 'h'"),
+     ("h:-1", "--x: expected HOST:PORT, got 'h:-1'")],
+)  # fmt: skip
+def test_a_listen_address_is_host_and_port_and_a_bracketed_ipv6_host_loses_its_brackets(
+    text: str, parsed: HostPort | str
+) -> None:
+    if isinstance(parsed, HostPort):
+        assert HostPort.parse(text, "--x") == parsed
+    else:
+        with pytest.raises(ValueError) as refused:
+            HostPort.parse(text, "--x")
+        assert str(refused.value) == parsed
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [("http://litellm", Endpoint("http", "litellm", 80)), ("https://api.anthropic.com/", Endpoint("https",
+     "api.anthropic.com", 443)), ("http://h:8443", Endpoint("http", "h", 8443)),
+     ("http://h/v1", "--x: give the base URL without a path, got 'http://h/v1'"),
+     ("ftp://h", "--x: expected an http:// or https:// URL, got 'ftp://h'"),
+     ("http://", "--x: expected an http:// or https:// URL, got 'http://'")],
+)  # fmt: skip
+def test_a_target_is_a_base_url_whose_port_defaults_by_scheme(text: str, parsed: Endpoint | str) -> None:
+    if isinstance(parsed, Endpoint):
+        assert Endpoint.parse(text, "--x") == parsed
+    else:
+        with pytest.raises(ValueError) as refused:
+            Endpoint.parse(text, "--x")
+        assert str(refused.value) == parsed
+
+
+UPSTREAM_SHAPE = ("--upstream: expected NAME=URL with NAME of lower-case letters, digits and '-' (not 'anthropic'), "
+                  "got ")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [("openai-2=http://h:9", OtherUpstream("openai-2", Endpoint("http", "h", 9))),
+     ("OpenAI=http://h", UPSTREAM_SHAPE + "'OpenAI=http://h'"), ("anthropic=http://h", UPSTREAM_SHAPE +
+     "'anthropic=http://h'"), ("openai", UPSTREAM_SHAPE + "'openai'"),
+     ("bad=name=http://h", "--upstream bad: expected an http:// or https:// URL, got 'name=http://h'")],
+)  # fmt: skip
+def test_another_provider_is_name_equals_url(text: str, parsed: OtherUpstream | str) -> None:
+    if isinstance(parsed, OtherUpstream):
+        assert OtherUpstream.parse(text) == parsed
+    else:
+        with pytest.raises(ValueError) as refused:
+            OtherUpstream.parse(text)
+        assert str(refused.value) == parsed
+
+
+def test_envoy_config_reads_only_the_layout_so_a_server_setting_cannot_stop_it(tmp_path: Path) -> None:
+    """A pod's environment holds the server's settings too; `envoy-config` renders from the layout alone, while a
+    command that serves refuses them, and `up` makes no egress token for a start it refuses."""
+    env = {"EXT_PROC_SEAL_TTL_SECONDS": "0"}
+    assert run_cli(["envoy-config"], env) == Ran(0, render(Layout()), "")
+    refusal = "ext-proc: configuration error: seal_ttl_seconds must be a positive number of seconds\n"
+    assert run_cli(["check"], env) == Ran(2, "", refusal)
+    assert run_cli(["up"], {**env, "XDG_CONFIG_HOME": str(tmp_path)}) == Ran(2, "", refusal)
+    assert list(tmp_path.iterdir()) == []

@@ -26,6 +26,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
 
+from ext_proc.cli import HEALTH_SECONDS
 from ext_proc.config import Config
 from ext_proc.deployed import DEPLOYED
 from ext_proc.envoy import (
@@ -87,6 +88,7 @@ def test_pods_are_hardened_and_probed(overlay: tuple[str, list[dict[str, Any]]])
             assert "readinessProbe" in container, container["name"]
         server = next(c for c in sidecars if c["name"] == "ext-proc")
         assert server["readinessProbe"]["exec"]["command"][:2] == ["ext-proc", "health"]
+        assert server["readinessProbe"]["timeoutSeconds"] > HEALTH_SECONDS, "the command's own deadline comes first"
         assert DEPLOYED_SOCKET in server["args"], "the server listens only on a Unix socket, never on the pod network"
         assert not any("secret" in str(e).lower() and "value:" in str(e) for e in server.get("env", []))
 

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import io
-import os
 import subprocess
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
-from unittest.mock import patch
 
 import pytest
 
-from ext_proc.cli import main
 from ext_proc.litellm import LiteLLMError, load
 from ext_proc.litellm_config import attempts, up_changes
+from tests.support.command import run_cli
 from tests.support.processes import BIN
 
 TOKEN = "egress-test-token-0123456789abcdefghij"
@@ -37,16 +33,14 @@ def check(
     tmp_path: Path, text: str, env: dict[str, str] | None = None, run_by: str = "litellm", *flags: str
 ) -> tuple[int, str]:
     """`ext-proc check` as an operator runs it for a LiteLLM it runs itself (``run_by``), or for `up`'s: in this
-    process (cli.main, with only ``env`` as its environment), so that mutation testing sees it;
+    process (tests/support/command.py), so that mutation testing sees it;
     test_the_check_command_runs_as_installed runs the installed command once."""
     (tmp_path / "token").write_text(TOKEN + "\n")
     (tmp_path / "litellm.yaml").write_text(text)
-    out, err = io.StringIO(), io.StringIO()
-    with patch.dict(os.environ, {"HOME": str(tmp_path), **(env or {})}, clear=True), redirect_stdout(out), \
-            redirect_stderr(err):  # fmt: skip
-        code = main(["check", "--egress-token-file", str(tmp_path / "token"),
-                     "--litellm-config", str(tmp_path / "litellm.yaml"), "--run-by", run_by, *flags])  # fmt: skip
-    return code, out.getvalue() + err.getvalue()
+    argv = ["check", "--egress-token-file", str(tmp_path / "token"), "--litellm-config", str(tmp_path / "litellm.yaml"),
+            "--run-by", run_by, *flags]  # fmt: skip
+    ran = run_cli(argv, {"HOME": str(tmp_path), **(env or {})})
+    return ran.returncode, ran.stdout + ran.stderr
 
 
 def test_the_check_command_runs_as_installed(tmp_path: Path) -> None:
@@ -466,3 +460,29 @@ def test_forwarding_everything_names_every_other_provider(tmp_path: Path) -> Non
     )
     code, out = check(tmp_path, text)
     assert code == 0 and "are forwarded to every provider (gpt, mistral); forward per model group" in out, out
+
+
+def test_check_reads_up_s_egress_token_at_its_default_place_when_none_is_named(tmp_path: Path) -> None:
+    """`up` keeps its token in the user's config directory; `check` judges LiteLLM's api_key against that one."""
+    (tmp_path / "litellm.yaml").write_text(GOOD)
+    argv = ["check", "--litellm-config", str(tmp_path / "litellm.yaml"), "--run-by", "litellm"]
+    default = tmp_path / ".config" / "ext-proc" / "egress-token"
+    default.parent.mkdir(parents=True, mode=0o700)
+    for token, code in (("egress-another-token-0123456789abcdefghij", 1), (TOKEN, 0)):
+        default.write_text(token + "\n")
+        default.chmod(0o600)
+        judged = run_cli(argv, {"HOME": str(tmp_path)})
+        assert (
+            judged
+            == run_cli([*argv, "--egress-token-file", str(default)], {"HOME": str(tmp_path)})
+            == run_cli(argv, {"HOME": "/", "XDG_CONFIG_HOME": str(tmp_path / ".config")})
+        )
+        assert judged.returncode == code
+        assert ("api_key is not the gateway's egress token" in judged.stdout) == (code == 1)
+
+
+def test_a_litellm_config_that_is_not_a_mapping_is_refused_on_stderr(tmp_path: Path) -> None:
+    (tmp_path / "litellm.yaml").write_text("- model_list\n")
+    ran = run_cli(["check", "--litellm-config", str(tmp_path / "litellm.yaml")], {"HOME": str(tmp_path)})
+    assert (ran.returncode, ran.stderr) == (2, f"ext-proc: {tmp_path / 'litellm.yaml'}: not a YAML mapping\n")
+    assert ran.stdout == "config OK: seal keys none (one is generated at start); server credential none\n"

@@ -8,6 +8,9 @@ import dataclasses
 import io
 import json
 import logging
+import re
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,15 +27,18 @@ from prometheus_client import generate_latest
 from ext_proc.audit import FLUSH_SECONDS, AuditLog, LineFormatter, _AuditLines, configure_logging, format_line
 from ext_proc.config import Config
 from ext_proc.credentials import ApiKey
+from ext_proc.envoy import find_envoy
 from ext_proc.headers import HeaderView
 from ext_proc.metrics import Metrics
 from ext_proc.reload import LiveRules, rule_context
 from ext_proc.rules import Audit, Decision, RuleContext, Source, decide
+from ext_proc.seal import key_id
 from ext_proc.secrets import Secrets
 from ext_proc.server import Server
+from tests.support.command import Ran, run_cli
 from tests.support.extproc import EGRESS, exchange, headers_message, message_stream
 from tests.support.http import get_text
-from tests.support.processes import BIN, start_server
+from tests.support.processes import start_server, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_A = base64.urlsafe_b64encode(bytes(32)).decode()
@@ -85,6 +91,21 @@ def test_metrics_by_leg_policy_source_rejection_and_latency(tmp_path: Path) -> N
     assert 'ext_proc_decision_seconds_count{leg="egress"} 3.0' in text
     assert "METRICSECRET" not in text and "sideways" not in text
     assert "ext_proc_body_bytes_total 0.0" in text
+
+
+# docs/operations.md: "25 µs … 1 s buckets"; dashboards take quantiles over exactly these.
+BUCKETS = ("2.5e-05", "5e-05", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.01", "0.05", "0.25", "1.0", "+Inf")
+
+
+def test_the_latency_histogram_has_each_documented_bucket_and_fills_each() -> None:
+    metrics = Metrics()
+    decision = decide("egress", "anthropic", HeaderView.of(("x-api-key", "sk-ant-api03-K")), _ctx(), 0)
+    for bound in BUCKETS[:-1]:
+        metrics.observe("egress", "anthropic", decision, float(bound))
+    metrics.observe("egress", "anthropic", decision, 5.0)
+    family = next(f for f in metrics.registry.collect() if f.name == "ext_proc_decision_seconds")
+    buckets = [(s.labels["le"], s.value) for s in family.samples if s.name.endswith("_bucket")]
+    assert buckets == [(bound, n) for n, bound in enumerate(BUCKETS, 1)]
 
 
 def test_decision_latency_lands_in_the_right_buckets() -> None:
@@ -353,26 +374,71 @@ def test_serve_answers_on_either_event_loop(tmp_path: Path, event_loop: str) -> 
     assert ("uvloop" in mapped) == (event_loop == "uvloop")
 
 
-def _check(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "ext-proc"), "check", *args], capture_output=True, text=True, timeout=120, env={})
+def test_the_health_command_is_ready_only_while_the_server_serves(tmp_path: Path) -> None:
+    """Kubernetes' exec probes (`ext-proc health`): 0 and SERVING while serving, 1 once SIGTERM starts the drain
+    (kubelet stops sending new work) and 1 naming the address when nothing answers."""
+    address = f"unix:{tmp_path}/s.sock"
+    server = start_server(tmp_path / "s.sock", {"EXT_PROC_DRAIN_SECONDS": "60"})
+    try:
+        assert run_cli(["health", "--address", address], {}) == Ran(0, "SERVING\n", "")
+        server.signal(signal.SIGTERM)
+        wait_for(lambda: run_cli(["health", "--address", address], {}).stdout != "SERVING\n", "the drain")
+        assert run_cli(["health", "--address", address], {}) == Ran(1, "NOT_SERVING\n", "")
+    finally:
+        server.signal(signal.SIGKILL)
+        server.stop()
+    assert run_cli(["health", "--address", address], {}) == Ran(
+        1, "", f"ext-proc: health check of {address} failed: UNAVAILABLE\n"
+    )
+
+
+def test_the_health_command_gives_up_on_a_server_that_never_answers(tmp_path: Path) -> None:
+    """A process that holds the socket and says nothing: the probe fails with its own message at its deadline."""
+    with socket.socket(socket.AF_UNIX) as silent:
+        silent.bind(str(tmp_path / "silent.sock"))
+        silent.listen()
+        address = f"unix:{tmp_path}/silent.sock"
+        assert run_cli(["health", "--address", address], {}) == Ran(
+            1, "", f"ext-proc: health check of {address} failed: DEADLINE_EXCEEDED\n"
+        )
 
 
 def test_check_command(tmp_path: Path) -> None:
     good = tmp_path / "good.toml"
     good.write_text(f'seal_keys = ["{KEY_A}"]\nserver_credential = "sk-ant-api03-CHECKSECRET"\n')
-    ok = _check("--config", str(good), "--envoy-config", str(Path(__file__).parent.parent / "deploy" / "envoy.yaml"))
-    assert ok.returncode == 0, ok.stderr
-    assert "config OK" in ok.stdout and "envoy config OK" in ok.stdout and "CHECKSECRET" not in ok.stdout
+    settings = (f"config OK: seal keys {key_id(bytes(32)).hex()}; server credential "
+                f"{ApiKey(b'sk-ant-api03-CHECKSECRET').fingerprint()}\n")  # fmt: skip
+    assert settings == "config OK: seal keys 66687aad; server credential api-key:...CRET:ff5fe3fd\n"
+    shipped = str(Path(__file__).parent.parent / "deploy" / "envoy.yaml")
+    assert run_cli(["check", "--config", str(good), "--envoy-config", shipped], {}) == Ran(
+        0, f"{settings}envoy config OK: {shipped}\n", ""
+    )
+    assert run_cli(["check", "--config", str(good)], {}) == Ran(0, settings, "")
 
     bad = tmp_path / "bad.toml"
     bad.write_text("seal_ttl_seconds = -1\n")
-    refused = _check("--config", str(bad))
-    assert refused.returncode == 2 and "seal_ttl_seconds must be a positive" in refused.stderr
+    assert run_cli(["check", "--config", str(bad)], {}) == Ran(
+        2, "", "ext-proc: configuration error: seal_ttl_seconds must be a positive number of seconds\n"
+    )
 
     broken_envoy = tmp_path / "envoy.yaml"
     broken_envoy.write_text("static_resources: {listeners: [{name: x}]}\n")
-    rejected = _check("--config", str(good), "--envoy-config", str(broken_envoy))
-    assert rejected.returncode == 1 and "Envoy rejects" in rejected.stderr
+    rejected = run_cli(["check", "--config", str(good), "--envoy-config", str(broken_envoy)], {})
+    assert (rejected.returncode, rejected.stdout) == (1, settings)
+    envoy = subprocess.run([str(find_envoy()), "--mode", "validate", "-c", str(broken_envoy)], capture_output=True,
+                           text=True)  # fmt: skip
+    assert envoy.returncode != 0 and envoy.stderr.strip() != "", "Envoy says why on stderr"
+    untimed = re.compile(r"^\[[^]]*\]\[\d+\]", re.MULTILINE)  # each log line's time and thread
+    assert untimed.sub("", rejected.stderr) == untimed.sub("", f"ext-proc: Envoy rejects {broken_envoy}:\n"
+                                                              f"{envoy.stderr.strip()}\n")  # fmt: skip
+    missing = run_cli(["check", "--config", str(good), "--envoy-config", shipped, "--envoy", "/nonexistent/envoy"], {})
+    assert missing == Ran(1, settings, "ext-proc: Envoy not found: /nonexistent/envoy is not an executable file\n")
+
+    rotated = tmp_path / "rotated.toml"
+    rotated.write_text(f'seal_keys = ["{KEY_A}", "{base64.urlsafe_b64encode(bytes(range(32))).decode()}"]\n')
+    assert run_cli(["check", "--config", str(rotated)], {}) == Ran(
+        0, f"config OK: seal keys 66687aad, {key_id(bytes(range(32))).hex()}; server credential none\n", ""
+    )
 
 
 @pytest.fixture

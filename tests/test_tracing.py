@@ -21,11 +21,13 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from ext_proc.config import Config, ConfigError
 from ext_proc.credentials import ApiKey
+from ext_proc.envoy import HostPort
 from ext_proc.headers import HeaderView
 from ext_proc.reload import rule_context
 from ext_proc.rules import decide
 from ext_proc.secrets import Secrets
 from ext_proc.tracing import EXPORT_SECONDS, Tracing, encode, otlp_exporter
+from tests.conftest import running_legs
 from tests.support.collector import Collector, Span
 from tests.support.decisions import KEYRING, NOW
 from tests.support.http import send
@@ -173,13 +175,25 @@ def test_without_the_tracing_extra_the_setting_is_refused_with_the_fix(monkeypat
 
 
 def test_envoy_and_the_server_export_one_joined_trace_and_no_credential(tmp_path: Path) -> None:
-    """Real Envoy with its OpenTelemetry tracer, `up` with the server's exporter, one recording collector."""
+    """Real Envoy with its OpenTelemetry tracer (the config `up` renders, rendered in this process), the server with
+    its exporter, one recording collector."""
     litellm_key = "sk-litellm-TRACEDLITELLMKEY"
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    (tmp_path / "key").write_text(SERVER_KEY + "\n")
+    secrets = ("--egress-token-file", str(tmp_path / "token"), "--server-credential-file", str(tmp_path / "key"))
     with (
         Collector() as collector,
         Recorder() as recorder,
-        running_up(tmp_path, recorder, "--tracing-endpoint", collector.endpoint) as (_, ingress, egress),
+        running_legs(
+            tmp_path,
+            recorder,
+            "--tracing-endpoint",
+            collector.endpoint,
+            *secrets,
+            tracing=HostPort("127.0.0.1", collector.port),
+        ) as legs,  # fmt: skip
     ):
+        ingress, egress = legs.ingress, legs.egress
         # The LiteLLM key also where Envoy's standard span tags read the client's own text.
         headers = [("authorization", f"Bearer {OAUTH}"), ("x-litellm-api-key", litellm_key),
                    ("user-agent", f"agent {litellm_key}"), ("traceparent", PARENT),
@@ -202,9 +216,35 @@ def test_envoy_and_the_server_export_one_joined_trace_and_no_credential(tmp_path
         # Each decision's parent is Envoy's span for that ext_proc call (exported by Envoy on its own schedule).
         collector.wait_until(joined, "every server span's parent is one of Envoy's spans")
         assert {s.service for s in collector.spans()} >= {"ext-proc-envoy-ingress", "ext-proc-envoy-egress"}
+
+        def requests(spans: list[Span]) -> list[Span]:
+            """Envoy's span of each request, named by its leg; the ext_proc call spans are named for the gRPC call."""
+            return [s for s in spans if s.service == f"ext-proc-envoy-{s.name}"]
+
+        collector.wait_until(lambda spans: len(requests(spans)) == 3, "Envoy's span of each of the three requests")
+        traced = requests(collector.spans())
+        assert sorted(s.name for s in traced) == ["egress", "egress", "ingress"]
+        for span in traced:
+            client_text = ("user_agent", "http.url", "downstream_cluster", "guid:x-client-trace-id")
+            assert {tag: span.attributes.get(tag, "-") for tag in client_text} == dict.fromkeys(client_text, "-")
+        assert [s.attributes["guid:x-client-trace-id"] for s in traced if s.name == "ingress"] == ["-"]
         exported = collector.raw()
         for secret in (OAUTH, "TRACEDLITELLMKEY", "EGRESSTRACEKEY", TOKEN, SERVER_KEY):
             assert secret.encode() not in exported, f"{secret[:12]}... reached the collector"
+
+
+def test_up_with_a_tracing_endpoint_exports_envoy_s_and_the_server_s_spans(tmp_path: Path) -> None:
+    """The same wiring as `up` runs it (the test above renders Envoy's config in this process)."""
+    with (
+        Collector() as collector,
+        Recorder() as recorder,
+        running_up(tmp_path, recorder, "--tracing-endpoint", collector.endpoint) as (_, ingress, _),
+    ):
+        send(
+            ingress, "POST", "/v1/messages", [("authorization", f"Bearer {OAUTH}"), ("x-litellm-api-key", TOKEN)], b"{}"
+        )
+        wanted = {"ext-proc-envoy-ingress", "ext-proc-envoy-egress", "ext-proc-credentials"}
+        collector.wait_until(lambda spans: {s.service for s in spans} >= wanted, "spans of both legs and the server")
 
 
 def test_spans_are_encoded_with_otlp_s_numbers(traced: tuple[Tracing, InMemorySpanExporter]) -> None:

