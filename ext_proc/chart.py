@@ -158,20 +158,18 @@ def values_schema() -> dict[str, Any]:
     )  # fmt: skip
 
 
-def write(root: Path, gateway: Layout) -> list[Path]:
-    """The chart's generated files under ``root`` (deploy/): the gateway form's Envoy config with ``gateway``'s
-    values, the EnvoyFilter's patches and the values' schema; and, where ``root`` holds monitoring/alerts.yaml (the
-    repository's deploy/), the chart's copy of its alert groups (Helm reads no file outside the chart)."""
+def files(root: Path, gateway: Layout) -> dict[Path, str]:
+    """The chart's generated files under ``root`` (deploy/), by path: the gateway form's Envoy config with
+    ``gateway``'s values, the EnvoyFilter's patches and the values' schema; and, where ``root`` holds
+    monitoring/alerts.yaml (the repository's deploy/), the chart's copy of its alert groups (Helm reads no file
+    outside the chart)."""
     chart = root / CHART
-    files = {
+    generated = {
         chart / "files" / "envoy.yaml": envoy_template(gateway),
         chart / "files" / "envoyfilter-patches.yaml": envoyfilter_patches_template(),
         chart / "values.schema.json": json.dumps(values_schema(), indent=2) + "\n",
     }
     alerts = root / "monitoring" / "alerts.yaml"
     if alerts.is_file():
-        files[chart / "files" / "alerts.yaml"] = alerts.read_text()
-    for path, text in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return list(files)
+        generated[chart / "files" / "alerts.yaml"] = alerts.read_text()
+    return generated

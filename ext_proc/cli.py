@@ -44,8 +44,8 @@ class _Parser(argparse.ArgumentParser):
     """No abbreviated flags (`--server-credential KEY` is not `--server-credential-file`), and no credential-shaped
     word of the command line repeated in an error."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
+    def __init__(self, **kwargs: Any) -> None:  # argparse makes each command's parser with keywords only
+        super().__init__(**{"allow_abbrev": False, **kwargs})
 
     def error(self, message: str) -> NoReturn:
         super().error(re.sub(r"sk-[A-Za-z0-9_-]+", "sk-…(redacted)", message))
@@ -54,14 +54,14 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ext-proc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    _settings(sub.add_parser("up", help="run Envoy (both legs) and the ext_proc server together"))
-    _settings(sub.add_parser("serve", help="run only the ext_proc gRPC server"))
-    check = _settings(sub.add_parser("check", help="validate the configuration (and an Envoy config) without serving"))
+    _settings(sub, "up", "run Envoy (both legs) and the ext_proc server together")
+    _settings(sub, "serve", "run only the ext_proc gRPC server")
+    check = _settings(sub, "check", "validate the configuration (and an Envoy config) without serving")
     check.add_argument("--envoy-config", help="an Envoy bootstrap to validate with `envoy --mode validate`")
     who = ("who runs --litellm-config: 'up' (`up --litellm-config`, which sets what the gateway needs and says so) "
            "or 'litellm' (a LiteLLM you run, which must hold those settings itself)")  # fmt: skip
     check.add_argument("--run-by", default="up", help=who)
-    envoy_config = _settings(sub.add_parser("envoy-config", help="print the Envoy bootstrap for both legs"))
+    envoy_config = _settings(sub, "envoy-config", "print the Envoy bootstrap for both legs")
     envoy_config.add_argument(
         "--all", metavar="DEPLOY_DIR", help="write every Envoy config the repository ships under DEPLOY_DIR instead"
     )
@@ -72,9 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """A flag for each setting this command uses, named by the one rule (docs/configuration.md)."""
-    command = parser.prog.split()[-1]
+def _settings(sub: argparse._SubParsersAction[_Parser], command: str, summary: str) -> argparse.ArgumentParser:
+    """``command``'s parser, with a flag for each setting it uses, named by the one rule (docs/configuration.md)."""
+    parser = sub.add_parser(command, help=summary)
     parser.add_argument("--config", help=f"TOML config file; env {ENV_PREFIX}CONFIG")
     for f in dataclasses.fields(Config):
         if command not in f.metadata["commands"]:
@@ -207,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         code = _check(secrets, args.envoy_config, config.envoy or None)
         return code or (_check_litellm(config, secrets, litellm_config, args.run_by == "up") if litellm_config else 0)
-    return _start(config, secrets, layout, litellm_config)
+    # _start runs until signalled, so no test calls it in-process; test_up.py's commands pin what it is given.
+    return _start(config, secrets, layout, litellm_config)  # pragma: no mutate
 
 
 # pragma: no mutate start (runs until a signal: tests/test_up.py, test_operations.py and tests/e2e run the commands)

@@ -39,12 +39,10 @@ GATEWAY = "k8s/gateway/envoy.yaml"
 
 def write_all(root: Path) -> list[Path]:
     """Write every shipped Envoy config under ``root`` (the repository's deploy/ directory)."""
-    written = []
-    for relative, layout in DEPLOYED.items():
-        path = root / relative
+    files = {root / relative: render(layout) for relative, layout in DEPLOYED.items()}
+    files[root / MESH_FILTER] = render_envoyfilter()
+    files |= chart.files(root, DEPLOYED[GATEWAY])
+    for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render(layout))
-        written.append(path)
-    (root / MESH_FILTER).parent.mkdir(parents=True, exist_ok=True)
-    (root / MESH_FILTER).write_text(render_envoyfilter())
-    return [*written, root / MESH_FILTER, *chart.write(root, DEPLOYED[GATEWAY])]
+        path.write_text(text)
+    return list(files)

@@ -26,7 +26,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
@@ -38,7 +37,16 @@ from ext_proc.deployed import DEPLOYED, GATEWAY
 from ext_proc.envoy import Endpoint, HostPort, Layout, bootstrap, find_envoy
 from ext_proc.istio import envoyfilter
 from ext_proc.secrets import load_secrets
-from tests.support.helm_render import CHART, LITELLM_VALUES, Doc, find, litellm_chart_pod, render_chart, secret_files
+from tests.support.helm_render import (
+    CHART,
+    LITELLM_VALUES,
+    Doc,
+    find,
+    litellm_chart_pod,
+    render_chart,
+    sdk,
+    secret_files,
+)
 from tests.support.pods import render_overlay
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +73,7 @@ def test_every_render_validates_against_the_kubernetes_schemas(name: str) -> Non
 
 @pytest.mark.parametrize("name", MODES)
 def test_helm_lint_passes(name: str) -> None:
-    report = helm.lint(CHART, MODES[name], strict=True, kube_version=f"v{KUBERNETES_VERSION}")
+    report = sdk().lint(CHART, MODES[name], strict=True, kube_version=f"v{KUBERNETES_VERSION}")
     assert report["errors"] == []
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
 
@@ -87,7 +95,7 @@ def test_helm_lint_passes(name: str) -> None:
     ],
 )
 def test_a_wrong_value_fails_at_install(values: dict[str, Any], error: str) -> None:
-    with pytest.raises(helm.HelmValuesError, match=re.escape(error)):
+    with pytest.raises(sdk().HelmValuesError, match=re.escape(error)):
         render_chart(values)
 
 
@@ -179,7 +187,7 @@ def _envoy(docs: list[Doc]) -> str:
 def test_the_embedded_envoy_config_is_the_builders_output_for_these_values(
     values: dict[str, Any], tmp_path: Path
 ) -> None:
-    merged = helm.Chart.load(CHART).merge_values(values)
+    merged = sdk().Chart.load(CHART).merge_values(values)
     ports, litellm = merged["gateway"]["ports"], merged["litellm"]
     layout = dataclasses.replace(
         DEPLOYED[GATEWAY], ingress=HostPort("0.0.0.0", ports["http"]), egress=HostPort("0.0.0.0", ports["egress"]),
@@ -363,7 +371,7 @@ def test_every_helm_command_in_the_docs_renders() -> None:
         for file in files:
             values = _merge(values, yaml.safe_load((ROOT / file).read_text()))
         for expression in sets:
-            values = _merge(values, helm.parse_set_string(expression))
+            values = _merge(values, sdk().parse_set_string(expression))
         assert render_chart(values, release=release)
     for _, _, files, _ in theirs:
         assert (ROOT / files[-1]).parent == LITELLM_VALUES and (ROOT / files[-1]).is_file(), files

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import io
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Callable
+from contextlib import redirect_stderr
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 
@@ -363,6 +367,14 @@ def test_the_installed_command_answers_as_cli_main_does_in_the_tests(argv: list[
     assert run_cli(argv, env) == Ran(installed.returncode, installed.stdout, installed.stderr)
 
 
+def test_main_without_arguments_reads_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The console script calls main() with nothing: the arguments come from sys.argv, past the program name."""
+    monkeypatch.setattr(sys, "argv", ["ext-proc", "up", "--seal-ttl-seconds", "0"])
+    with patch.dict(os.environ, {}, clear=True), redirect_stderr(io.StringIO()) as err:
+        assert cli.main() == 2
+    assert err.getvalue() == "ext-proc: configuration error: seal_ttl_seconds must be a positive number of seconds\n"
+
+
 def test_a_misspelt_file_key_names_the_closest_setting(tmp_path: Path) -> None:
     (tmp_path / "c.toml").write_text('ingres_listen = "0.0.0.0:1"\n')
     with pytest.raises(ConfigError, match=r"unknown setting\(s\) ingres_listen \(did you mean ingress_listen\?\)"):
@@ -447,6 +459,21 @@ def test_an_egress_token_file_up_cannot_make_is_a_configuration_error(tmp_path: 
     result = run_cli(["up"], env)
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == f"ext-proc: configuration error: [Errno 17] File exists: '{tmp_path / 'a-file'}'\n"
+
+
+def test_up_refused_for_a_secret_file_keeps_the_egress_token_it_made_for_the_next_start(tmp_path: Path) -> None:
+    """The settings are accepted, the token file is made, then the seal key file cannot be read: a refusal naming
+    that file, and the token stays where the next `up` reads it."""
+    env = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    result = run_cli(["up", "--seal-key-file", str(tmp_path / "missing")], env)
+    assert result == Ran(
+        2,
+        "",
+        f"ext-proc: configuration error: seal_key_file {tmp_path / 'missing'}: No such file or directory (`ext-proc "
+        "keygen` prints a key; without any seal key one is generated for this process)\n",
+    )
+    token = tmp_path / "config" / "ext-proc" / "egress-token"
+    assert load_secrets(Config(egress_token_file=token)).egress_token is not None
 
 
 # Run in a fresh interpreter: an audit hook lists every open() of the four secret files while a command starts.
@@ -731,8 +758,16 @@ def test_the_command_s_help_is_the_module_s_and_a_command_is_required() -> None:
     assert cli.__doc__.strip() in ran.stdout, "the module's description, its lines kept"
     assert ran.stdout.startswith("usage: ext-proc [-h] {up,serve,check,envoy-config,health,keygen} ...\n")
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    for command in ("up", "serve", "check", "envoy-config", "health", "keygen"):
-        assert f"`ext-proc {command}" in readme and re.search(rf"^    {command} +\S", ran.stdout, re.MULTILINE)
+    summaries = dict(re.findall(r"^    ([a-z-]+) +(\S.*)$", ran.stdout, re.MULTILINE))
+    assert summaries == {
+        "up": "run Envoy (both legs) and the ext_proc server together",
+        "serve": "run only the ext_proc gRPC server",
+        "check": "validate the configuration (and an Envoy config) without serving",
+        "envoy-config": "print the Envoy bootstrap for both legs",
+        "health": "ask a running server's gRPC health service; exit 0 when SERVING",
+        "keygen": "print a new random seal key",
+    }
+    assert all(f"`ext-proc {command}" in readme for command in summaries), "README's table of commands has each"
     assert run_cli([], {}) == Ran(
         2,
         "",
@@ -744,7 +779,7 @@ def test_the_command_s_help_is_the_module_s_and_a_command_is_required() -> None:
 @pytest.mark.parametrize(
     ("text", "parsed"),
     [("127.0.0.1:0", HostPort("127.0.0.1", 0)), ("[::1]:65535", HostPort("::1", 65535)),
-     ("envoy:9901", HostPort("envoy", 9901)),
+     ("envoy:9901", HostPort("envoy", 9901)), ("X1:80", HostPort("X1", 80)),
      ("127.0.0.1:65536", "--x: expected HOST:PORT, got '127.0.0.1:65536'"),
      ("h:x", "--x: expected HOST:PORT, got 'h:x'"),
      (":80", "--x: expected HOST:PORT, got ':80'"), ("h", "--x: expected HOST:PORT, got 'h'"),

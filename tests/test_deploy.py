@@ -40,6 +40,18 @@ def test_every_shipped_envoy_config_is_current(tmp_path: Path) -> None:
         )
 
 
+def test_all_written_into_a_directory_that_does_not_exist_yet(tmp_path: Path) -> None:
+    """`ext-proc envoy-config --all DIR` makes DIR and every directory under it; without deploy/'s alert rules there
+    is no chart copy of them."""
+    root = tmp_path / "new" / "deploy"
+    written = write_all(root)
+    expected = {*DEPLOYED, MESH_FILTER, f"{CHART}/files/envoy.yaml", f"{CHART}/files/envoyfilter-patches.yaml",
+                f"{CHART}/values.schema.json"}  # fmt: skip
+    assert {p.relative_to(root).as_posix() for p in written} == expected and len(written) == len(expected)
+    for path in written:
+        assert path.read_text() == (ROOT / "deploy" / path.relative_to(root)).read_text()
+
+
 def test_shipped_configs_have_no_admin_on_tcp() -> None:
     """Envoy's admin API can stop Envoy and raise its log level: never on a port in a shipped config."""
     for relative, layout in DEPLOYED.items():

@@ -10,7 +10,7 @@ import pytest
 
 from ext_proc.litellm import LiteLLMError, load
 from ext_proc.litellm_config import attempts, up_changes
-from tests.support.command import run_cli
+from tests.support.command import Ran, run_cli
 from tests.support.processes import BIN
 
 TOKEN = "egress-test-token-0123456789abcdefghij"
@@ -228,8 +228,9 @@ def test_check_compares_litellm_s_key_settings_with_the_ingress_s(tmp_path: Path
     assert code == 0 and "no master_key" not in out, out
     code, out = check(tmp_path, keyless, None, "up")
     assert "sets litellm_requires_key false (LiteLLM has no master key" in out, out
-    code, out = check(tmp_path, GOOD, None, "nobody")
-    assert code == 2 and "--run-by: 'up' or 'litellm'" in out, out
+    argv = ["check", "--egress-token-file", str(tmp_path / "token"), "--litellm-config", str(tmp_path / "litellm.yaml"),
+            "--run-by", "nobody"]  # fmt: skip
+    assert run_cli(argv, {"HOME": str(tmp_path)}) == Ran(2, "", "ext-proc: --run-by: 'up' or 'litellm', not 'nobody'\n")
 
 
 def _shown(tmp_path: Path, out: str) -> list[str]:

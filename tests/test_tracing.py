@@ -190,7 +190,7 @@ def test_envoy_and_the_server_export_one_joined_trace_and_no_credential(tmp_path
             "--tracing-endpoint",
             collector.endpoint,
             *secrets,
-            tracing=HostPort("127.0.0.1", collector.port),
+            tracing=HostPort("localhost", collector.port),  # a name Envoy resolves, as a Service's is
         ) as legs,  # fmt: skip
     ):
         ingress, egress = legs.ingress, legs.egress

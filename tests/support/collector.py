@@ -43,7 +43,8 @@ class Collector:
         )
         service = "opentelemetry.proto.collector.trace.v1.TraceService"
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"Export": export}),))
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        # Every address of localhost, one port: a test reaches it by name, as a collector Service is reached.
+        self.port = self._server.add_insecure_port("localhost:0")
 
     def Export(  # the generated service's method name
         self, request: Any, context: grpc.ServicerContext

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-import helm_python as helm
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,9 +22,17 @@ RELEASE = "ext-proc-credentials"
 Doc = dict[str, Any]
 
 
+def sdk() -> ModuleType:
+    """helm_python, imported at first use: its import starts Go's runtime, and a process forked after that (mutmut
+    forks each mutant's run from one that has collected the tests) lacks the runtime's threads and hangs in it."""
+    import helm_python
+
+    return helm_python
+
+
 def render_chart(values: dict[str, Any] | None = None, release: str = RELEASE) -> list[Doc]:
     """Every object the chart renders for these values (as `helm template RELEASE CHART`)."""
-    rendered = helm.Chart.load(CHART).render(values or {}, name=release, namespace="default", is_install=True)
+    rendered = sdk().Chart.load(CHART).render(values or {}, name=release, namespace="default", is_install=True)
     return [
         doc
         for path, text in sorted(rendered.items())

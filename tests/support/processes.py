@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from ext_proc.envoy import Layout, find_envoy, render
+from ext_proc.supervise import die_with_parent
 from tests.support.http import get_text
 
 BIN = Path(sys.executable).parent
@@ -91,6 +92,8 @@ class Proc:
             cwd=self.cwd,
             text=True,
             errors="backslashreplace",
+            # A test run killed outright (mutation testing's CPU limit, a kill -9) leaves no server or Envoy behind.
+            preexec_fn=die_with_parent,
         )
         self._queue: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
