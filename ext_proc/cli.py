@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         "--all", metavar="DEPLOY_DIR", help="write every Envoy config the repository ships under DEPLOY_DIR instead"
     )
     health = sub.add_parser("health", help="ask a running server's gRPC health service; exit 0 when SERVING")
-    health.add_argument("--address", default="", help="the server's address, unix:PATH or HOST:PORT")
+    health.add_argument("--address", help="the server's address, unix:PATH or HOST:PORT")
     keygen = sub.add_parser("keygen", help="print a new random seal key")
     keygen.add_argument("--egress-token", action="store_true", help="print a new egress token instead")
     return parser
@@ -91,10 +91,11 @@ def _settings(sub: argparse._SubParsersAction[_Parser], command: str, summary: s
     return parser
 
 
-def _config(args: argparse.Namespace, env: Mapping[str, str], validate: bool) -> Config:
-    """The one Config: defaults < the file < the environment < this command's flags."""
+def _config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
+    """The one Config: defaults < the file < the environment < this command's flags; validated by the caller, once
+    it knows which settings the command uses."""
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if hasattr(args, f.name)}
-    return Config.load(Path(args.config) if args.config else None, env, flags, validate=validate)
+    return Config.load(Path(args.config) if args.config else None, env, flags, validate=False)
 
 
 # gRPC's EventEngine experiments (on by default in grpcio 1.85) hand each call across a pool of threads: measured
@@ -136,14 +137,12 @@ def renamed(argv: Sequence[str], environ: MutableMapping[str, str]) -> tuple[lis
             continue
         given_new = any(a == new or a.startswith(new + "=") for a in args)
         kept: list[str] = []
-        skip_value = False
-        for arg in args:
-            if skip_value:
-                skip_value = False
-                continue
+        rest = iter(args)
+        for arg in rest:
             if arg == old or arg.startswith(old + "="):
                 if given_new:
-                    skip_value = arg == old
+                    if arg == old:
+                        next(rest, None)  # its value, a separate argument
                     notes.append(f"{old} is now {new}, which is also given: {old} ignored")
                     continue
                 arg = new + arg[len(old) :]
@@ -185,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     earlier = {ENV_PREFIX + old for where, old, _ in RENAMED_ENV if where in ("*", args.command)}
     env = {k: v for k, v in os.environ.items() if k not in earlier}
     try:
-        config = _config(args, env, validate=False)
+        config = _config(args, env)
         layout = config.layout() if args.command in ("up", "envoy-config") else None
         if args.command == "envoy-config" and layout is not None:
             from ext_proc.envoy import render

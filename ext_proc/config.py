@@ -240,7 +240,7 @@ class Config:
             anthropic=Endpoint.parse(self.anthropic, "--anthropic"),
             admin=admin if admin is None or admin.startswith("unix:") else HostPort.parse(admin, "--admin-listen"),
             upstreams=tuple(OtherUpstream.parse(u) for u in self.upstream),
-            server_address=self.server_address or DEPLOYED_SOCKET,
+            server_address=self._server_address(),
             probe=HostPort.parse(self.probe_listen, "--probe-listen") if self.probe_listen else None,
             tracing=HostPort(*self.tracing_address()) if self.tracing_endpoint else None,
         )
@@ -259,6 +259,13 @@ class Config:
             return None
         host, _, port = self.metrics_listen.rpartition(":")
         return host.strip("[]"), int(port)
+
+    def _server_address(self) -> str:
+        """``unix:PATH`` or ``HOST:PORT``, checked here so that a bad one names its flag."""
+        address = self.server_address or DEPLOYED_SOCKET
+        if not address.startswith("unix:"):
+            HostPort.parse(address, "--server-address")
+        return address
 
     def tracing_address(self) -> tuple[str, int]:
         """The collector's host and port, from ``http://HOST:PORT``."""

@@ -103,4 +103,4 @@ def render_envoyfilter() -> str:
         "# LiteLLM's istio-proxy runs both legs: the egress filter is off except on api.anthropic.com, the ingress\n"
         "# filter seals clients' credentials before LiteLLM (port 4000); the server is in the pod, on a Unix socket.\n"
     )
-    return header + yaml.safe_dump(envoyfilter(), sort_keys=False, width=120)
+    return header + yaml.safe_dump(envoyfilter(), sort_keys=False)

@@ -17,9 +17,14 @@ with ``-x``; a mutant that no test fails survives. The operators:
   that pin them run a real Envoy (too slow for mutmut's per-mutant runs of the unit suite);
 - the body and the defaults of a function run at import (``IMPORT_TIME``: ``config.setting``, each setting's
   field), which mutmut's forked runs never execute under a mutant (``# pragma: no mutate start``/``end`` for mutmut);
+- the function bodies of code that runs only in a command a test starts (``RUN_AS_COMMAND``: the ``up``
+  supervisor's modules, ``serve``, the server's lifecycle), where mutmut's trampolines are never active: the
+  operators here, and each call made as a statement is dropped (a kill, a wait, a chmod); they run the tests that
+  import the module and those that start the command (through tests/support/processes.py). Its log lines
+  (``log.info(...)``) are left alone: what an operator reads, not what the gateway does;
 - a comparison, ``and``/``or`` or arithmetic operator turns into its counterpart (``==`` and ``!=``, ``<`` and
   ``<=``, ``in`` and ``not in``, ``+`` and ``-``...), and a ``not`` is dropped: the operators of a decorated
-  function's body (a @property, an @lru_cache function), which mutmut leaves alone.
+  function's body (a @property, an @lru_cache function), which mutmut leaves alone, and of the code above.
 
 Not mutated, each for a reason a reader can check: docstrings, text given as ``help=`` (argparse's and a setting's
 help, what a reader sees), a logger's name, parts of an f-string, type annotations and a subscript's parameters
@@ -29,8 +34,9 @@ how Python builds the class; a write to a frozen instance is refused by mypy bef
 marker, with the same meaning).
 
 Usage: ``python scripts/mutate_constants.py [FILE ...] [--list] [--jobs N] [--results PATH] [--match REGEX]
-[--deselect TEST]``. The results go to ``.mutation-constants.txt`` as lines ``NAME: killed|survived|timeout  (what
-changed)  [by the first test that failed]``, which ``scripts/mutation_score.py`` reads next to mutmut's.
+[--deselect TEST] [--first TEST_FILE]``. The results go to ``.mutation-constants.txt`` as lines ``NAME:
+killed|survived|timeout  (what changed)  [by the first test that failed]``, which ``scripts/mutation_score.py``
+reads next to mutmut's.
 """
 
 from __future__ import annotations
@@ -68,6 +74,36 @@ FILTER_SETTINGS = frozenset({("ext_proc.envoy", "ext_proc_filter"), ("ext_proc.e
 # so its mutants of them never run; each sits between ``# pragma: no mutate start`` and ``end`` for mutmut, and is
 # mutated here.
 IMPORT_TIME = frozenset({("ext_proc.config", "setting")})
+# Code that runs until a signal, tested by starting the command as a child process (`ext-proc up` supervising
+# Envoy and the server, `serve`, the server's lifecycle): mutmut's trampolines are active only in its own test
+# process (the functions inside its modules sit in a `no mutate` block), so this step mutates these function bodies,
+# in the copy the child imports from (PYTHONPATH), and also drops each call made as a statement (a kill, a wait).
+# Modules, or functions and classes by qualified name.
+RUN_AS_COMMAND = frozenset({
+    "ext_proc.supervise", "ext_proc.envoy_process", "ext_proc.up", "ext_proc.cli._start", "ext_proc.cli._serve",
+    "ext_proc.cli._run", "ext_proc.server.Server", "ext_proc.server._private_socket_dir",
+})  # fmt: skip
+
+
+# The helper through which tests start the command: its tests run against that code too.
+COMMAND_HELPER = "tests.support.processes"
+
+
+def _run_as_command(qualified: str) -> bool:
+    return any(qualified == name or qualified.startswith(name + ".") for name in RUN_AS_COMMAND)
+
+
+def _is_log_call(call: ast.Call) -> bool:
+    """``log.info(...)`` and its kin on a module's logger (each module names it ``log``)."""
+    func = call.func
+    return (
+        isinstance(func, ast.Attribute)
+        and isinstance(func.value, ast.Name)
+        and func.value.id == "log"
+        and (func.attr in ("debug", "info", "warning", "error", "exception", "critical"))
+    )
+
+
 _MODES = {"SEND": "SKIP", "SKIP": "SEND", "NONE": "STREAMED"}
 
 
@@ -205,7 +241,9 @@ class _Collector(ast.NodeVisitor):
         self.scope.pop()
 
     def _function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
-        if _reached_by_mutmut(node, self.depth) and (self.module, node.name) not in FILTER_SETTINGS | IMPORT_TIME:
+        qualified = ".".join([self.module, *self.scope, node.name])
+        mutated_here = (self.module, node.name) in FILTER_SETTINGS | IMPORT_TIME or _run_as_command(qualified)
+        if _reached_by_mutmut(node, self.depth) and not mutated_here:
             return
         self.scope.append(node.name)
         self.depth += 1
@@ -272,6 +310,13 @@ class _Collector(ast.NodeVisitor):
             return
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
             return  # a string statement: a docstring or a comment
+        command_code = _run_as_command(f"{self.module}.{self.target}")
+        if command_code and isinstance(node, ast.Call) and _is_log_call(node):
+            return  # a log line of the command's code: what an operator reads, not what the gateway does
+        if command_code and isinstance(node, ast.Expr):
+            call = node.value.value if isinstance(node.value, ast.Await) else node.value
+            if isinstance(call, ast.Call) and not _is_log_call(call):
+                self.add(node, "pass", f"call dropped: {self._segment(call).splitlines()[0][:60]}")
         if isinstance(node, ast.Subscript):
             self._mutate(node.value)  # the index of a subscript at this level is a type's parameters
             return
@@ -281,7 +326,9 @@ class _Collector(ast.NodeVisitor):
         if isinstance(node, ast.Constant):
             self._constant(node)
             return
-        if isinstance(node, ast.Tuple | ast.List | ast.Set | ast.Dict):
+        if isinstance(node, ast.Tuple | ast.List | ast.Set | ast.Dict) and not isinstance(
+            getattr(node, "ctx", None), ast.Store
+        ):  # an assignment's targets (`a, b = ...`) are no collection
             self._collection(node)
         if isinstance(node, ast.Compare | ast.BoolOp | ast.BinOp | ast.UnaryOp):
             self._operator(node)
@@ -483,6 +530,9 @@ def main() -> int:
     parser.add_argument("--results", type=Path, default=ROOT / ".mutation-constants.txt")
     parser.add_argument("--match", default="", help="only the mutants whose 'NAME: what changed' this regex finds")
     parser.add_argument("--deselect", action="append", default=[], help="a test id left out (pytest's --deselect)")
+    parser.add_argument(
+        "--first", action="append", default=[], help="a test file run before the others (the likeliest to kill)"
+    )
     args = parser.parse_args()
     PYTEST.extend(f"--deselect={test}" for test in args.deselect)
     files = [p.resolve() for p in args.files] or sorted((ROOT / PACKAGE).glob("*.py"))
@@ -490,8 +540,11 @@ def main() -> int:
     for path in files:
         module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
         tests = test_files(module)
+        with_command = sorted({*tests, *test_files(COMMAND_HELPER)})
         plan.extend(
-            (mutant, tests) for mutant in collect(path) if re.search(args.match, f"{mutant.name}: {mutant.description}")
+            (mutant, with_command if _run_as_command(mutant.name.partition("@")[0]) else tests)
+            for mutant in collect(path)
+            if re.search(args.match, f"{mutant.name}: {mutant.description}")
         )
     if args.list:
         for mutant, tests in plan:
@@ -507,7 +560,7 @@ def main() -> int:
     order = _baseline(copies[0], sorted({t for _, tests in plan for t in tests}))
     if order is None:
         return 1
-    plan = [(mutant, sorted(tests, key=order.__getitem__)) for mutant, tests in plan]
+    plan = [(mutant, sorted(tests, key=lambda test: (test not in args.first, order[test]))) for mutant, tests in plan]
     free = list(copies)
     began = time.monotonic()
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Mutation testing (tests/README.md), two steps over the same files: the pinned mutmut, in a virtualenv of its own,
 # over function bodies (the files of [tool.mutmut] only_mutate, against its test selection), then
-# scripts/mutate_constants.py over what mutmut never reaches (module and class level, decorated functions), against
-# the tests that import each module. Arguments narrow the files mutated (e.g. ext_proc/seal.py); none: the files of
+# scripts/mutate_constants.py over what mutmut never reaches (module and class level, decorated functions, code that
+# runs only in a command the tests start), against the tests that import each module or start the command. Arguments narrow the files mutated (e.g. ext_proc/seal.py); none: the files of
 # only_mutate, and for the second step also the ext_proc filter's settings in ext_proc/envoy.py (tests/README.md
 # lists the modules left out and why). The last line is the score over both.
 set -euo pipefail
@@ -34,6 +34,10 @@ else
   "$VENV/bin/python" scripts/mutate_constants.py --results .mutation-constants.txt "${files[@]}"
   "$VENV/bin/python" scripts/mutate_constants.py --results .mutation-filter.txt ext_proc/envoy.py \
     --match '^ext_proc\.envoy\.(ext_proc_filter|_answer_processor)@'
-  results+=(.mutation-filter.txt)
+  # The `up` supervisor's modules run only in the child process a test starts: the second step alone mutates them,
+  # with the tests of `up` first (the likeliest to fail).
+  "$VENV/bin/python" scripts/mutate_constants.py --results .mutation-supervisor.txt --first tests/test_up.py \
+    ext_proc/supervise.py ext_proc/envoy_process.py ext_proc/up.py
+  results+=(.mutation-filter.txt .mutation-supervisor.txt)
 fi
 exec "$VENV/bin/python" scripts/mutation_score.py "${results[@]}" tests/mutation-equivalent.txt

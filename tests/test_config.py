@@ -20,7 +20,7 @@ import pytest
 from ext_proc import cli
 from ext_proc.config import Config, ConfigError
 from ext_proc.credentials import ApiKey, OAuthToken
-from ext_proc.envoy import Endpoint, HostPort, Layout, OtherUpstream, render
+from ext_proc.envoy import DEPLOYED_SOCKET, Endpoint, HostPort, Layout, OtherUpstream, render
 from ext_proc.seal import KEY_BYTES, key_id
 from ext_proc.secrets import (
     Secrets,
@@ -634,6 +634,61 @@ def test_every_layout_setting_lands_where_envoy_reads_it() -> None:
     assert Config(admin_listen="unix:/run/x/admin.sock").layout().admin == "unix:/run/x/admin.sock"
 
 
+def test_a_server_address_of_host_and_port_is_the_ext_proc_cluster_s_socket_address() -> None:
+    """`envoy-config --server-address ext-proc:9000`: a server in another container or pod, reached over TCP."""
+    from ext_proc.envoy import bootstrap
+
+    def ext_proc_endpoint(layout: Layout) -> dict[str, Any]:
+        (cluster,) = [c for c in bootstrap(layout)["static_resources"]["clusters"] if c["name"] == "ext_proc"]
+        (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        return dict(endpoint["endpoint"]["address"])
+
+    tcp = Config(server_address="ext-proc:9000").layout()
+    assert ext_proc_endpoint(tcp) == {"socket_address": {"address": "ext-proc", "port_value": 9000}}
+    assert ext_proc_endpoint(Config().layout()) == {"pipe": {"path": DEPLOYED_SOCKET.removeprefix("unix:")}}
+    with pytest.raises(ValueError) as refused:  # a Layout built in code is checked when rendered
+        bootstrap(dataclasses.replace(tcp, server_address="ext-proc"))
+    assert str(refused.value) == "ext_proc address: expected HOST:PORT, got 'ext-proc'"
+
+
+def test_every_https_upstream_is_verified_against_the_ca_bundle_for_its_own_name() -> None:
+    """LiteLLM, Anthropic and another provider alike: TLS with the system's CAs and the host as SNI and SAN."""
+    from ext_proc.envoy import CA_BUNDLE, bootstrap
+
+    layout = Config(litellm="https://litellm.internal:4000", upstream=("openai=https://api.openai.com",)).layout()
+    verified = {}
+    for cluster in bootstrap(layout)["static_resources"]["clusters"]:
+        tls = cluster.get("transport_socket", {}).get("typed_config", {})
+        if tls:
+            context = tls["common_tls_context"]["validation_context"]
+            (san,) = context["match_typed_subject_alt_names"]
+            verified[cluster["name"]] = (context["trusted_ca"]["filename"], tls["sni"], san["matcher"]["exact"])
+    assert verified == {
+        "litellm": (CA_BUNDLE, "litellm.internal", "litellm.internal"),
+        "anthropic": (CA_BUNDLE, "api.anthropic.com", "api.anthropic.com"),
+        "upstream-openai": (CA_BUNDLE, "api.openai.com", "api.openai.com"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("admin", "probe", "stats"),
+    [("unix:/run/a.sock", "0.0.0.0:8081", True), ("unix:/run/a.sock", "", False),
+     ("127.0.0.1:9901", "0.0.0.0:8081", False), ("", "0.0.0.0:8081", False)],
+)  # fmt: skip
+def test_the_probe_serves_stats_only_from_an_admin_socket(admin: str, probe: str, stats: bool) -> None:
+    """docs/operations.md: the probe port proxies GET /stats/prometheus to Envoy's admin socket, and only then is
+    there a cluster to that socket; a TCP admin port is the operator's to scrape."""
+    from ext_proc.envoy import STATS_PATH, bootstrap
+
+    document = bootstrap(Config(admin_listen=admin, probe_listen=probe).layout())
+    clusters = [c["name"] for c in document["static_resources"]["clusters"]]
+    probes = [lst for lst in document["static_resources"]["listeners"] if lst["name"] == "probe"]
+    routes = [r for p in probes for r in p["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+              ["virtual_hosts"][0]["routes"]]  # fmt: skip
+    assert ("envoy_admin" in clusters) == stats
+    assert [r["match"].get("path") for r in routes] == ([STATS_PATH, None] if stats else [None] if probe else [])
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -644,6 +699,7 @@ def test_every_layout_setting_lands_where_envoy_reads_it() -> None:
         ({"upstream": ("a=http://x:1", "a=http://y:2")}, "--upstream: each NAME once, got a, a"),
         ({"litellm": "litellm:4000"}, "--litellm: expected an http:// or https:// URL, got 'litellm:4000'"),
         ({"anthropic": "ftp://x:1"}, "--anthropic: expected an http:// or https:// URL, got 'ftp://x:1'"),
+        ({"server_address": "ext-proc"}, "--server-address: expected HOST:PORT, got 'ext-proc'"),
     ],
 )  # fmt: skip
 def test_a_bad_layout_setting_names_its_flag(settings: dict[str, Any], message: str) -> None:
@@ -729,26 +785,62 @@ def _docs_settings() -> list[list[str]]:
     return rows
 
 
-COMMAND_OWN = {"up": set(), "serve": set(), "check": {"--envoy-config", "--run-by"}, "envoy-config": {"--all"}}
+# Each command's flags that are not settings (what it works on), as `--help` shows them: flag and value, meaning.
+COMMAND_OWN = {
+    "up": {},
+    "serve": {},
+    "check": {
+        "--envoy-config ENVOY_CONFIG": "an Envoy bootstrap to validate with `envoy --mode validate`",
+        "--run-by RUN_BY": "who runs --litellm-config: 'up' (`up --litellm-config`, which sets what the gateway needs "
+        "and says so) or 'litellm' (a LiteLLM you run, which must hold those settings itself)",
+    },
+    "envoy-config": {"--all DEPLOY_DIR": "write every Envoy config the repository ships under DEPLOY_DIR instead"},
+    "health": {"--address ADDRESS": "the server's address, unix:PATH or HOST:PORT"},
+    "keygen": {"--egress-token": "print a new egress token instead"},
+}
+
+
+def _offered(command: str) -> dict[str, str]:
+    """`ext-proc COMMAND --help`'s options after -h: flag (with its value's name) and help text."""
+    ran = run_cli([command, "--help"], {"COLUMNS": "10000"})  # no wrapping inside a word (x-stainless-*)
+    assert (ran.returncode, ran.stderr) == (0, "")
+    entries = re.split(r"\n(?=  -)", ran.stdout.split("\noptions:\n")[1])
+    parsed = (re.fullmatch(r"\s*(--[a-z-]+(?:, --no-[a-z-]+| [A-Z_]+)?)\s+(.*)", e, re.DOTALL) for e in entries[1:])
+    offered = {m[1]: " ".join(m[2].split()) for m in parsed if m}
+    assert len(offered) == len(entries) - 1, "each option after -h has a flag, its value's name and a help text"
+    return offered
 
 
 @pytest.mark.parametrize("command", list(COMMAND_OWN))
+def test_a_command_s_own_flags_are_offered_with_what_they_take_and_mean(command: str) -> None:
+    own = {flag: text for flag, text in _offered(command).items() if flag.split()[0] in _own_flags(command)}
+    assert own == COMMAND_OWN[command]
+
+
+def _own_flags(command: str) -> set[str]:
+    return {flag.split()[0] for flag in COMMAND_OWN[command]}
+
+
+def test_the_docs_name_each_command_s_own_flags() -> None:
+    """docs/configuration.md's sentence on the flags that are no setting (`check --envoy-config FILE ...`)."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    sentence = " ".join(text.split("is a flag of that command only")[0].split("\n\n")[-1].split())
+    named = {m[1]: set(re.findall(r"--[a-z-]+", m[2])) for m in re.finditer(r"`([a-z-]+) (--[^`]*)`", sentence)}
+    assert named == {command: _own_flags(command) for command in COMMAND_OWN if COMMAND_OWN[command]}
+
+
+@pytest.mark.parametrize("command", ["up", "serve", "check", "envoy-config"])
 def test_each_command_s_help_offers_the_flags_the_docs_give_it_with_their_meaning(command: str) -> None:
     """docs/configuration.md's "flag, in" column is what `ext-proc COMMAND --help` offers, each flag with the
     table's meaning, its variable and its default."""
-    ran = run_cli([command, "--help"], {"COLUMNS": "10000"})  # no wrapping inside a word (x-stainless-*)
-    assert (ran.returncode, ran.stderr) == (0, "")
     documented = {}
     for _key, env, flag_in, default, meaning in _docs_settings():
         flag, _, commands = flag_in.partition(", ")
         if command in commands.split(", "):
             documented[flag.strip("`")] = f"{meaning} (env {env}{'; default ' + default if default != 'none' else ''})"
-    entries = re.split(r"\n(?=  -)", ran.stdout.split("\noptions:\n")[1])
-    parsed = (re.fullmatch(r"\s*(--[a-z-]+)(?:, --no-[a-z-]+| [A-Z_]+)?\s+(.*)", e, re.DOTALL) for e in entries[1:])
-    offered = {m[1]: " ".join(m[2].split()) for m in parsed if m}
-    assert len(offered) == len(entries) - 1, "each option after -h has a flag, its value's name and a help text"
+    offered = {flag.split()[0].removesuffix(","): text for flag, text in _offered(command).items()}
     assert offered.pop("--config") == "TOML config file; env EXT_PROC_CONFIG"
-    assert set(offered) - COMMAND_OWN[command] == set(documented) != set()
+    assert set(offered) - _own_flags(command) == set(documented) != set()
     assert {flag: offered[flag] for flag in documented} == documented
 
 

@@ -38,7 +38,7 @@ from ext_proc.server import Server
 from tests.support.command import Ran, run_cli
 from tests.support.extproc import EGRESS, exchange, headers_message, message_stream
 from tests.support.http import get_text
-from tests.support.processes import start_server, wait_for
+from tests.support.processes import BIN, Proc, start_server, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_A = base64.urlsafe_b64encode(bytes(32)).decode()
@@ -374,14 +374,15 @@ def test_serve_answers_on_either_event_loop(tmp_path: Path, event_loop: str) -> 
     assert ("uvloop" in mapped) == (event_loop == "uvloop")
 
 
-def test_the_health_command_is_ready_only_while_the_server_serves(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])  # docs/operations.md: either drains
+def test_the_health_command_is_ready_only_while_the_server_serves(tmp_path: Path, stop_signal: signal.Signals) -> None:
     """Kubernetes' exec probes (`ext-proc health`): 0 and SERVING while serving, 1 once SIGTERM starts the drain
     (kubelet stops sending new work) and 1 naming the address when nothing answers."""
     address = f"unix:{tmp_path}/s.sock"
     server = start_server(tmp_path / "s.sock", {"EXT_PROC_DRAIN_SECONDS": "60"})
     try:
         assert run_cli(["health", "--address", address], {}) == Ran(0, "SERVING\n", "")
-        server.signal(signal.SIGTERM)
+        server.signal(stop_signal)
         wait_for(lambda: run_cli(["health", "--address", address], {}).stdout != "SERVING\n", "the drain")
         assert run_cli(["health", "--address", address], {}) == Ran(1, "NOT_SERVING\n", "")
     finally:
@@ -389,6 +390,21 @@ def test_the_health_command_is_ready_only_while_the_server_serves(tmp_path: Path
         server.stop()
     assert run_cli(["health", "--address", address], {}) == Ran(
         1, "", f"ext-proc: health check of {address} failed: UNAVAILABLE\n"
+    )
+
+
+def test_the_health_command_asks_serve_s_default_socket_when_given_no_address(tmp_path: Path) -> None:
+    """A probe written as plain `ext-proc health` asks where a plain `ext-proc serve` listens."""
+    runtime = {"XDG_RUNTIME_DIR": str(tmp_path)}
+    server = Proc([str(BIN / "ext-proc"), "serve", "--metrics-listen", "127.0.0.1:0"], runtime)
+    try:
+        ready = server.wait_line("serving ext_proc on").split(" metrics=")[0]
+        assert ready == f"serving ext_proc on unix:{tmp_path}/ext-proc/ext-proc.sock"
+        assert run_cli(["health"], runtime) == Ran(0, "SERVING\n", "")
+    finally:
+        server.stop()
+    assert run_cli(["health"], runtime) == Ran(
+        1, "", f"ext-proc: health check of unix:{tmp_path}/ext-proc/ext-proc.sock failed: UNAVAILABLE\n"
     )
 
 

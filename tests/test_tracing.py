@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -245,6 +246,18 @@ def test_up_with_a_tracing_endpoint_exports_envoy_s_and_the_server_s_spans(tmp_p
         )
         wanted = {"ext-proc-envoy-ingress", "ext-proc-envoy-egress", "ext-proc-credentials"}
         collector.wait_until(lambda spans: {s.service for s in spans} >= wanted, "spans of both legs and the server")
+
+
+def test_up_stopped_right_after_a_request_still_exports_its_span(tmp_path: Path) -> None:
+    """A pod stopped at once keeps its last decisions' spans: the exporter's batch (sent every 5 s) is flushed as
+    the process stops (the server's stop and the OpenTelemetry SDK's exit hook both flush it)."""
+    with Collector() as collector, Recorder() as recorder:
+        with running_up(tmp_path, recorder, "--tracing-endpoint", collector.endpoint) as (up, ingress, _):
+            send(ingress, "POST", "/v1/messages", [("x-api-key", "sk-ant-api03-LAST"), ("x-litellm-api-key", TOKEN)],
+                 b"{}")  # fmt: skip
+            up.signal(signal.SIGTERM)
+            assert up.stop() == 0, up.output
+        assert [s.attributes["ext_proc.leg"] for s in collector.spans("ext-proc-credentials")] == ["ingress", "egress"]
 
 
 def test_spans_are_encoded_with_otlp_s_numbers(traced: tuple[Tracing, InMemorySpanExporter]) -> None:

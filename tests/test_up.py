@@ -35,8 +35,9 @@ from tests.support.recorder import Recorder
 from tests.support.up_command import SERVER_KEY, TOKEN, running_up, up_process
 
 
-def test_up_serves_both_legs_and_stops_cleanly_on_sigterm() -> None:
-    ingress, egress = free_port(), free_port()
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])  # README: SIGTERM/SIGINT stop both
+def test_up_serves_both_legs_and_stops_cleanly_on_sigterm(stop_signal: signal.Signals) -> None:
+    ingress, egress, metrics = free_port(), free_port(), free_port()
     with Recorder() as recorder:
         # Options from the environment, as a container would set them; the ingress goes straight to the egress leg.
         env = {
@@ -44,7 +45,7 @@ def test_up_serves_both_legs_and_stops_cleanly_on_sigterm() -> None:
             "EXT_PROC_EGRESS_LISTEN": f"127.0.0.1:{egress}",
             "EXT_PROC_LITELLM": f"http://127.0.0.1:{egress}",
             "EXT_PROC_ANTHROPIC": recorder.url,
-            "EXT_PROC_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
+            "EXT_PROC_METRICS_LISTEN": f"127.0.0.1:{metrics}",
             "EXT_PROC_EGRESS_TOKEN": TOKEN,
         }
         up = up_process(env=env)
@@ -52,6 +53,7 @@ def test_up_serves_both_legs_and_stops_cleanly_on_sigterm() -> None:
             ready = up.wait_line("ready ")
             where = f"ingress=127.0.0.1:{ingress} egress=127.0.0.1:{egress}"
             assert ready == f"ready {where} litellm=up (127.0.0.1:{egress})"
+            assert f"metrics on http://127.0.0.1:{metrics}/metrics" in up.output, "where to scrape, said at start"
             status, _, _ = send(
                 HostPort("127.0.0.1", ingress), "POST", "/v1/messages",
                 [("authorization", "Bearer sk-ant-oat01-UP"), ("x-litellm-api-key", "sk-litellm-1"),
@@ -62,7 +64,7 @@ def test_up_serves_both_legs_and_stops_cleanly_on_sigterm() -> None:
             assert got.get("authorization") == ["Bearer sk-ant-oat01-UP"] and "x-litellm-api-key" not in got.names
             assert got.get("x-api-key") == []
         finally:
-            up.signal(signal.SIGTERM)
+            up.signal(stop_signal)
             code = up.stop()
         assert code == 0, up.output
         for port in (ingress, egress):
@@ -417,6 +419,11 @@ ALSO = ", which is also given: "
         (["envoy-config"], {"EXT_PROC_EXT_PROC": "unix:/e"}, ["envoy-config"],
          {"EXT_PROC_EXT_PROC": "unix:/e", "EXT_PROC_SERVER_ADDRESS": "unix:/e"},
          ["EXT_PROC_EXT_PROC is now EXT_PROC_SERVER_ADDRESS"]),
+        # Given last, without its value: argparse says what is missing, of the new flag.
+        (["up", "--ingress-listen=b:2", "--listen"], {}, ["up", "--ingress-listen=b:2"], {},
+         [f"--listen is now --ingress-listen{ALSO}--listen ignored"]),
+        (["up", "--listen"], {}, ["up", "--ingress-listen"], {}, ["--listen is now --ingress-listen"]),
+        (["--listen"], {}, ["--listen"], {}, []),  # no command: nothing to map; argparse asks for one
         # Flags come before the command too: the command is the first argument that is no flag.
         (["--listen=a:1", "up"], {}, ["--ingress-listen=a:1", "up"], {}, ["--listen is now --ingress-listen"]),
         # A flag named like an old one, longer, is not it.

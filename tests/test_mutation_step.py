@@ -1,0 +1,40 @@
+"""scripts/mutate_constants.py: what its second step mutates, and against which tests (tests/README.md's table)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scripts import mutate_constants as step
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _names(module: str) -> dict[str, str]:
+    return {m.name: m.description for m in step.collect(ROOT / "ext_proc" / f"{module}.py")}
+
+
+def test_the_supervisor_is_mutated_in_its_function_bodies_with_its_calls_dropped() -> None:
+    up = _names("up")
+    assert up, "ext_proc/up.py gets no mutant"
+    assert "call dropped: server.start()" in up.values()
+    assert all(name.startswith("ext_proc.up.") for name in up)
+    assert not [d for d in up.values() if 'log.info("' in d or "signal received" in d], "log lines are left alone"
+    assert not [d for d in up.values() if d in ("without config", "without secrets")], "`a, b = ...` is no tuple"
+    stops = {d for n, d in _names("supervise").items() if n.startswith("ext_proc.supervise.stop@")}
+    assert {"call dropped: child.send_signal(signal.SIGTERM)", "call dropped: child.kill()"} <= stops
+
+
+def test_only_the_code_run_as_a_command_leaves_mutmut_for_this_step() -> None:
+    """cli's and server's other functions stay mutmut's: mutated twice, they would count twice."""
+    functions = {name.partition("@")[0].removeprefix("ext_proc.") for name in [*_names("cli"), *_names("server")]}
+    assert {"cli._start", "cli._run", "cli._serve", "server.Server.start", "server._private_socket_dir"} <= functions
+    assert not functions & {"cli.main", "cli._check", "server.CredentialProcessor.process", "server._sets"}
+    assert step._run_as_command("ext_proc.server.Server.stop")
+    assert not step._run_as_command("ext_proc.server.ServerConfig")  # a name that only starts alike
+
+
+def test_code_run_as_a_command_is_tested_by_the_tests_that_start_the_command() -> None:
+    starting = step.test_files(step.COMMAND_HELPER)
+    assert "tests/test_server.py" in starting  # starts `ext-proc serve` and signals it
+    assert "tests/test_up.py" in starting
+    assert "tests/test_rules_egress.py" not in starting  # the rules alone
