@@ -11,7 +11,7 @@ import logging
 import socket
 from pathlib import Path
 
-from ext_proc.envoy import Layout, log_caps, render
+from ext_proc.envoy import HostPort, Layout, log_caps, render
 from ext_proc.supervise import answers, die_with_parent, wait_until
 
 log = logging.getLogger("ext_proc.up")
@@ -25,8 +25,9 @@ ACTIVE_REQUEST_STATS = frozenset({"http.ingress.downstream_rq_active", "http.egr
 class Admin:
     """Envoy's admin API, over its Unix socket or, when the operator asked for one, TCP."""
 
-    def __init__(self, address: str, address_file: Path) -> None:
-        self._socket = address.removeprefix("unix:") if address.startswith("unix:") else None
+    def __init__(self, address: HostPort | str | None, address_file: Path) -> None:
+        """``address``: the layout's (a ``unix:PATH`` string, or a HostPort whose port Envoy writes to the file)."""
+        self._socket = address.removeprefix("unix:") if isinstance(address, str) else None
         self._address_file = address_file
 
     def request(self, path: str, method: str = "GET", timeout: float = 2.0) -> tuple[int, str]:
@@ -70,7 +71,7 @@ async def start(
         "--drain-time-s", str(max(1, int(grace))), "--drain-strategy", "immediate",
         preexec_fn=die_with_parent,
     )  # fmt: skip
-    return proc, Admin(str(layout.admin), work / "admin")
+    return proc, Admin(layout.admin, work / "admin")
 
 
 async def wait_ready(envoy: asyncio.subprocess.Process, admin: Admin, layout: Layout, stopping: asyncio.Event) -> None:

@@ -236,17 +236,40 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def test_up_refuses_a_taken_port_and_names_the_holder(tmp_path: Path) -> None:
+def test_up_with_a_tcp_admin_port_gets_ready_through_it_drains_and_warns(tmp_path: Path) -> None:
+    """`--admin-listen HOST:PORT`: `up` asks Envoy's readiness and drains it over that port, and says who can use it."""
+    admin = free_port()
+    with Recorder() as recorder, running_up(tmp_path, recorder, "--admin-listen", f"127.0.0.1:{admin}") as (up, _, _):
+        connection = http.client.HTTPConnection("127.0.0.1", admin, timeout=5)
+        connection.request("GET", "/ready")
+        assert connection.getresponse().status == 200
+        connection.close()
+        up.signal(signal.SIGTERM)
+        wait_for(lambda: up.poll() is not None, "up to drain Envoy and exit")
+        assert up.poll() == 0, up.output
+    assert f"Envoy's admin API listens on 127.0.0.1:{admin}: any process that can reach it" in up.output
+    assert "could not drain Envoy" not in up.output, "the drain went through the admin port"
+
+
+@pytest.mark.parametrize(
+    ("flag", "what"),
+    [("--ingress-listen", "ingress"), ("--egress-listen", "egress"), ("--admin-listen", "Envoy admin"),
+     ("--probe-listen", "probe")],
+)  # fmt: skip
+def test_up_refuses_a_taken_port_and_names_the_holder(tmp_path: Path, flag: str, what: str) -> None:
+    """Each address `up` listens on is checked before anything starts (Envoy alone would only log a bind error)."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         assert port_holder(port) == f"pid {os.getpid()} ({Path('/proc/self/comm').read_text().strip()})"
-        args = ["up", "--ingress-listen", f"127.0.0.1:{port}", "--egress-listen", f"127.0.0.1:{free_port()}"]
+        flags = ("--ingress-listen", "--egress-listen", "--admin-listen", "--probe-listen")
+        listens = {f: f"127.0.0.1:{free_port()}" for f in flags} | {flag: f"127.0.0.1:{port}"}
+        args = ["up", *(part for pair in listens.items() for part in pair)]
         result = subprocess.run([str(BIN / "ext-proc"), *args], capture_output=True, text=True, timeout=60,
                                 env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)})  # fmt: skip
     assert result.returncode == 1
-    assert f"cannot listen on 127.0.0.1:{port} (ingress): Address already in use; held by pid {os.getpid()}" in (
+    assert f"cannot listen on 127.0.0.1:{port} ({what}): Address already in use; held by pid {os.getpid()}" in (
         result.stderr
     )
 
