@@ -229,6 +229,7 @@ def test_sigterm_on_up_lets_every_started_request_finish(tmp_path: Path, legs: s
         print(f"\nSIGTERM with 8 requests in flight: statuses {Counter(results)}, exit {code}")
         assert results == [200] * 8
         assert code == 0, up.output
+        assert "could not drain Envoy" not in up.output and "grace period over" not in up.output, "drained, not cut"
         if legs == "both":
             for got in recorder.take():
                 assert got.get("authorization") == [f"Bearer {LOAD_OAUTH}"] and got.get("x-api-key") == []

@@ -65,8 +65,11 @@ def test_up_serves_both_legs_and_stops_cleanly_on_sigterm(stop_signal: signal.Si
             assert got.get("x-api-key") == []
         finally:
             up.signal(stop_signal)
+            # The one signal alone (Proc.stop would send a SIGTERM after it): up drains and exits by itself.
+            wait_for(lambda: up.poll() is not None, "up to stop")
             code = up.stop()
         assert code == 0, up.output
+        assert "signal received: draining Envoy" in up.output, "the signal is up's to handle, not asyncio's"
         for port in (ingress, egress):
             with socket.socket() as s:
                 assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open after exit"
@@ -234,6 +237,38 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
     except OSError:
         return True
+
+
+def test_up_tells_how_litellm_gets_the_egress_token(tmp_path: Path) -> None:
+    """README: `up` prints, after its ready line, how LiteLLM gets the egress token (the file's path, never the
+    token)."""
+    with Recorder() as recorder, running_up(tmp_path, recorder) as (up, _, egress):
+        line = up.wait_line("litellm: ")
+    token = f'ANTHROPIC_API_KEY="$(cat {tmp_path / "egress-token"})"'
+    assert line == (f"litellm: send the egress token as the Anthropic key: {token} and api_key: "
+                    f"os.environ/ANTHROPIC_API_KEY; ANTHROPIC_API_BASE=http://{egress}")  # fmt: skip
+
+
+def test_up_stops_with_an_error_when_envoy_dies_under_it(tmp_path: Path) -> None:
+    """A supervisor that outlives its Envoy would leave the pod Running with no gateway: `up` exits, saying why."""
+    with Recorder() as recorder, running_up(tmp_path, recorder) as (up, _, _):
+        os.kill(_envoy_pid(up), signal.SIGKILL)
+        wait_for(lambda: up.poll() is not None, "up to notice")
+        assert up.poll() == 1, up.output
+    assert "ext-proc: Envoy exited unexpectedly with status -9" in up.output
+
+
+def test_up_says_when_envoy_exits_during_start_up(tmp_path: Path) -> None:
+    not_envoy = tmp_path / "envoy"
+    not_envoy.write_text("#!/bin/sh\necho 'not envoy' >&2\nexit 3\n")
+    not_envoy.chmod(0o755)
+    args = ["up", "--envoy", str(not_envoy), "--ingress-listen", f"127.0.0.1:{free_port()}",
+            "--egress-listen", f"127.0.0.1:{free_port()}", "--metrics-listen", "off"]  # fmt: skip
+    result = subprocess.run([str(BIN / "ext-proc"), *args], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)})  # fmt: skip
+    assert result.returncode == 1
+    said = "ext-proc: Envoy exited during start-up with status 3 (see its log above)\n"
+    assert result.stderr.endswith(f"not envoy\n{said}"), "Envoy's own words, then which child and how"
 
 
 def test_up_with_a_tcp_admin_port_gets_ready_through_it_drains_and_warns(tmp_path: Path) -> None:
