@@ -868,6 +868,16 @@ def test_the_command_s_help_is_the_module_s_and_a_command_is_required() -> None:
     )
 
 
+def _parsed_or_refused(parse: Callable[[], object], expected: object) -> None:
+    """``parse()`` gives ``expected``; or, when that is a message, refuses with exactly it."""
+    if isinstance(expected, str):
+        with pytest.raises(ValueError) as refused:
+            parse()
+        assert str(refused.value) == expected
+    else:
+        assert parse() == expected
+
+
 @pytest.mark.parametrize(
     ("text", "parsed"),
     [("127.0.0.1:0", HostPort("127.0.0.1", 0)), ("[::1]:65535", HostPort("::1", 65535)),
@@ -880,12 +890,7 @@ def test_the_command_s_help_is_the_module_s_and_a_command_is_required() -> None:
 def test_a_listen_address_is_host_and_port_and_a_bracketed_ipv6_host_loses_its_brackets(
     text: str, parsed: HostPort | str
 ) -> None:
-    if isinstance(parsed, HostPort):
-        assert HostPort.parse(text, "--x") == parsed
-    else:
-        with pytest.raises(ValueError) as refused:
-            HostPort.parse(text, "--x")
-        assert str(refused.value) == parsed
+    _parsed_or_refused(lambda: HostPort.parse(text, "--x"), parsed)
 
 
 @pytest.mark.parametrize(
@@ -897,12 +902,7 @@ def test_a_listen_address_is_host_and_port_and_a_bracketed_ipv6_host_loses_its_b
      ("http://", "--x: expected an http:// or https:// URL, got 'http://'")],
 )  # fmt: skip
 def test_a_target_is_a_base_url_whose_port_defaults_by_scheme(text: str, parsed: Endpoint | str) -> None:
-    if isinstance(parsed, Endpoint):
-        assert Endpoint.parse(text, "--x") == parsed
-    else:
-        with pytest.raises(ValueError) as refused:
-            Endpoint.parse(text, "--x")
-        assert str(refused.value) == parsed
+    _parsed_or_refused(lambda: Endpoint.parse(text, "--x"), parsed)
 
 
 UPSTREAM_SHAPE = ("--upstream: expected NAME=URL with NAME of lower-case letters, digits and '-' (not 'anthropic'), "
@@ -917,12 +917,7 @@ UPSTREAM_SHAPE = ("--upstream: expected NAME=URL with NAME of lower-case letters
      ("bad=name=http://h", "--upstream bad: expected an http:// or https:// URL, got 'name=http://h'")],
 )  # fmt: skip
 def test_another_provider_is_name_equals_url(text: str, parsed: OtherUpstream | str) -> None:
-    if isinstance(parsed, OtherUpstream):
-        assert OtherUpstream.parse(text) == parsed
-    else:
-        with pytest.raises(ValueError) as refused:
-            OtherUpstream.parse(text)
-        assert str(refused.value) == parsed
+    _parsed_or_refused(lambda: OtherUpstream.parse(text), parsed)
 
 
 def test_envoy_config_reads_only_the_layout_so_a_server_setting_cannot_stop_it(tmp_path: Path) -> None:
