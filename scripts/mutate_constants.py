@@ -76,8 +76,9 @@ FILTER_SETTINGS = frozenset({("ext_proc.envoy", "ext_proc_filter"), ("ext_proc.e
 IMPORT_TIME = frozenset({("ext_proc.config", "setting")})
 # Code that runs until a signal, tested by starting the command as a child process (`ext-proc up` supervising
 # Envoy and the server, `serve`, the server's lifecycle): mutmut's trampolines are active only in its own test
-# process (the functions inside its modules sit in a `no mutate` block), so this step mutates these function bodies,
-# in the copy the child imports from (PYTHONPATH), and also drops each call made as a statement (a kill, a wait).
+# process (such functions in its modules sit in a `no mutate` block; the supervisor's are not given to it at all),
+# so this step mutates these function bodies, in the copy the child imports from (PYTHONPATH), and also drops each
+# call made as a statement (a kill, a wait).
 # Modules, or functions and classes by qualified name.
 RUN_AS_COMMAND = frozenset({
     "ext_proc.supervise", "ext_proc.envoy_process", "ext_proc.up", "ext_proc.cli._start", "ext_proc.cli._serve",

@@ -800,6 +800,10 @@ COMMAND_OWN = {
 }
 
 
+def _own_flags(command: str) -> set[str]:
+    return {flag.split()[0] for flag in COMMAND_OWN[command]}
+
+
 def _offered(command: str) -> dict[str, str]:
     """`ext-proc COMMAND --help`'s options after -h: flag (with its value's name) and help text."""
     ran = run_cli([command, "--help"], {"COLUMNS": "10000"})  # no wrapping inside a word (x-stainless-*)
@@ -815,10 +819,6 @@ def _offered(command: str) -> dict[str, str]:
 def test_a_command_s_own_flags_are_offered_with_what_they_take_and_mean(command: str) -> None:
     own = {flag: text for flag, text in _offered(command).items() if flag.split()[0] in _own_flags(command)}
     assert own == COMMAND_OWN[command]
-
-
-def _own_flags(command: str) -> set[str]:
-    return {flag.split()[0] for flag in COMMAND_OWN[command]}
 
 
 def test_the_docs_name_each_command_s_own_flags() -> None:

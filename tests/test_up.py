@@ -66,8 +66,7 @@ def test_up_serves_both_legs_and_stops_cleanly_on_sigterm(stop_signal: signal.Si
         finally:
             up.signal(stop_signal)
             # The one signal alone (Proc.stop would send a SIGTERM after it): up drains and exits by itself.
-            wait_for(lambda: up.poll() is not None, "up to stop")
-            code = up.stop()
+            code = up.wait(30)
         assert code == 0, up.output
         assert "signal received: draining Envoy" in up.output, "the signal is up's to handle, not asyncio's"
         for port in (ingress, egress):
@@ -253,8 +252,7 @@ def test_up_stops_with_an_error_when_envoy_dies_under_it(tmp_path: Path) -> None
     """A supervisor that outlives its Envoy would leave the pod Running with no gateway: `up` exits, saying why."""
     with Recorder() as recorder, running_up(tmp_path, recorder) as (up, _, _):
         os.kill(_envoy_pid(up), signal.SIGKILL)
-        wait_for(lambda: up.poll() is not None, "up to notice")
-        assert up.poll() == 1, up.output
+        assert up.wait(30) == 1, up.output
     assert "ext-proc: Envoy exited unexpectedly with status -9" in up.output
 
 
@@ -280,8 +278,7 @@ def test_up_with_a_tcp_admin_port_gets_ready_through_it_drains_and_warns(tmp_pat
         assert connection.getresponse().status == 200
         connection.close()
         up.signal(signal.SIGTERM)
-        wait_for(lambda: up.poll() is not None, "up to drain Envoy and exit")
-        assert up.poll() == 0, up.output
+        assert up.wait(30) == 0, up.output  # drained Envoy and exited
     assert f"Envoy's admin API listens on 127.0.0.1:{admin}: any process that can reach it" in up.output
     assert "could not drain Envoy" not in up.output, "the drain went through the admin port"
 
