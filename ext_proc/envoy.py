@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -97,7 +97,21 @@ class HostPort:
         return cls(host.strip("[]"), int(port))
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"{_bracketed(self.host)}:{self.port}"
+
+    @property
+    def reached_at(self) -> HostPort:
+        """Where a client on this host connects to a listener here: a wildcard's loopback, of the same family (Envoy
+        listens on ``::`` for IPv6 only)."""
+        return replace(self, host=_LOOPBACK_OF_WILDCARD.get(self.host, self.host))
+
+
+_LOOPBACK_OF_WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def _bracketed(host: str) -> str:
+    """An IPv6 literal as URLs and ``HOST:PORT`` text write it (``[::1]:8080``)."""
+    return f"[{host}]" if ":" in host else host
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +135,11 @@ class Endpoint:
     @property
     def authority(self) -> str:
         default = 443 if self.scheme == "https" else 80
-        return self.host if self.port == default else f"{self.host}:{self.port}"
+        return _bracketed(self.host) if self.port == default else str(self.address)
+
+    @property
+    def address(self) -> HostPort:
+        return HostPort(self.host, self.port)
 
 
 @dataclass(frozen=True, slots=True)

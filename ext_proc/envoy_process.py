@@ -83,13 +83,14 @@ def _ready(admin: Admin, layout: Layout) -> bool:
     try:
         if admin.request("/ready", timeout=1)[0] != 200:
             return False
-        return all(answers(at.host, at.port) for at in (layout.ingress, layout.egress))
+        return all(answers(at) for at in (layout.ingress, layout.egress))
     except (OSError, ValueError):
         return False
 
 
 async def drain(envoy: asyncio.subprocess.Process, admin: Admin, grace: float) -> None:
-    """Stop taking new connections, then wait until no request is active on either leg (or the grace runs out).
+    """Envoy's graceful drain (every answer, new connections' too, says ``Connection: close``), then wait until no
+    request is active on either leg (or the grace runs out).
 
     A terminal's Ctrl-C (any signal sent to the process group) reaches Envoy too, which then stops at once and
     cannot be drained; a service manager signals only this process.

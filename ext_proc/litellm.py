@@ -196,14 +196,14 @@ class Plan:
         if token is None:
             raise UpError("--litellm-config needs an egress token (egress_token_file)")
         given = load(path)
-        derived = yaml.safe_dump(derive(given, str(layout.egress)), sort_keys=False)
+        derived = yaml.safe_dump(derive(given, str(layout.egress.reached_at)), sort_keys=False)
         findings = check_text(derived, token, config.anthropic_prefix, {"ANTHROPIC_API_KEY": token.decode()})
         for finding in findings:
             log.warning("LiteLLM config %s: %s", path, finding)
         if any(f.error for f in findings):
             raise UpError(f"the LiteLLM config {path} breaks a guarantee (see above)")
         loopback = layout.ingress.host in ("127.0.0.1", "::1", "localhost")
-        env = environment(given, token.decode(), str(layout.egress), loopback)
+        env = environment(given, token.decode(), str(layout.egress.reached_at), loopback)
         return cls(given, derived, env, binary, path)
 
     # pragma: no mutate start (runs LiteLLM in `up`'s process: tests/e2e/test_router.py and test_chain.py)
@@ -221,7 +221,7 @@ class Plan:
         )  # fmt: skip
         self.output = asyncio.create_task(prefixed(child, "litellm | "))
         log.info("LiteLLM started from %s (pid %d)", self.path, child.pid)
-        url = f"http://{layout.litellm.host}:{layout.litellm.port}/health/liveliness"
+        url = f"http://{layout.litellm.address}/health/liveliness"
         try:
             await wait_until(lambda: http_ok(url), child, "LiteLLM", START_SECONDS, stopping, 0.25)
         except BaseException:
@@ -233,7 +233,6 @@ class Plan:
 
     def print_client_setup(self, layout: Layout) -> None:
         """The two lines a Claude Code user needs (a master key as the shell holds it, never its value)."""
-        host = "127.0.0.1" if layout.ingress.host in ("0.0.0.0", "::") else layout.ingress.host
         if (self.given.get("general_settings") or {}).get("master_key") != _MASTER_FROM_ENV:
             key = "<your LiteLLM key>"
         elif os.environ.get(MASTER_KEY_ENV):
@@ -241,19 +240,18 @@ class Plan:
         else:
             key = DEV_MASTER_KEY
         # flush: a pipe reader waits for these lines while up runs (tests/e2e/test_chain.py; capsys cannot tell)
-        print(f"export ANTHROPIC_BASE_URL=http://{host}:{layout.ingress.port}", flush=True)  # pragma: no mutate
+        print(f"export ANTHROPIC_BASE_URL=http://{layout.ingress.reached_at}", flush=True)  # pragma: no mutate
         print(f'export ANTHROPIC_CUSTOM_HEADERS="x-litellm-api-key: {key}"', flush=True)  # pragma: no mutate
 
 
 async def watch(layout: Layout, up: bool) -> None:
     """Log each change in whether LiteLLM accepts connections: the ingress leg's 503s then name it too."""
-    answered = up
+    answered, where = up, layout.litellm.address
     while True:
         await asyncio.sleep(CHECK_SECONDS)
-        now = await asyncio.to_thread(answers, layout.litellm.host, layout.litellm.port)
+        now = await asyncio.to_thread(answers, where)
         if now != up:
             up = now
-            where = f"{layout.litellm.host}:{layout.litellm.port}"
             if up:
                 log.info("LiteLLM at %s answers%s", where, " again" if answered else "")
                 answered = True

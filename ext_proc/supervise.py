@@ -32,10 +32,8 @@ class UpError(RuntimeError):
 
 def ensure_free(at: HostPort, what: str) -> None:
     """Fail at start, naming the process that holds the port, rather than let a child fail later."""
-    if at.port == 0:
-        return
     with socket.socket(socket.AF_INET6 if ":" in at.host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, True)
         try:
             probe.bind((at.host, at.port))
         except OSError as exc:
@@ -50,8 +48,8 @@ def port_holder(port: int) -> str | None:
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
             for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                fields = line.split()  # sl local_address(HEX_IP:HEX_PORT) rem_address st ... inode
+                if fields[3] == "0A" and int(fields[1].partition(":")[2], 16) == port:
                     inodes.add(f"socket:[{fields[9]}]")
     for pid in (p for p in os.listdir("/proc") if p.isdigit()) if inodes else ():
         with contextlib.suppress(OSError):
@@ -65,7 +63,7 @@ def port_holder(port: int) -> str | None:
 def die_with_parent() -> None:
     """In the child, before exec: SIGTERM when `ext-proc up` dies, even by SIGKILL (Linux prctl)."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 async def wait_until(
@@ -106,11 +104,10 @@ async def prefixed(child: asyncio.subprocess.Process, prefix: str) -> None:
         sys.stderr.flush()
 
 
-def answers(host: str, port: int) -> bool:
-    """Something accepts TCP connections there."""
-    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+def answers(at: HostPort) -> bool:
+    """Something accepts TCP connections there (a wildcard listener: at its loopback)."""
     try:
-        with socket.create_connection((host, port), timeout=1):
+        with socket.create_connection((at.reached_at.host, at.port), timeout=1):
             return True
     except OSError:
         return False

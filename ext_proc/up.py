@@ -59,7 +59,7 @@ async def run(
                 child = await plan.start(work, layout, stopping)
             if stopping.is_set():
                 return 0
-            up = await asyncio.to_thread(answers, layout.litellm.host, layout.litellm.port)
+            up = await asyncio.to_thread(answers, layout.litellm.address)
             _print_ready(layout, up, config, plan)
             watcher = asyncio.create_task(litellm.watch(layout, up))
             await _until_stopped_or_dead(stopping, {"Envoy": proc, **({"LiteLLM": child} if child else {})})
@@ -80,7 +80,7 @@ def _ensure_ports_free(layout: Layout, runs_litellm: bool) -> None:
     places = [(layout.ingress, "ingress"), (layout.egress, "egress"), (layout.admin, "Envoy admin"),
               (layout.probe, "probe")]  # fmt: skip
     if runs_litellm:
-        places.append((HostPort(layout.litellm.host, layout.litellm.port), "LiteLLM"))
+        places.append((layout.litellm.address, "LiteLLM"))
     for at, what in places:
         if isinstance(at, HostPort):
             ensure_free(at, what)
@@ -93,15 +93,15 @@ def _ensure_ports_free(layout: Layout, runs_litellm: bool) -> None:
 
 
 def _print_ready(layout: Layout, up: bool, config: Config, plan: litellm.Plan | None) -> None:
-    where = f"{layout.litellm.host}:{layout.litellm.port}"
-    print(f"ready ingress={layout.ingress} egress={layout.egress} litellm={'up' if up else 'down'} ({where})",
-          flush=True)  # fmt: skip
+    state = f"{'up' if up else 'down'} ({layout.litellm.address})"
+    print(f"ready ingress={layout.ingress} egress={layout.egress} litellm={state}", flush=True)
     if plan is not None:
         plan.print_client_setup(layout)
     elif config.egress_token_file is not None:
         token = f'ANTHROPIC_API_KEY="$(cat {config.egress_token_file})"'
+        base = f"http://{layout.egress.reached_at}"
         print(f"litellm: send the egress token as the Anthropic key: {token} and api_key: "
-              f"os.environ/ANTHROPIC_API_KEY; ANTHROPIC_API_BASE=http://{layout.egress}", flush=True)  # fmt: skip
+              f"os.environ/ANTHROPIC_API_KEY; ANTHROPIC_API_BASE={base}", flush=True)  # fmt: skip
 
 
 async def _until_stopped_or_dead(stopping: asyncio.Event, children: dict[str, asyncio.subprocess.Process]) -> None:

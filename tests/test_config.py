@@ -905,6 +905,24 @@ def test_a_target_is_a_base_url_whose_port_defaults_by_scheme(text: str, parsed:
     _parsed_or_refused(lambda: Endpoint.parse(text, "--x"), parsed)
 
 
+@pytest.mark.parametrize(
+    ("url", "authority", "address", "reached_at"),
+    [("http://h:8443", "h:8443", "h:8443", "h:8443"), ("https://h", "h", "h:443", "h:443"),
+     ("http://0.0.0.0:80", "0.0.0.0", "0.0.0.0:80", "127.0.0.1:80"),
+     ("http://[::]:4000", "[::]:4000", "[::]:4000", "[::1]:4000"), ("https://[fd00::7]", "[fd00::7]", "[fd00::7]:443",
+     "[fd00::7]:443")],
+)  # fmt: skip
+def test_an_address_is_written_as_urls_and_host_headers_need_it_and_a_wildcard_is_reached_at_its_loopback(
+    url: str, authority: str, address: str, reached_at: str
+) -> None:
+    """docs/configuration.md: IPv6 hosts bracketed; a wildcard reached at the loopback of its own family."""
+    endpoint = Endpoint.parse(url, "--x")
+    assert (endpoint.authority, str(endpoint.address), str(endpoint.address.reached_at)) == (
+        authority, address, reached_at
+    )  # fmt: skip
+    assert HostPort.parse(address, "--x") == endpoint.address, "what is printed parses back"
+
+
 UPSTREAM_SHAPE = ("--upstream: expected NAME=URL with NAME of lower-case letters, digits and '-' (not 'anthropic'), "
                   "got ")  # fmt: skip
 

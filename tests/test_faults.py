@@ -190,6 +190,53 @@ def test_sigterm_on_serve_reports_not_serving_finishes_in_flight_and_exits_0(tmp
     channel.close()
 
 
+def test_a_client_arriving_during_up_s_drain_is_served_and_told_to_close(tmp_path: Path) -> None:
+    """docs/operations.md, Shutdown: Envoy drains gracefully; a load balancer that still sends new connections for a
+    moment after SIGTERM (Kubernetes' endpoints lag) gets answers with `Connection: close`, not refused connections.
+    LiteLLM (one recorder) holds a request through the ingress open, so the drain lasts; new clients use the egress,
+    whose Anthropic (another recorder) answers at once."""
+    ingress, egress = free_port(), free_port()
+    token = tmp_path / "egress-token"
+    token.write_text(EGRESS_TOKEN + "\n")
+    with Recorder() as litellm, Recorder() as anthropic:
+        up = Proc(
+            [str(BIN / "ext-proc"), "up", "--ingress-listen", f"127.0.0.1:{ingress}",
+             "--egress-listen", f"127.0.0.1:{egress}", "--metrics-listen", "off", "--egress-token-file", str(token),
+             "--litellm", litellm.url, "--anthropic", anthropic.url],
+        )  # fmt: skip
+        try:
+            up.wait_line("ready ")
+            headers = [("authorization", f"Bearer {LOAD_OAUTH}"), ("x-api-key", EGRESS_TOKEN)]
+
+            def fresh_client() -> str | None:
+                """A new connection's answer: its Connection header, or None when refused or not 200."""
+                try:
+                    status, _, response = send(HostPort("127.0.0.1", egress), "POST", "/v1/messages", headers, b"{}")
+                except ConnectionError:
+                    return None
+                return response.getheader("connection", "") if status == 200 else None
+
+            assert fresh_client() == "", "before the drain a connection stays open"
+            litellm.gate.clear()
+            held: list[int] = []
+            in_flight = threading.Thread(
+                target=lambda: held.append(send(HostPort("127.0.0.1", ingress), "POST", "/v1/messages", [], b"{}")[0])
+            )
+            in_flight.start()
+            wait_for(lambda: litellm.count == 1, "a request in flight at LiteLLM")
+            up.signal(signal.SIGTERM)
+            wait_for(lambda: fresh_client() == "close", "a new client served and told to close: the drain began")
+            # Not only the clients that were being accepted when it began: every new one while the drain lasts.
+            assert [fresh_client() for _ in range(5)] == ["close"] * 5
+            litellm.gate.set()
+            in_flight.join(30)
+            assert held == [200]
+            assert up.wait(30) == 0, up.output
+        finally:
+            litellm.gate.set()
+            up.stop()
+
+
 @pytest.mark.parametrize("legs", ["both", "ingress", "egress"])
 def test_sigterm_on_up_lets_every_started_request_finish(tmp_path: Path, legs: str) -> None:
     """Requests in flight through both legs, or on one leg only (the recorder playing LiteLLM behind the ingress;

@@ -291,11 +291,14 @@ def test_a_litellm_config_that_cannot_be_read_is_refused_by_name(tmp_path: Path)
         ("os.environ/LITELLM_MASTER_KEY", {"LITELLM_MASTER_KEY": MASTER}, "0.0.0.0",
          ["export ANTHROPIC_BASE_URL=http://127.0.0.1:8080",
           'export ANTHROPIC_CUSTOM_HEADERS="x-litellm-api-key: $LITELLM_MASTER_KEY"']),
-        ("os.environ/LITELLM_MASTER_KEY", {}, "::",
-         ["export ANTHROPIC_BASE_URL=http://127.0.0.1:8080",
+        ("os.environ/LITELLM_MASTER_KEY", {}, "::",  # Envoy listens on `::` for IPv6 only
+         ["export ANTHROPIC_BASE_URL=http://[::1]:8080",
           'export ANTHROPIC_CUSTOM_HEADERS="x-litellm-api-key: sk-local-dev-only"']),
         (MASTER, {}, "10.0.0.7",
          ["export ANTHROPIC_BASE_URL=http://10.0.0.7:8080",
+          'export ANTHROPIC_CUSTOM_HEADERS="x-litellm-api-key: <your LiteLLM key>"']),
+        (MASTER, {}, "fd00::7",
+         ["export ANTHROPIC_BASE_URL=http://[fd00::7]:8080",
           'export ANTHROPIC_CUSTOM_HEADERS="x-litellm-api-key: <your LiteLLM key>"']),
     ],
 )  # fmt: skip
@@ -337,13 +340,13 @@ def test_up_logs_each_change_in_whether_litellm_answers(
     import asyncio
     import threading
 
-    from ext_proc.envoy import Layout
+    from ext_proc.envoy import HostPort, Layout
 
     caplog.set_level("INFO", logger="ext_proc.up")
     seen, looks = threading.Event(), list(looks)  # the parameter's own list is shared by every run of the test
 
-    def answers(host: str, port: int) -> bool:
-        assert (host, port) == ("127.0.0.1", 4000)
+    def answers(at: HostPort) -> bool:
+        assert at == HostPort("127.0.0.1", 4000)
         if not looks:  # asked again: the last look has been judged
             seen.set()
             return True

@@ -248,6 +248,46 @@ def test_up_tells_how_litellm_gets_the_egress_token(tmp_path: Path) -> None:
                     f"os.environ/ANTHROPIC_API_KEY; ANTHROPIC_API_BASE=http://{egress}")  # fmt: skip
 
 
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback")
+def test_up_listens_on_ipv6_addresses_and_gets_ready_on_the_ipv6_wildcard(tmp_path: Path) -> None:
+    """docs/configuration.md: Envoy listens on `[::]` for IPv6 only, so readiness asks at ::1 (up asked at 127.0.0.1
+    and was never ready); IPv6 addresses print bracketed, as they are given and as URLs need them."""
+    ingress, egress = free_port(), free_port()
+    token = tmp_path / "egress-token"
+    token.write_text(TOKEN + "\n")
+    with Recorder() as recorder:
+        up = up_process(
+            "--ingress-listen", f"[::]:{ingress}", "--egress-listen", f"[::1]:{egress}",
+            "--litellm", f"http://[::1]:{egress}", "--anthropic", recorder.url, "--metrics-listen", "off",
+            "--egress-token-file", str(token),
+        )  # fmt: skip
+        try:
+            ready = up.wait_line("ready ")
+            assert ready == f"ready ingress=[::]:{ingress} egress=[::1]:{egress} litellm=up ([::1]:{egress})", up.output
+            assert up.wait_line("litellm: ").endswith(f"ANTHROPIC_API_BASE=http://[::1]:{egress}")
+            status, _, _ = send(
+                HostPort("::1", ingress), "POST", "/v1/messages",
+                [("authorization", "Bearer sk-ant-oat01-V6"), ("x-litellm-api-key", "sk-litellm-1"),
+                 ("x-api-key", TOKEN)], b"{}",
+            )  # fmt: skip
+            assert status == 200
+            (got,) = recorder.take()
+            assert got.get("authorization") == ["Bearer sk-ant-oat01-V6"] and got.get("x-api-key") == []
+            with socket.socket() as v4:
+                assert v4.connect_ex(("127.0.0.1", ingress)) != 0, "`[::]` is IPv6 only"
+        finally:
+            up.stop()
+
+
 def test_up_stops_with_an_error_when_envoy_dies_under_it(tmp_path: Path) -> None:
     """A supervisor that outlives its Envoy would leave the pod Running with no gateway: `up` exits, saying why."""
     with Recorder() as recorder, running_up(tmp_path, recorder) as (up, _, _):
@@ -385,17 +425,18 @@ def test_envoy_config_command_prints_what_deploy_ships(tmp_path: Path) -> None:
         assert path.read_text() == (deploy / path.relative_to(tmp_path)).read_text()
 
 
-@pytest.mark.parametrize("listen", ["default", "tcp"])
+@pytest.mark.parametrize("listen", ["default", "given", "tcp"])
 def test_serve_listens_on_a_private_unix_socket_unless_told_otherwise(listen: str) -> None:
+    """A socket path given whose directory is missing: the directory is made, 0700, as the default one is."""
     # A runtime directory other users may enter, as /run/user/UID is to the system: the server's own is not.
     run = Path(tempfile.mkdtemp(prefix="run-", dir="/tmp"))
     run.chmod(0o755)
     env = {"XDG_RUNTIME_DIR": str(run), "EXT_PROC_METRICS_LISTEN": "off"}
-    args = [] if listen == "default" else ["--listen", f"127.0.0.1:{free_port()}"]
-    serve = Proc([str(BIN / "ext-proc"), "serve", *args], env)
+    sock = run / "ext-proc" / "ext-proc.sock" if listen != "given" else run / "made" / "here" / "gateway.sock"
+    args = {"default": [], "given": ["--listen", f"unix:{sock}"], "tcp": ["--listen", f"127.0.0.1:{free_port()}"]}
+    serve = Proc([str(BIN / "ext-proc"), "serve", *args[listen]], env)
     try:
         line = serve.wait_line("serving ext_proc on")
-        sock = run / "ext-proc" / "ext-proc.sock"
         modes = (stat.S_IMODE(sock.parent.stat().st_mode), stat.S_IMODE(sock.stat().st_mode)) if sock.exists() else ()
         if listen == "default" and os.geteuid() == 0:
             # Another local user tries to open an egress stream (whose answer would hold credentials).
@@ -407,7 +448,7 @@ def test_serve_listens_on_a_private_unix_socket_unless_told_otherwise(listen: st
     finally:
         serve.stop()
         shutil.rmtree(run)
-    if listen == "default":
+    if listen != "tcp":
         assert line == f"serving ext_proc on unix:{sock}"
         assert modes == (0o700, 0o600)
         assert "TCP" not in serve.output
