@@ -38,3 +38,28 @@ def test_code_run_as_a_command_is_tested_by_the_tests_that_start_the_command() -
     assert "tests/test_server.py" in starting  # starts `ext-proc serve` and signals it
     assert "tests/test_up.py" in starting
     assert "tests/test_rules_egress.py" not in starting  # the rules alone
+
+
+def _copy_with(tmp_path: Path, tests: dict[str, str]) -> tuple[Path, step.Mutant]:
+    """A stand-in copy of the repository: one module the mutant changes (to the same text) and the given tests."""
+    (tmp_path / "ext_proc").mkdir()
+    (tmp_path / "ext_proc" / "stand_in.py").write_text("VALUE = 1\n")
+    (tmp_path / "tests").mkdir()
+    for name, text in tests.items():
+        (tmp_path / "tests" / name).write_text(text)
+    mutant = step.Mutant("ext_proc.stand_in.VALUE@1", ROOT / "ext_proc" / "stand_in.py", 8, 9, "1", "1 -> 1")
+    return tmp_path, mutant
+
+
+def test_a_kill_counts_when_the_failing_test_fails_again_alone(tmp_path: Path) -> None:
+    """tests/README.md: a test that failed only under the step's load (it passes alone) does not make a kill; the
+    selection runs once more and its answer counts."""
+    flaky = (
+        "from pathlib import Path\n\ndef test_once():\n    marker = Path(__file__).with_suffix('.ran')\n"
+        "    first = not marker.exists()\n    marker.touch()\n    assert not first\n"
+    )
+    copy, mutant = _copy_with(tmp_path, {"test_flaky.py": flaky, "test_fails.py": "def test_no():\n    assert 0\n"})
+    assert step._run(copy, mutant, ["tests/test_flaky.py"], 120) == (
+        "survived  [tests/test_flaky.py::test_once failed under load, passed alone]"
+    )
+    assert step._run(copy, mutant, ["tests/test_fails.py"], 120) == "killed  [by tests/test_fails.py::test_no]"
