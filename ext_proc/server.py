@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import stat
 import time
 from collections.abc import Awaitable, Callable
@@ -244,9 +245,17 @@ def _private_socket_dir(path: Path, default: bool) -> Path:  # pragma: no mutate
 
 
 def _remove_stale_socket(path: Path) -> None:
+    """A socket file nobody listens on (what a killed server leaves) is removed; a live server's is refused, since
+    unlinking it would cut that server off from Envoy without a word; any other file is left for bind to refuse."""
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.lstat(path).st_mode):
-            path.unlink()
+            with socket.socket(socket.AF_UNIX) as probe:
+                try:
+                    probe.connect(str(path))
+                except ConnectionRefusedError:
+                    path.unlink()
+                    return
+            raise OSError(f"{path}: another server is listening there; stop it, or give this one another --listen")
 
 
 class Server:  # pragma: no mutate block (lifecycle: the process tests' business, not the decision path)

@@ -458,6 +458,30 @@ def test_serve_listens_on_a_private_unix_socket_unless_told_otherwise(listen: st
         )
 
 
+def test_serve_replaces_a_dead_server_s_socket_but_not_a_live_one_or_a_file(tmp_path: Path) -> None:
+    """A serve killed hard leaves its socket file: the next one on that path replaces it. A second serve started by
+    mistake on a live server's path is refused: unlinking it would cut the running gateway off from Envoy without
+    a word. A file that is not a socket is never removed."""
+    sock = tmp_path / "ext-proc.sock"
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(sock))
+    dead.close()  # the file stays, nobody listens: what a SIGKILL leaves
+    first = start_server(sock)
+    try:
+        second = subprocess.run([str(BIN / "ext-proc"), "serve", "--listen", f"unix:{sock}", "--metrics-listen",
+                                 "off"], capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert second.returncode == 1
+        assert f"{sock}: another server is listening there" in second.stderr, second.stderr
+        assert run_cli(["health", "--address", f"unix:{sock}"], {}).returncode == 0, "the first still serves"
+    finally:
+        first.stop()
+    plain = tmp_path / "not-a-socket"
+    plain.write_text("keep me\n")
+    refused = subprocess.run([str(BIN / "ext-proc"), "serve", "--listen", f"unix:{plain}", "--metrics-listen", "off"],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert refused.returncode == 1 and plain.read_text() == "keep me\n", refused.stderr
+
+
 def test_serve_refuses_a_default_socket_directory_others_can_enter(tmp_path: Path) -> None:
     run = tmp_path / "run" / "ext-proc"
     run.mkdir(parents=True)
