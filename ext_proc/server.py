@@ -307,8 +307,7 @@ class Server:  # pragma: no mutate block (lifecycle: the process tests' business
         await self._server.start()
         if self.rules.watched:
             self._watcher = asyncio.create_task(self.rules.watch(self.config.reload_interval_seconds))
-        host = listen.rsplit(":", 1)[0]
-        self.address = listen if listen.startswith("unix:") else f"{host}:{port}"
+        self.address = listen if listen.startswith("unix:") else f"{listen.rpartition(':')[0]}:{port}"
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         return self.address
 

@@ -38,6 +38,10 @@ async def run(
         config, secrets = plan.applied(config, secrets)
     _ensure_ports_free(layout, plan is not None)
     remove_stale_workdirs(log.info)
+    # From here on a signal is ours to handle, also during start-up: what is started by then is stopped, exit 0.
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
     with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX) as workdir:  # 0700: the server's and admin sockets
         work = Path(workdir)
         (work / "pid").write_text(f"{os.getpid()}\n")
@@ -48,9 +52,6 @@ async def run(
         if server.metrics_port is not None and config.metrics_address is not None:
             log.info("metrics on http://%s:%d/metrics", config.metrics_address[0], server.metrics_port)
         proc, admin = await envoy_process.start(envoy_bin, layout, work, envoy_log_level, config.grace_seconds)
-        stopping = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
         watcher: asyncio.Task[None] | None = None
         child: asyncio.subprocess.Process | None = None
         try:

@@ -309,6 +309,34 @@ def test_up_says_when_envoy_exits_during_start_up(tmp_path: Path) -> None:
     assert result.stderr.endswith(f"not envoy\n{said}"), "Envoy's own words, then which child and how"
 
 
+@pytest.mark.parametrize("when", ["server made", "Envoy started"])
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_start_up_stops_what_was_started_and_exits_0(
+    tmp_path: Path, stop_signal: signal.Signals, when: str
+) -> None:
+    """Kubernetes may stop a pod while it starts: the signal is `up`'s from its first log line (the server's, logged
+    while the server is made), not the default action's (exit -15); nothing is reported ready, and an Envoy started
+    by then (here one that never gets ready) is stopped."""
+    started = tmp_path / "envoy-pid"
+    slow_envoy = tmp_path / "envoy"
+    slow_envoy.write_text(f"#!/bin/sh\necho $$ > {started}.part\nmv {started}.part {started}\nexec sleep 60\n")
+    slow_envoy.chmod(0o755)
+    up = up_process("--envoy", str(slow_envoy), "--ingress-listen", f"127.0.0.1:{free_port()}",
+                    "--egress-listen", f"127.0.0.1:{free_port()}", "--metrics-listen", "off")  # fmt: skip
+    try:
+        up.wait_line("")
+        if when == "Envoy started":
+            wait_for(started.exists, "the stand-in Envoy to start")
+        up.signal(stop_signal)
+        code = up.wait(30)
+    finally:
+        up.stop()
+    assert code == 0, up.output
+    assert "ready " not in up.output and "Traceback" not in up.output
+    if when == "Envoy started":
+        assert not Path(f"/proc/{started.read_text().strip()}").exists(), "Envoy stopped with `up`"
+
+
 def test_up_with_a_tcp_admin_port_gets_ready_through_it_drains_and_warns(tmp_path: Path) -> None:
     """`--admin-listen HOST:PORT`: `up` asks Envoy's readiness and drains it over that port, and says who can use it."""
     admin = free_port()
