@@ -212,7 +212,11 @@ def test_sigkill_of_up_takes_envoy_with_it_and_the_ports_are_free_again(tmp_path
                 t.start()
             wait_for(lambda: len(statuses) >= 50, "traffic before the kill")
             up.signal(signal.SIGKILL)
-            wait_for(lambda: not Path(f"/proc/{envoy}").exists() or _zombie(envoy), "Envoy to die with `up`", 15)
+            try:
+                wait_for(lambda: not Path(f"/proc/{envoy}").exists() or _zombie(envoy), "Envoy to die with `up`", 15)
+            except TimeoutError:
+                os.kill(envoy, signal.SIGKILL)  # an orphan would hold its ports for the rest of the run
+                raise
             stop.set()
             for t in threads:
                 t.join(30)
