@@ -584,6 +584,21 @@ def test_metric_names_types_and_help_as_scraped() -> None:
     ]
 
 
+def test_the_latency_histogram_s_buckets_are_the_ones_the_docs_list() -> None:
+    """docs/operations.md, Metrics: what a latency SLO (`le="0.01"`) or a heatmap is written against."""
+    row = next(line for line in (ROOT / "docs" / "operations.md").read_text().splitlines()
+               if line.startswith("| `ext_proc_decision_seconds`"))  # fmt: skip
+    scale = {"µs": 1e-6, "ms": 1e-3, "s": 1.0}
+    documented = [float(n) * scale[unit] for group in row.split("(`le`):")[1].split("|")[0].split(";")
+                  for *numbers, unit in [group.replace(",", " ").split()] for n in numbers]  # fmt: skip
+    metrics = Metrics()
+    metrics.observe("egress", "anthropic", _forward(), 30e-6)
+    scraped = generate_latest(metrics.registry).decode()
+    bounds = re.findall(r'^ext_proc_decision_seconds_bucket\{le="([^"]+)",leg="egress"\} (\S+)$', scraped, re.M)
+    assert [float(b) for b, _ in bounds] == pytest.approx([*documented, float("inf")])
+    assert [float(count) for _, count in bounds] == [0.0] + [1.0] * len(documented), "30 µs: above 25, within 50"
+
+
 def _forward() -> Decision:
     """A forwarded egress decision without a credential source: nothing to attach, nothing sealed."""
     decision = decide("ingress", "anthropic", HeaderView.of((":method", "POST"), (":path", "/v1/messages")), _ctx(), 0)
