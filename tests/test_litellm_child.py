@@ -335,8 +335,12 @@ def test_up_logs_each_change_in_whether_litellm_answers(
     up: bool, looks: list[bool], logged: list[tuple[str, str]],
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
-    """Every CHECK_SECONDS (here 0): a change is logged once, a steady state never; an answer is "again" once
-    LiteLLM has answered before, at start or since."""
+    """Every CHECK_SECONDS (here 0; docs/operations.md gives it): a change is logged once, a steady state never; an
+    answer is "again" once LiteLLM has answered before, at start or since."""
+    docs = (Path(__file__).resolve().parent.parent / "docs").glob("*.md")
+    said = " ".join(" ".join(path.read_text().split()) for path in docs)
+    assert f"it keeps checking every {litellm.CHECK_SECONDS:.0f} s" in said
+    assert f"which it is given {litellm.START_SECONDS:.0f} s for" in said
     import asyncio
     import threading
 

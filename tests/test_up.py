@@ -341,6 +341,14 @@ def test_a_signal_during_start_up_stops_what_was_started_and_exits_0(
         assert not Path(f"/proc/{started.read_text().strip()}").exists(), "Envoy stopped with `up`"
 
 
+def test_the_docs_give_how_long_up_waits_for_envoy() -> None:
+    """docs/operations.md: what an operator sizes a start-up probe by."""
+    from ext_proc.envoy_process import READY_TIMEOUT_SECONDS
+
+    said = " ".join((Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text().split())
+    assert f"`up` waits {READY_TIMEOUT_SECONDS:.0f} s for that, then exits 1 (`Envoy was not ready after 60s`)" in said
+
+
 def test_up_with_a_tcp_admin_port_gets_ready_through_it_drains_and_warns(tmp_path: Path) -> None:
     """`--admin-listen HOST:PORT`: `up` asks Envoy's readiness and drains it over that port, and says who can use it."""
     admin = free_port()
