@@ -671,6 +671,31 @@ def test_serve_refuses_a_default_socket_directory_below_one_others_can_change(tm
     assert result.returncode == 1 and f"{base} can be changed by another user" in result.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="playing another user needs root (chown)")
+@pytest.mark.parametrize("owner", ["this user", "root", "another user"])
+def test_a_default_socket_directory_is_trusted_below_directories_of_root_or_this_user_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, owner: str
+) -> None:
+    """As a user who is not root (uid 1000 here): `/` and `/tmp` are root's, which is trusted; the runtime directory
+    is the user's own; one of a third user's (uid 1001) could be swapped under the server."""
+    from ext_proc.server import _private_socket_dir
+
+    user, uid = 1000, {"this user": 1000, "root": 0, "another user": 1001}[owner]
+    base = tmp_path / "run"
+    base.mkdir()
+    base.chmod(0o755)
+    os.chown(base, uid, uid)
+    directory = base / "ext-proc"
+    directory.mkdir(mode=0o700)
+    os.chown(directory, user, user)
+    monkeypatch.setattr(os, "getuid", lambda: user)
+    if owner == "another user":
+        with pytest.raises(OSError, match=f"{base} can be changed by another user \\(owner uid 1001, mode 755\\)"):
+            _private_socket_dir(directory / "ext-proc.sock", default=True)
+    else:
+        assert _private_socket_dir(directory / "ext-proc.sock", default=True) == directory / "ext-proc.sock"
+
+
 def test_serve_prints_the_real_path_of_its_default_socket(shared_tmp: Path, tmp_path: Path) -> None:
     link = tmp_path / "tmp-link"
     link.symlink_to(shared_tmp)
