@@ -474,7 +474,11 @@ def test_serve_listens_on_a_private_unix_socket_unless_told_otherwise(listen: st
     env = {"XDG_RUNTIME_DIR": str(run), "EXT_PROC_METRICS_LISTEN": "off"}
     sock = run / "ext-proc" / "ext-proc.sock" if listen != "given" else run / "made" / "here" / "gateway.sock"
     args = {"default": [], "given": ["--listen", f"unix:{sock}"], "tcp": ["--listen", f"127.0.0.1:{free_port()}"]}
-    serve = Proc([str(BIN / "ext-proc"), "serve", *args[listen]], env)
+    umask = os.umask(0o022)  # an operator's usual umask, not the tests' 077: the modes are the server's own doing
+    try:
+        serve = Proc([str(BIN / "ext-proc"), "serve", *args[listen]], env)
+    finally:
+        os.umask(umask)
     try:
         line = serve.wait_line("serving ext_proc on")
         modes = (stat.S_IMODE(sock.parent.stat().st_mode), stat.S_IMODE(sock.stat().st_mode)) if sock.exists() else ()
