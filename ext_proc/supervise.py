@@ -97,11 +97,10 @@ async def stop(child: asyncio.subprocess.Process) -> None:
 
 
 async def prefixed(child: asyncio.subprocess.Process, prefix: str) -> None:
-    """A child's output on our stderr, each line marked with where it came from."""
+    """A child's output on our stderr, each line marked with where it came from (stderr is line-buffered)."""
     assert child.stdout is not None
     async for line in child.stdout:
         sys.stderr.write(prefix + line.decode(errors="backslashreplace"))
-        sys.stderr.flush()
 
 
 def answers(at: HostPort) -> bool:

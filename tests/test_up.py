@@ -502,28 +502,37 @@ def test_serve_listens_on_a_private_unix_socket_unless_told_otherwise(listen: st
         )
 
 
-def test_serve_replaces_a_dead_server_s_socket_but_not_a_live_one_or_a_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["given", "default"])
+def test_serve_replaces_a_dead_server_s_socket_but_not_a_live_one_or_a_file(tmp_path: Path, where: str) -> None:
     """A serve killed hard leaves its socket file: the next one on that path replaces it. A second serve started by
     mistake on a live server's path is refused: unlinking it would cut the running gateway off from Envoy without
-    a word. A file that is not a socket is never removed."""
-    sock = tmp_path / "ext-proc.sock"
+    a word. A file that is not a socket is never removed. The same at a given path and at the default one."""
+    run = tmp_path / "run"
+    (run / "ext-proc").mkdir(parents=True, mode=0o700)
+    env = {"XDG_RUNTIME_DIR": str(run), "EXT_PROC_METRICS_LISTEN": "off"}
+    sock = run / "ext-proc" / "ext-proc.sock" if where == "default" else tmp_path / "given.sock"
+    listen = [] if where == "default" else ["--listen", f"unix:{sock}"]
+
+    def serve_once() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "ext-proc"), "serve", *listen], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, **env})  # fmt: skip
+
     dead = socket.socket(socket.AF_UNIX)
     dead.bind(str(sock))
     dead.close()  # the file stays, nobody listens: what a SIGKILL leaves
-    first = start_server(sock)
+    first = Proc([str(BIN / "ext-proc"), "serve", *listen], env)
     try:
-        second = subprocess.run([str(BIN / "ext-proc"), "serve", "--listen", f"unix:{sock}", "--metrics-listen",
-                                 "off"], capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert first.wait_line("serving ext_proc on") == f"serving ext_proc on unix:{sock}"
+        second = serve_once()
         assert second.returncode == 1
         assert f"{sock}: another server is listening there" in second.stderr, second.stderr
         assert run_cli(["health", "--address", f"unix:{sock}"], {}).returncode == 0, "the first still serves"
     finally:
         first.stop()
-    plain = tmp_path / "not-a-socket"
-    plain.write_text("keep me\n")
-    refused = subprocess.run([str(BIN / "ext-proc"), "serve", "--listen", f"unix:{plain}", "--metrics-listen", "off"],
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert refused.returncode == 1 and plain.read_text() == "keep me\n", refused.stderr
+    sock.unlink(missing_ok=True)
+    sock.write_text("keep me\n")
+    refused = serve_once()
+    assert refused.returncode == 1 and sock.read_text() == "keep me\n", refused.stderr
 
 
 def test_serve_refuses_a_default_socket_directory_others_can_enter(tmp_path: Path) -> None:
