@@ -341,6 +341,43 @@ def test_a_signal_during_start_up_stops_what_was_started_and_exits_0(
         assert not Path(f"/proc/{started.read_text().strip()}").exists(), "Envoy stopped with `up`"
 
 
+def test_an_admin_socket_that_never_answers_fails_the_request_at_its_timeout(tmp_path: Path) -> None:
+    """An Envoy that accepts on its admin socket but never answers (stopped with SIGSTOP, or wedged) must not hold
+    `up`'s readiness loop or its drain: each admin request gives up at its timeout."""
+    from ext_proc.envoy_process import Admin
+
+    path = tmp_path / "admin.sock"
+    with socket.socket(socket.AF_UNIX) as silent:
+        silent.bind(str(path))
+        silent.listen()
+        outcome: list[BaseException] = []
+
+        def ask() -> None:
+            try:
+                Admin(f"unix:{path}", tmp_path / "unused").request("/ready", timeout=0.2)
+            except OSError as exc:
+                outcome.append(exc)
+
+        asking = threading.Thread(target=ask, daemon=True)
+        asking.start()
+        asking.join(10)
+        assert not asking.is_alive(), "the request waited past its timeout"
+    assert [type(e) for e in outcome] == [TimeoutError]
+
+
+@pytest.mark.parametrize("written", [None, "", "127.0.0.1:"])
+def test_envoy_is_not_ready_before_it_has_written_its_admin_address(tmp_path: Path, written: str | None) -> None:
+    """`--admin-listen HOST:PORT` with port 0: Envoy writes the port it took to a file; until that file is there and
+    whole, readiness is "not yet", never an error that would end `up`, never "ready"."""
+    from ext_proc.envoy import Layout
+    from ext_proc.envoy_process import Admin, _ready
+
+    address_file = tmp_path / "admin"
+    if written is not None:
+        address_file.write_text(written)
+    assert _ready(Admin(HostPort("127.0.0.1", 0), address_file), Layout()) is False
+
+
 def test_the_docs_give_how_long_up_waits_for_envoy() -> None:
     """docs/operations.md: what an operator sizes a start-up probe by."""
     from ext_proc.envoy_process import READY_TIMEOUT_SECONDS
