@@ -28,6 +28,7 @@ from ext_proc.config import Config
 from ext_proc.envoy import EnvoyNotFound, HostPort, find_envoy
 from ext_proc.secrets import load_secrets
 from ext_proc.supervise import port_holder
+from tests.conftest import running_legs
 from tests.support.command import Ran, run_cli
 from tests.support.http import send
 from tests.support.processes import BIN, Proc, free_port, start_server, wait_for
@@ -376,6 +377,21 @@ def test_envoy_is_not_ready_before_it_has_written_its_admin_address(tmp_path: Pa
     if written is not None:
         address_file.write_text(written)
     assert _ready(Admin(HostPort("127.0.0.1", 0), address_file), Layout()) is False
+
+
+def test_envoy_s_own_readiness_comes_first_its_listeners_accepting_is_not_enough(tmp_path: Path) -> None:
+    """A real Envoy told to fail its health checks (state DRAINING, as when it drains on its own) still accepts on
+    its listeners but answers /ready 503: not ready."""
+    from ext_proc.envoy_process import Admin, _ready
+    from ext_proc.supervise import answers
+
+    with Recorder() as recorder, running_legs(tmp_path, recorder) as legs:
+        admin = Admin(legs.layout.admin, tmp_path / "envoy.admin-address")
+        assert _ready(admin, legs.layout) is True
+        assert admin.request("/healthcheck/fail", "POST")[0] == 200
+        assert admin.request("/ready") == (503, "DRAINING\n")
+        assert answers(legs.layout.ingress) and answers(legs.layout.egress)
+        assert _ready(admin, legs.layout) is False
 
 
 def test_the_docs_give_how_long_up_waits_for_envoy() -> None:
