@@ -259,7 +259,7 @@ def _remove_stale_socket(path: Path) -> None:
 
 
 class Server:  # pragma: no mutate block (lifecycle: the process tests' business, not the decision path)
-    """The server's explicit lifecycle: start (NOT_SERVING until ready), serve, drain, stop.
+    """The server's explicit lifecycle: start (SERVING from the moment it listens), serve, drain, stop.
 
     Owns the gRPC server (ext_proc and health services), the Prometheus endpoint and the secret-file watcher.
     """
@@ -282,7 +282,6 @@ class Server:  # pragma: no mutate block (lifecycle: the process tests' business
 
     async def start(self) -> str:
         listen = self.config.listen or default_socket()
-        await self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         if listen.startswith("unix:"):
             real = _private_socket_dir(Path(listen.removeprefix("unix:")), default=not self.config.listen)
             listen = f"unix:{real}"
