@@ -232,8 +232,7 @@ async def _serve(config: Config, secrets: Secrets) -> int:
     server = Server(config, secrets)
 
     def ready(address: str) -> None:
-        at = config.metrics_address
-        metrics = f" metrics={at[0]}:{server.metrics_port}" if at and server.metrics_port else ""
+        metrics = f" metrics={server.metrics_at}" if server.metrics_at else ""
         print(f"serving ext_proc on {address}{metrics}", flush=True)
 
     await server.run_until_signalled(ready)

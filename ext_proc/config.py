@@ -254,11 +254,10 @@ class Config:
         return frozenset((LITELLM_HEADER, *self.litellm_headers))
 
     @property
-    def metrics_address(self) -> tuple[str, int] | None:
+    def metrics_address(self) -> HostPort | None:
         if self.metrics_listen in ("", "off"):
             return None
-        host, _, port = self.metrics_listen.rpartition(":")
-        return host.strip("[]"), int(port)
+        return HostPort.parse(self.metrics_listen, "--metrics-listen")
 
     def _server_address(self) -> str:
         """``unix:PATH`` or ``HOST:PORT``, checked here so that a bad one names its flag."""
@@ -312,10 +311,10 @@ class Config:
             raise ConfigError("log_format must be 'text' or 'json'")
         if not 0.0 <= self.audit_sample_rate <= 1.0:
             raise ConfigError("audit_sample_rate must be between 0 and 1 (rejections are always logged)")
-        if self.metrics_listen not in ("", "off"):
-            host, sep, port = self.metrics_listen.rpartition(":")
-            if not sep or not host or not port.isdigit():
-                raise ConfigError(f"metrics_listen {self.metrics_listen!r}: expected HOST:PORT, or 'off'")
+        try:
+            _ = self.metrics_address  # parsed now, so that a bad one is refused at start
+        except ValueError:
+            raise ConfigError(f"metrics_listen {self.metrics_listen!r}: expected HOST:PORT, or 'off'") from None
         if self.tracing_endpoint:
             self.tracing_address()
             if importlib.util.find_spec("opentelemetry.sdk") is None:

@@ -15,6 +15,7 @@ import socket
 import stat
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -27,6 +28,7 @@ from grpc_health.v1._async import HealthServicer
 
 from ext_proc.audit import AuditLog
 from ext_proc.config import Config, default_socket
+from ext_proc.envoy import HostPort
 from ext_proc.headers import HeaderView
 from ext_proc.metrics import Metrics
 from ext_proc.names import ANSWER_CLIENTS, ANSWER_KEY, ANSWER_NAMESPACE, LEG_METADATA, POLICY_METADATA
@@ -278,7 +280,7 @@ class Server:  # pragma: no mutate block (lifecycle: the process tests' business
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self._watcher: asyncio.Task[None] | None = None
         self.address = ""
-        self.metrics_port: int | None = None
+        self.metrics_at: HostPort | None = None  # where /metrics is served, with the port the OS gave
 
     async def start(self) -> str:
         listen = self.config.listen or default_socket()
@@ -300,7 +302,7 @@ class Server:  # pragma: no mutate block (lifecycle: the process tests' business
         metrics_at = self.config.metrics_address
         if metrics_at is not None:
             try:
-                self.metrics_port = self.metrics.serve(*metrics_at)
+                self.metrics_at = replace(metrics_at, port=self.metrics.serve(metrics_at.host, metrics_at.port))
             except OSError as exc:
                 raise OSError(f"cannot serve metrics on {self.config.metrics_listen}: {exc.strerror}") from None
         await self._server.start()

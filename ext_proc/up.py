@@ -49,8 +49,8 @@ async def run(
         layout = replace(layout, server_address=socket_path, admin=layout.admin or f"unix:{work / 'envoy-admin.sock'}")
         server = Server(replace(config, listen=socket_path), secrets)
         await server.start()
-        if server.metrics_port is not None and config.metrics_address is not None:
-            log.info("metrics on http://%s:%d/metrics", config.metrics_address[0], server.metrics_port)
+        if server.metrics_at is not None:
+            log.info("metrics on http://%s/metrics", server.metrics_at)
         proc, admin = await envoy_process.start(envoy_bin, layout, work, envoy_log_level, config.grace_seconds)
         watcher: asyncio.Task[None] | None = None
         child: asyncio.subprocess.Process | None = None

@@ -127,6 +127,7 @@ def test_secrets_never_in_repr_or_errors(tmp_path: Path) -> None:
         ('metrics_listen = "9090"', "metrics_listen '9090': expected HOST:PORT, or 'off'"),
         ('metrics_listen = ":9090"', "metrics_listen ':9090': expected HOST:PORT, or 'off'"),
         ('metrics_listen = "host:port"', "metrics_listen 'host:port': expected HOST:PORT, or 'off'"),
+        ('metrics_listen = "h:65536"', "metrics_listen 'h:65536': expected HOST:PORT, or 'off'"),
         ('egress_token = "short"', "egress token: must be at least 32 characters of [A-Za-z0-9._~+/=-] (`ext-proc "
          "keygen --egress-token` prints one)"),
         ('egress_token = "' + "x" * 31 + '"', "egress token: must be at least 32 characters of [A-Za-z0-9._~+/=-] "
@@ -768,9 +769,10 @@ def test_service_links_with_digits_and_underscores_in_port_names_are_no_setting(
 
 
 @pytest.mark.parametrize(
-    ("listen", "address"), [("", None), ("off", None), ("127.0.0.1:9464", ("127.0.0.1", 9464)), ("[::1]:9", ("::1", 9))]
+    ("listen", "address"),
+    [("", None), ("off", None), ("127.0.0.1:9464", HostPort("127.0.0.1", 9464)), ("[::1]:9", HostPort("::1", 9))],
 )
-def test_the_metrics_address_is_read_from_metrics_listen(listen: str, address: tuple[str, int] | None) -> None:
+def test_the_metrics_address_is_read_from_metrics_listen(listen: str, address: HostPort | None) -> None:
     assert Config(metrics_listen=listen).validated().metrics_address == address
 
 

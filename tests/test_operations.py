@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,7 +55,7 @@ def test_metrics_by_leg_policy_source_rejection_and_latency(tmp_path: Path) -> N
         config = Config.load(env={}, overrides={"listen": f"unix:{tmp_path}/m.sock", "metrics_listen": "127.0.0.1:0"})
         server = Server(config)
         await server.start()
-        assert server.metrics_port is not None
+        assert server.metrics_at is not None
         try:
             async with grpc.aio.insecure_channel(server.address) as channel:
                 stub = pb_grpc.ExternalProcessorStub(channel)
@@ -76,7 +77,7 @@ def test_metrics_by_leg_policy_source_rejection_and_latency(tmp_path: Path) -> N
                 ]
                 for metadata, message in cases:
                     [r async for r in stub.Process(message_stream(message), metadata=metadata)]
-            return await asyncio.to_thread(scrape, server.metrics_port)
+            return await asyncio.to_thread(scrape, server.metrics_at.port)
         finally:
             await server.stop()
 
@@ -353,6 +354,23 @@ def test_running_server_picks_up_a_new_server_credential(tmp_path: Path) -> None
     assert asyncio.run(scenario()) == [b"sk-ant-api03-BEFORE", b"sk-ant-api03-AFTER"]
     (response,) = asyncio.run(exchange(tmp_path, [headers_message(("x-api-key", b"placeholder"))]))
     assert response.request_headers.response.header_mutation.remove_headers == ["x-api-key"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_serve_says_where_its_metrics_are_scraped_and_they_are_there(tmp_path: Path, host: str) -> None:
+    """Port 0: the port the OS gave is the one printed; an IPv6 host is printed bracketed, as a URL needs it."""
+    if ":" in host and not socket.has_ipv6:
+        pytest.skip("this machine has no IPv6")
+    listen = f"[{host}]:0" if ":" in host else f"{host}:0"
+    server = Proc([str(BIN / "ext-proc"), "serve", "--listen", f"unix:{tmp_path}/s.sock", "--metrics-listen", listen])
+    try:
+        ready = server.wait_line("serving ext_proc on")
+        at = ready.split(" metrics=")[1]
+        assert re.fullmatch(r"\[::1\]:\d+" if ":" in host else r"127\.0\.0\.1:\d+", at), ready
+        with urllib.request.urlopen(f"http://{at}/metrics", timeout=10) as scraped:
+            assert b"ext_proc_requests_total" in scraped.read()
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
