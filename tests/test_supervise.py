@@ -229,29 +229,24 @@ def test_only_a_dead_run_s_own_private_directory_is_removed(tmp_path: Path, monk
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.Popen([sys.executable, "-c", ""])
     dead.wait()
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        left = _workdir(tmp_path, dead.pid)
-        running = _workdir(tmp_path, alive.pid)
-        others = _workdir(tmp_path, "other-user") if os.geteuid() == 0 else None  # root plays another user
-        if others is not None:
-            (others / "pid").write_text(f"{dead.pid}\n")
-            os.chown(others, 65534, 65534)
-        unreadable = _workdir(tmp_path, "no-pid")
-        (unreadable / "pid").unlink()
-        garbled = _workdir(tmp_path, "garbled")
-        (garbled / "pid").write_text("not a pid\n")
-        linked = tmp_path / f"{supervise.WORKDIR_PREFIX}link"
-        linked.symlink_to(left)
-        plain = tmp_path / f"{supervise.WORKDIR_PREFIX}file"
-        plain.write_text(f"{dead.pid}\n")
-        logged: list[str] = []
-        supervise.remove_stale_workdirs(logged.append)
-        assert not left.exists()
-        assert logged == [f"removed {left}, left by an earlier run (pid {dead.pid}) that was killed"]
-        assert all(p.exists() for p in (running, unreadable, garbled, plain)) and linked.is_symlink()
-        assert others is None or others.exists()
-        assert alive.poll() is None, "asked whether it runs, not signalled"
-    finally:
-        alive.kill()
-        alive.wait()
+    left = _workdir(tmp_path, dead.pid)
+    # A running `up`'s: this very process, which a signal other than 0 (asked whether it runs) would end.
+    running = _workdir(tmp_path, os.getpid())
+    others = _workdir(tmp_path, "other-user") if os.geteuid() == 0 else None  # root plays another user
+    if others is not None:
+        (others / "pid").write_text(f"{dead.pid}\n")
+        os.chown(others, 65534, 65534)
+    unreadable = _workdir(tmp_path, "no-pid")
+    (unreadable / "pid").unlink()
+    garbled = _workdir(tmp_path, "garbled")
+    (garbled / "pid").write_text("not a pid\n")
+    linked = tmp_path / f"{supervise.WORKDIR_PREFIX}link"
+    linked.symlink_to(left)
+    plain = tmp_path / f"{supervise.WORKDIR_PREFIX}file"
+    plain.write_text(f"{dead.pid}\n")
+    logged: list[str] = []
+    supervise.remove_stale_workdirs(logged.append)
+    assert not left.exists()
+    assert logged == [f"removed {left}, left by an earlier run (pid {dead.pid}) that was killed"]
+    assert all(p.exists() for p in (running, unreadable, garbled, plain)) and linked.is_symlink()
+    assert others is None or others.exists()
