@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import logging
 import os
 import shutil
 import signal
@@ -120,10 +121,11 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def remove_stale_workdirs(log: Callable[[str], None]) -> None:
+def remove_stale_workdirs(log: logging.Logger) -> None:
     """Private directories of earlier runs that ended without cleaning up (SIGKILL): removed at the next start.
 
-    Only real directories of this user's, named as ours, holding the pid of a process that no longer exists.
+    Only real directories of this user's, named as ours, holding the pid of a process that no longer exists. One
+    that cannot be removed (another `up` starting at the same moment got there first) is reported, not fatal.
     """
     uid = os.getuid()
     for candidate in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
@@ -135,9 +137,13 @@ def remove_stale_workdirs(log: Callable[[str], None]) -> None:
         except (OSError, ValueError):
             continue
         try:
-            os.kill(pid, 0)
+            os.kill(pid, 0)  # signal 0: only asks whether it runs
         except ProcessLookupError:
-            shutil.rmtree(candidate, ignore_errors=True)
-            log(f"removed {candidate}, left by an earlier run (pid {pid}) that was killed")
+            try:
+                shutil.rmtree(candidate)
+            except OSError as exc:
+                log.warning("could not remove %s, left by an earlier run (pid %d): %s", candidate, pid, exc)
+            else:
+                log.info("removed %s, left by an earlier run (pid %d) that was killed", candidate, pid)
         except PermissionError:
             continue

@@ -37,7 +37,7 @@ async def run(
     if plan is not None:
         config, secrets = plan.applied(config, secrets)
     _ensure_ports_free(layout, plan is not None)
-    remove_stale_workdirs(log.info)
+    remove_stale_workdirs(log)
     # From here on a signal is ours to handle, also during start-up: what is started by then is stopped, exit 0.
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -223,7 +225,9 @@ def _workdir(parent: Path, pid: int | str) -> Path:
     return made
 
 
-def test_only_a_dead_run_s_own_private_directory_is_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_a_dead_run_s_own_private_directory_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """docs/operations.md: a SIGKILLed `up` leaves its private directory (the derived LiteLLM config may be in it);
     the next start removes it, and nothing else: not a running `up`'s, not another user's, not a look-alike."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
@@ -244,9 +248,36 @@ def test_only_a_dead_run_s_own_private_directory_is_removed(tmp_path: Path, monk
     linked.symlink_to(left)
     plain = tmp_path / f"{supervise.WORKDIR_PREFIX}file"
     plain.write_text(f"{dead.pid}\n")
-    logged: list[str] = []
-    supervise.remove_stale_workdirs(logged.append)
+    caplog.set_level(logging.INFO, logger="ext_proc.up")
+    supervise.remove_stale_workdirs(logging.getLogger("ext_proc.up"))
     assert not left.exists()
-    assert logged == [f"removed {left}, left by an earlier run (pid {dead.pid}) that was killed"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"removed {left}, left by an earlier run (pid {dead.pid}) that was killed"
+    ]
     assert all(p.exists() for p in (running, unreadable, garbled, plain)) and linked.is_symlink()
     assert others is None or others.exists()
+
+
+@pytest.mark.skipif(shutil.which("chattr") is None or os.geteuid() != 0, reason="needs chattr and root")
+def test_a_stale_directory_that_cannot_be_removed_is_reported_and_the_start_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What another `up` removing the same directory at the same moment would cause: a warning saying so, never
+    an exception that stops this start, never "removed" for what is still there."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    stuck = _workdir(tmp_path, dead.pid)
+    pinned = stuck / "envoy.yaml"
+    pinned.write_text("")
+    if subprocess.run(["chattr", "+i", str(pinned)], capture_output=True).returncode != 0:
+        pytest.skip("this file system has no immutable flag")
+    try:
+        caplog.set_level(logging.INFO, logger="ext_proc.up")
+        supervise.remove_stale_workdirs(logging.getLogger("ext_proc.up"))
+    finally:
+        subprocess.run(["chattr", "-i", str(pinned)], check=True)
+    ((level, message),) = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert level == "WARNING" and stuck.exists()
+    assert message.startswith(f"could not remove {stuck}, left by an earlier run (pid {dead.pid}): ")
+    assert "Operation not permitted" in message
