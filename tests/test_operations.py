@@ -39,7 +39,7 @@ from ext_proc.server import Server
 from tests.support.command import Ran, run_cli
 from tests.support.extproc import EGRESS, exchange, headers_message, message_stream
 from tests.support.http import get_text
-from tests.support.processes import BIN, Proc, start_server, wait_for
+from tests.support.processes import BIN, Proc, has_ipv6_loopback, start_server, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_A = base64.urlsafe_b64encode(bytes(32)).decode()
@@ -394,8 +394,8 @@ def test_running_server_picks_up_a_new_server_credential(tmp_path: Path) -> None
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_serve_says_where_its_metrics_are_scraped_and_they_are_there(tmp_path: Path, host: str) -> None:
     """Port 0: the port the OS gave is the one printed; an IPv6 host is printed bracketed, as a URL needs it."""
-    if ":" in host and not socket.has_ipv6:
-        pytest.skip("this machine has no IPv6")
+    if ":" in host and not has_ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback")
     listen = f"[{host}]:0" if ":" in host else f"{host}:0"
     server = Proc([str(BIN / "ext-proc"), "serve", "--listen", f"unix:{tmp_path}/s.sock", "--metrics-listen", listen])
     try:

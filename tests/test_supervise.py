@@ -25,20 +25,12 @@ import pytest
 from ext_proc import supervise
 from ext_proc.envoy import HostPort
 from ext_proc.supervise import UpError, answers, port_holder, prefixed, stop, wait_until
+from tests.support.processes import has_ipv6_loopback
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-IPV6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback")
+IPV6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="this machine has no IPv6 loopback")
 
 # A child that listens on HOST (an ephemeral port), says the port, and lives until its stdin closes.
 _LISTENER = """

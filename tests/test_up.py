@@ -31,7 +31,7 @@ from ext_proc.supervise import port_holder
 from tests.conftest import running_legs
 from tests.support.command import Ran, run_cli
 from tests.support.http import send
-from tests.support.processes import BIN, Proc, free_port, start_server, wait_for
+from tests.support.processes import BIN, Proc, free_port, has_ipv6_loopback, start_server, wait_for
 from tests.support.recorder import Recorder
 from tests.support.up_command import SERVER_KEY, TOKEN, running_up, up_process
 
@@ -55,15 +55,7 @@ def test_up_serves_both_legs_and_stops_cleanly_on_sigterm(stop_signal: signal.Si
             where = f"ingress=127.0.0.1:{ingress} egress=127.0.0.1:{egress}"
             assert ready == f"ready {where} litellm=up (127.0.0.1:{egress})"
             assert f"metrics on http://127.0.0.1:{metrics}/metrics" in up.output, "where to scrape, said at start"
-            status, _, _ = send(
-                HostPort("127.0.0.1", ingress), "POST", "/v1/messages",
-                [("authorization", "Bearer sk-ant-oat01-UP"), ("x-litellm-api-key", "sk-litellm-1"),
-                 ("x-api-key", TOKEN)], b"{}",
-            )  # fmt: skip
-            assert status == 200
-            (got,) = recorder.take()
-            assert got.get("authorization") == ["Bearer sk-ant-oat01-UP"] and "x-litellm-api-key" not in got.names
-            assert got.get("x-api-key") == []
+            _oauth_through_both_legs(HostPort("127.0.0.1", ingress), recorder, "sk-ant-oat01-UP")
         finally:
             up.signal(stop_signal)
             # The one signal alone (Proc.stop would send a SIGTERM after it): up drains and exits by itself.
@@ -74,6 +66,19 @@ def test_up_serves_both_legs_and_stops_cleanly_on_sigterm(stop_signal: signal.Si
             with socket.socket() as s:
                 assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open after exit"
         assert "sk-ant-oat01-UP" not in up.output and TOKEN not in up.output
+
+
+def _oauth_through_both_legs(ingress: HostPort, recorder: Recorder, token: str) -> None:
+    """A client's OAuth token beside its LiteLLM key; the ingress goes straight to the egress, so the client also
+    plays LiteLLM's part and sends the egress token: the token alone, as sent, reaches Anthropic."""
+    status, _, _ = send(
+        ingress, "POST", "/v1/messages",
+        [("authorization", f"Bearer {token}"), ("x-litellm-api-key", "sk-litellm-1"), ("x-api-key", TOKEN)], b"{}",
+    )  # fmt: skip
+    assert status == 200
+    (got,) = recorder.take()
+    assert got.get("authorization") == [f"Bearer {token}"] and "x-litellm-api-key" not in got.names
+    assert got.get("x-api-key") == []
 
 
 def _envoy_pid(up: Proc) -> int:
@@ -253,16 +258,7 @@ def test_up_tells_how_litellm_gets_the_egress_token(tmp_path: Path) -> None:
                     f"os.environ/ANTHROPIC_API_KEY; ANTHROPIC_API_BASE=http://{egress}")  # fmt: skip
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="this machine has no IPv6 loopback")
 def test_up_listens_on_ipv6_addresses_and_gets_ready_on_the_ipv6_wildcard(tmp_path: Path) -> None:
     """docs/configuration.md: Envoy listens on `[::]` for IPv6 only, so readiness asks at ::1 (up asked at 127.0.0.1
     and was never ready); IPv6 addresses print bracketed, as they are given and as URLs need them."""
@@ -279,14 +275,7 @@ def test_up_listens_on_ipv6_addresses_and_gets_ready_on_the_ipv6_wildcard(tmp_pa
             ready = up.wait_line("ready ")
             assert ready == f"ready ingress=[::]:{ingress} egress=[::1]:{egress} litellm=up ([::1]:{egress})", up.output
             assert up.wait_line("litellm: ").endswith(f"ANTHROPIC_API_BASE=http://[::1]:{egress}")
-            status, _, _ = send(
-                HostPort("::1", ingress), "POST", "/v1/messages",
-                [("authorization", "Bearer sk-ant-oat01-V6"), ("x-litellm-api-key", "sk-litellm-1"),
-                 ("x-api-key", TOKEN)], b"{}",
-            )  # fmt: skip
-            assert status == 200
-            (got,) = recorder.take()
-            assert got.get("authorization") == ["Bearer sk-ant-oat01-V6"] and got.get("x-api-key") == []
+            _oauth_through_both_legs(HostPort("::1", ingress), recorder, "sk-ant-oat01-V6")
             with socket.socket() as v4:
                 assert v4.connect_ex(("127.0.0.1", ingress)) != 0, "`[::]` is IPv6 only"
         finally:

@@ -45,6 +45,16 @@ def _ephemeral_floor() -> int:
 _HANDED_OUT: set[int] = set()
 
 
+def has_ipv6_loopback() -> bool:
+    """Whether ::1 can be bound here (containers may run without IPv6): the IPv6 tests skip, saying why, where not."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
 def free_port() -> int:
     """A free port below the ephemeral range, so outgoing connections cannot take it before a server binds it."""
     top = min(_ephemeral_floor(), 32768)
