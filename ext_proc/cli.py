@@ -162,7 +162,8 @@ def renamed(argv: Sequence[str], environ: MutableMapping[str, str]) -> tuple[lis
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
     # `up` forks only to exec Envoy and LiteLLM, neither of which uses this process's gRPC: its fork handlers have
-    # nothing to do, and with the server's threads running they only printed an info line at every start.
+    # nothing to do, and with the server's threads running they printed an info line at every start and could
+    # break the child before its exec (seen in the tests' own process: the child died on gRPC's epoll error).
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     argv, notes = renamed(sys.argv[1:] if argv is None else argv, os.environ)
     for note in notes:
