@@ -286,6 +286,19 @@ def _ctx() -> RuleContext:
     return LiveRules(Config(seal_keys=(KEY_A,)), Metrics()).current
 
 
+@pytest.mark.parametrize("files", [(), ("server_credential_file",), ("seal_key_file", "server_credential_file",
+                                   "egress_token_file", "litellm_key_file")])  # fmt: skip
+def test_secret_files_are_watched_when_any_is_configured_and_only_then(tmp_path: Path, files: tuple[str, ...]) -> None:
+    """The server starts its reload watcher exactly when there is a file to watch: every one configured too."""
+    contents = {"seal_key_file": KEY_A, "server_credential_file": "sk-ant-api03-WATCHED",
+                "egress_token_file": "egress-test-token-0123456789abcdefghij",
+                "litellm_key_file": "sk-litellm-WATCHED"}  # fmt: skip
+    for name in files:
+        (tmp_path / name).write_text(contents[name] + "\n")
+    config = Config(seal_keys=(KEY_A,), **{name: tmp_path / name for name in files})  # type: ignore[arg-type]
+    assert LiveRules(config, Metrics()).watched is bool(files)
+
+
 def test_hot_reload_of_server_credential_and_seal_keys(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """What changed is used, what cannot be used keeps the old value; the log says which, by key id and
     fingerprint, never by value."""
