@@ -154,6 +154,9 @@ ATTEMPTS = [
     ("a cycle", {"router_settings": {"fallbacks": [{M: ["backup"]}, {"backup": [M]}]}}, 6),
     ("generic fallback", {"router_settings": {"fallbacks": [{"*": ["backup"]}]}}, 6),
     ("context window fallbacks", {"litellm_settings": {"context_window_fallbacks": [{M: ["big"]}]}}, 6),
+    ("content policy fallbacks", {"router_settings": {"content_policy_fallbacks": [{M: ["safe"]}]}}, 6),
+    ("the default cap on fallbacks (5 groups after the first)",
+     {"router_settings": {"fallbacks": [{M: ["a", "b", "c", "d", "e", "f", "g"]}]}}, 18),
     ("retry policy", {"router_settings": {"retry_policy": {"RateLimitErrorRetries": 7}}}, 8),
     ("per-deployment retries", {"model_list": [{"model_name": M, "litellm_params": {"num_retries": 4}}]}, 5),
     ("retry policy of a model group",
@@ -385,6 +388,17 @@ def test_a_finding_under_an_empty_section_names_the_section_s_line(tmp_path: Pat
     assert text != GOOD
     code, out = check(tmp_path, text)
     assert code == 1 and "error: line 7: claude-sonnet-4-5: client headers are not forwarded for this group" in out
+
+
+def test_a_missing_group_is_pointed_at_the_forwarded_list_itself(tmp_path: Path) -> None:
+    """The list to add the group to, written as a block under its key: the finding names the list's line."""
+    text = GOOD.replace("litellm_settings:\n  model_group_settings:\n    forward_client_headers_to_llm_api: "
+                        "[claude-sonnet-4-5]\n", "litellm_settings:\n  model_group_settings:\n    "
+                        "forward_client_headers_to_llm_api:\n      - claude-haiku-4-5\n")  # fmt: skip
+    assert text != GOOD
+    line = text.splitlines().index("      - claude-haiku-4-5") + 1
+    code, out = check(tmp_path, text)
+    assert code == 1 and f"error: line {line}: claude-sonnet-4-5: client headers are not forwarded" in out
 
 
 @pytest.mark.parametrize(

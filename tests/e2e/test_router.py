@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 import yaml
 
 from ext_proc.envoy import HostPort
-from ext_proc.litellm_config import attempts
+from ext_proc.litellm_config import DEFAULT_MAX_FALLBACKS, DEFAULT_NUM_RETRIES, attempts
 from tests.e2e.matrix import CLIENT_OAUTH
 from tests.e2e.test_litellm import AFTER, gateway
 from tests.support import litellm_proxy
@@ -45,6 +46,24 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[tuple[str, dict[str, Any]], ...]]]
 def recorder() -> Any:
     with Recorder() as r:
         yield r
+
+
+_DEFAULTS = """
+import json
+from litellm import Router
+router = Router(model_list=[{"model_name": "m", "litellm_params": {"model": "anthropic/m", "api_key": "k"}}])
+print(json.dumps([router.num_retries, router.max_fallbacks]))
+"""
+
+
+@pytest.mark.parametrize("version", RELEASES)
+def test_the_router_defaults_attempts_assumes_are_each_release_s_own(version: str) -> None:
+    """A config that sets neither num_retries nor max_fallbacks gets the release's own: read from its Router."""
+    python = litellm_proxy.venv(version) / "bin" / "python"
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False"}
+    ran = subprocess.run([str(python), "-c", _DEFAULTS], capture_output=True, text=True, timeout=300, env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout.splitlines()[-1]) == [DEFAULT_NUM_RETRIES, DEFAULT_MAX_FALLBACKS]
 
 
 @pytest.mark.parametrize("case", list(CASES))
