@@ -577,6 +577,16 @@ def test_serve_replaces_a_dead_server_s_socket_but_not_a_live_one_or_a_file(tmp_
     assert refused.returncode == 1 and sock.read_text() == "keep me\n", refused.stderr
 
 
+def test_serve_says_when_its_runtime_directory_is_missing(tmp_path: Path) -> None:
+    """XDG_RUNTIME_DIR set to a directory that is not there (a container's environment copied from a login): the
+    server is not started elsewhere, and says which path is missing."""
+    missing = tmp_path / "run" / "user" / "1000"
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(missing), "EXT_PROC_METRICS_LISTEN": "off"}
+    result = subprocess.run([str(BIN / "ext-proc"), "serve"], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 1
+    assert result.stderr.endswith(f"\next-proc: [Errno 2] No such file or directory: '{missing}'\n"), result.stderr
+
+
 def test_serve_refuses_a_default_socket_directory_others_can_enter(tmp_path: Path) -> None:
     run = tmp_path / "run" / "ext-proc"
     run.mkdir(parents=True)
