@@ -36,8 +36,12 @@ CHECK_SECONDS = 5.0
 
 # Used only when LITELLM_MASTER_KEY is unset, and refused when the ingress listens beyond loopback.
 DEV_MASTER_KEY = "sk-local-dev-only"
-# Master keys anyone has read (LiteLLM's documentation samples, ours): never served beyond loopback.
-SAMPLE_MASTER_KEYS = frozenset({DEV_MASTER_KEY, "sk-1234", "sk-12345", "sk-your-litellm-key", "sk-master-1234"})
+# Master keys anyone has read (LiteLLM's documentation samples; every LiteLLM key in this project's docs and tests,
+# which tests/test_litellm_child.py collects): never served beyond loopback.
+SAMPLE_MASTER_KEYS = frozenset({
+    DEV_MASTER_KEY, "sk-1234", "sk-my_special_key", "sk-your-litellm-key", "sk-your-litellm-master-key",
+    "sk-master-1234",
+})
 MASTER_KEY_MIN = 16
 MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
 _TOKEN_FROM_ENV = "os.environ/ANTHROPIC_API_KEY"  # noqa: S105 (where LiteLLM reads it, not a value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,27 @@ def test_a_master_key_is_required_beyond_loopback(
         litellm.environment(given, "egress-token", "127.0.0.1:10000", False)
     assert str(refused.value) == message
     assert litellm.environment(given, "egress-token", "127.0.0.1:10000", True).get("LITELLM_MASTER_KEY") == on_loopback
+
+
+# A LiteLLM key as written out: `sk-` and lower-case words, not an Anthropic one (`sk-ant-…`), an elided one (`sk-…`)
+# or another provider's (OpenAI's `sk-proj-` keys have upper-case letters).
+_LITELLM_KEY = re.compile(r"(?<![\w-])sk-(?!ant-)[a-z0-9]+(?:-[a-z0-9]+)*(?![\w-])")
+
+
+def test_every_litellm_key_this_project_publishes_is_a_sample_never_served_beyond_loopback() -> None:
+    """docs/litellm.md: a master key "anyone has read" is refused beyond loopback; those are LiteLLM's documented
+    sk-1234 and every LiteLLM key written in this repository's docs, examples, manifests and test helpers (a reader
+    copies them)."""
+    sources = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "examples").rglob("*.yaml"),
+               *(ROOT / "deploy").rglob("*.yaml"), *(ROOT / "tests" / "support").glob("*.py")]  # fmt: skip
+    published = {key for path in sources for key in _LITELLM_KEY.findall(path.read_text())}
+    assert "sk-your-litellm-master-key" in published, "the search finds the keys the guides use"
+    # LiteLLM's own: its proxy quick start (`master_key: sk-1234`) and its Config.yaml page (`sk-my_special_key`).
+    litellm_documented = {"sk-1234", "sk-my_special_key"}
+    assert published | litellm_documented | {litellm.DEV_MASTER_KEY} == litellm.SAMPLE_MASTER_KEYS
+    for key in sorted(litellm.SAMPLE_MASTER_KEYS):
+        with pytest.raises(litellm.LiteLLMError, match=r"master key is (a sample key from|the development default)"):
+            litellm.environment({"general_settings": {"master_key": key}}, "egress-token", "127.0.0.1:10000", False)
 
 
 def test_a_master_key_of_16_characters_is_served_beyond_loopback() -> None:
