@@ -17,18 +17,18 @@ POD_ADMIN = "unix:/var/run/ext-proc/envoy-admin.sock"
 DEPLOYED: dict[str, Layout] = {
     "envoy.yaml": Layout(),
     "k8s/sidecar/envoy.yaml": Layout(
-        egress=HostPort("127.0.0.1", 10000), litellm=Endpoint("http", "127.0.0.1", 4000), admin=POD_ADMIN,
-        probe=HostPort("0.0.0.0", 9902),
+        egress=HostPort("127.0.0.1", 10000), litellm=Endpoint.parse("http://127.0.0.1:4000", "deployed"),
+        admin=POD_ADMIN, probe=HostPort("0.0.0.0", 9902),
     ),
     "k8s/gateway/envoy.yaml": Layout(
-        egress=HostPort("0.0.0.0", 10000), litellm=Endpoint("http", "litellm", 4000), admin=POD_ADMIN,
-        probe=HostPort("0.0.0.0", 9902),
+        egress=HostPort("0.0.0.0", 10000), litellm=Endpoint.parse("http://litellm:4000", "deployed"),
+        admin=POD_ADMIN, probe=HostPort("0.0.0.0", 9902),
     ),
     # The sidecar form in LiteLLM's own chart (deploy/helm/litellm/sidecar-values.yaml): Envoy takes the port the
     # chart gives LiteLLM's Service and probes (4000), LiteLLM moves to loopback 4001.
     "helm/ext-proc-credentials/files/sidecar-envoy.yaml": Layout(
         ingress=HostPort("0.0.0.0", 4000), egress=HostPort("127.0.0.1", 10000),
-        litellm=Endpoint("http", "127.0.0.1", 4001), admin=POD_ADMIN, probe=HostPort("0.0.0.0", 9902),
+        litellm=Endpoint.parse("http://127.0.0.1:4001", "deployed"), admin=POD_ADMIN, probe=HostPort("0.0.0.0", 9902),
     ),
 }  # fmt: skip
 

@@ -23,6 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_every_shipped_envoy_config_is_current(tmp_path: Path) -> None:
     """One source for every form: the Istio patches come from the same filter and cluster builders."""
     shipped = {relative: render(layout) for relative, layout in DEPLOYED.items()} | {MESH_FILTER: render_envoyfilter()}
+    # Every Envoy bootstrap under deploy/ has its layout in the table (the chart's templated copy is its own).
+    bootstraps = {p.relative_to(ROOT / "deploy").as_posix() for p in (ROOT / "deploy").rglob("*.yaml")
+                  if "static_resources:" in p.read_text().splitlines()}  # fmt: skip
+    assert bootstraps - {f"{CHART}/files/envoy.yaml"} == set(DEPLOYED)
     for relative, text in shipped.items():
         assert (ROOT / "deploy" / relative).read_text() == text, (
             f"deploy/{relative} is stale: run `ext-proc envoy-config --all deploy/`"
