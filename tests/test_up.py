@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -370,13 +371,18 @@ def test_envoy_is_not_ready_before_it_has_written_its_admin_address(tmp_path: Pa
 
 def test_envoy_s_own_readiness_comes_first_its_listeners_accepting_is_not_enough(tmp_path: Path) -> None:
     """A real Envoy told to fail its health checks (state DRAINING, as when it drains on its own) still accepts on
-    its listeners but answers /ready 503: not ready."""
+    its listeners but answers /ready 503: not ready. And a leg that does not accept where `up` was told it listens
+    is not ready either, whatever /ready says."""
     from ext_proc.envoy_process import Admin, _ready
     from ext_proc.supervise import answers
 
     with Recorder() as recorder, running_legs(tmp_path, recorder) as legs:
         admin = Admin(legs.layout.admin, tmp_path / "envoy.admin-address")
         assert _ready(admin, legs.layout) is True
+        # Envoy's word is not enough either: each leg must accept where `up` was told it listens.
+        nowhere = HostPort("127.0.0.1", free_port())
+        for leg in ("ingress", "egress"):
+            assert _ready(admin, replace(legs.layout, **{leg: nowhere})) is False, leg
         assert admin.request("/healthcheck/fail", "POST")[0] == 200
         assert admin.request("/ready") == (503, "DRAINING\n")
         assert answers(legs.layout.ingress) and answers(legs.layout.egress)
