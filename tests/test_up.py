@@ -734,12 +734,16 @@ def test_serve_never_trusts_a_default_socket_directory_another_user_planted(shar
     assert result.returncode == 1 and "must belong to this user with mode 0700" in result.stderr
 
 
-def test_serve_refuses_a_default_socket_directory_below_one_others_can_change(tmp_path: Path) -> None:
-    base = tmp_path / "open"
-    base.mkdir()
-    base.chmod(0o777)  # world-writable, not sticky: another user could rename our directory away
+@pytest.mark.parametrize("depth", [0, 2])
+def test_serve_refuses_a_default_socket_directory_below_one_others_can_change(tmp_path: Path, depth: int) -> None:
+    """The temporary directory itself, or one further up: any of them renamed away takes ours with it."""
+    opened = tmp_path / "open"
+    opened.mkdir()
+    opened.chmod(0o777)  # world-writable, not sticky: another user could rename what is below it away
+    base = opened.joinpath(*["below"] * depth)
+    base.mkdir(parents=True, exist_ok=True)
     result = _serve_default(base)
-    assert result.returncode == 1 and f"{base} can be changed by another user" in result.stderr
+    assert result.returncode == 1 and f"{opened} can be changed by another user" in result.stderr, result.stderr
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="playing another user needs root (chown)")
