@@ -26,7 +26,15 @@ import yaml
 from ext_proc import supervise
 from ext_proc.config import Config, ConfigError
 from ext_proc.envoy import Layout
-from ext_proc.litellm_config import asks_for_key, attempts, check_text, key_header, shape_problem
+from ext_proc.litellm_config import (
+    DEV_MASTER_KEY,
+    SAMPLE_MASTER_KEYS,
+    asks_for_key,
+    attempts,
+    check_text,
+    key_header,
+    shape_problem,
+)
 from ext_proc.secrets import LITELLM_KEY_MIN, Secrets
 from ext_proc.supervise import UpError, answers, die_with_parent, http_ok, prefixed, wait_until
 
@@ -34,14 +42,6 @@ log = logging.getLogger("ext_proc.up")
 START_SECONDS = 180.0
 CHECK_SECONDS = 5.0
 
-# Used only when LITELLM_MASTER_KEY is unset, and refused when the ingress listens beyond loopback.
-DEV_MASTER_KEY = "sk-local-dev-only"
-# Master keys anyone has read (LiteLLM's documentation samples; every LiteLLM key in this project's docs and tests,
-# which tests/test_litellm_child.py collects): never served beyond loopback.
-SAMPLE_MASTER_KEYS = frozenset({
-    DEV_MASTER_KEY, "sk-1234", "sk-my_special_key", "sk-your-litellm-key", "sk-your-litellm-master-key",
-    "sk-master-1234",
-})
 MASTER_KEY_MIN = 16
 MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
 _TOKEN_FROM_ENV = "os.environ/ANTHROPIC_API_KEY"  # noqa: S105 (where LiteLLM reads it, not a value)

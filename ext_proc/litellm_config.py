@@ -23,6 +23,22 @@ CLAUDE_CODE_MODELS = ("claude-opus-5-5", "claude-sonnet-5-5")
 _FORWARD = ("litellm_settings", "model_group_settings", "forward_client_headers_to_llm_api")
 
 
+# `up --litellm-config`'s master key when LITELLM_MASTER_KEY is unset, refused when the ingress listens beyond
+# loopback.
+DEV_MASTER_KEY = "sk-local-dev-only"
+# Master keys anyone has read (LiteLLM's documentation samples; every LiteLLM key in this project's docs and tests,
+# which tests/test_litellm_child.py collects): never served beyond loopback by `up`, an error in `check`.
+SAMPLE_MASTER_KEYS = frozenset(
+    {
+        DEV_MASTER_KEY,
+        "sk-1234",
+        "sk-my_special_key",
+        "sk-your-litellm-key",
+        "sk-your-litellm-master-key",
+        "sk-master-1234",
+    }
+)
+
 # LiteLLM's defaults, measured on 1.81.14 and 1.108.7: a router call is retried twice, and at most 5 fallbacks.
 DEFAULT_NUM_RETRIES = 2
 DEFAULT_MAX_FALLBACKS = 5
@@ -187,6 +203,11 @@ def check_text(
             "and the gateway does not know it, so the egress could not find it in a header LiteLLM forwards to "
             "Anthropic (rule E7): give it to the gateway (litellm_key_file), or use a master key starting with "
             "sk-")  # fmt: skip
+    if not run_by_up and master in SAMPLE_MASTER_KEYS:
+        add(True, ("general_settings", "master_key"), "the master key is one anyone has read (a documentation "
+            "sample): whoever reaches LiteLLM can use it as its admin, and through the egress the credentials "
+            "the gateway attaches; set one of your own (`ext-proc keygen --egress-token` prints a random "
+            "value)")  # fmt: skip
     header = key_header(doc)
     if not run_by_up and header and key_headers is not None and header not in key_headers:
         add(True, ("general_settings", "litellm_key_header_name"), f"LiteLLM also reads its callers' keys from "

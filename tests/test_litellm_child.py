@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from ext_proc import litellm
+from ext_proc.litellm_config import DEV_MASTER_KEY, SAMPLE_MASTER_KEYS
 from tests.support.processes import BIN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,9 +55,9 @@ BEYOND += "prints a random value to base one on"
     [
         ("os.environ/MY_MASTER", {}, "MY_MASTER is not set and the ingress listens beyond loopback: set a master key "
          "of your own (the development default 'sk-local-dev-only' is only for --ingress-listen 127.0.0.1:PORT)",
-         litellm.DEV_MASTER_KEY),
-        ("os.environ/LITELLM_MASTER_KEY", {"LITELLM_MASTER_KEY": litellm.DEV_MASTER_KEY},
-         f"LiteLLM's master key is the development default: {BEYOND}", litellm.DEV_MASTER_KEY),
+         DEV_MASTER_KEY),
+        ("os.environ/LITELLM_MASTER_KEY", {"LITELLM_MASTER_KEY": DEV_MASTER_KEY},
+         f"LiteLLM's master key is the development default: {BEYOND}", DEV_MASTER_KEY),
         ("sk-1234", {}, f"LiteLLM's master key is a sample key from documentation: {BEYOND}", "sk-1234"),
         ("sk-fifteen-char", {}, f"LiteLLM's master key is shorter than 16 characters: {BEYOND}", "sk-fifteen-char"),
         (None, {}, "the LiteLLM config has no general_settings.master_key: not beyond loopback", None),
@@ -91,8 +92,8 @@ def test_every_litellm_key_this_project_publishes_is_a_sample_never_served_beyon
     assert "sk-your-litellm-master-key" in published, "the search finds the keys the guides use"
     # LiteLLM's own: its proxy quick start (`master_key: sk-1234`) and its Config.yaml page (`sk-my_special_key`).
     litellm_documented = {"sk-1234", "sk-my_special_key"}
-    assert published | litellm_documented | {litellm.DEV_MASTER_KEY} == litellm.SAMPLE_MASTER_KEYS
-    for key in sorted(litellm.SAMPLE_MASTER_KEYS):
+    assert published | litellm_documented | {DEV_MASTER_KEY} == SAMPLE_MASTER_KEYS
+    for key in sorted(SAMPLE_MASTER_KEYS):
         with pytest.raises(litellm.LiteLLMError, match=r"master key is (a sample key from|the development default)"):
             litellm.environment({"general_settings": {"master_key": key}}, "egress-token", "127.0.0.1:10000", False)
 
@@ -121,7 +122,7 @@ def test_on_loopback_the_development_master_key_is_filled_in(monkeypatch: pytest
     monkeypatch.delenv("LITELLM_MASTER_KEY", raising=False)
     given = {"general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"}}
     env = litellm.environment(given, "egress-token", "127.0.0.1:10000", True)
-    assert env["LITELLM_MASTER_KEY"] == litellm.DEV_MASTER_KEY
+    assert env["LITELLM_MASTER_KEY"] == DEV_MASTER_KEY
     assert (env["ANTHROPIC_API_KEY"], env["ANTHROPIC_API_BASE"]) == ("egress-token", "http://127.0.0.1:10000")
 
 
@@ -468,6 +469,6 @@ def test_up_plans_litellm_from_the_config_or_refuses_before_anything_starts(
     assert (plan.env["ANTHROPIC_API_KEY"], plan.env["ANTHROPIC_API_BASE"], plan.env["LITELLM_MASTER_KEY"]) == (
         token.decode(),
         "http://127.0.0.1:10000",
-        litellm.DEV_MASTER_KEY,
+        DEV_MASTER_KEY,
     )
     assert caplog.records == []

@@ -24,7 +24,7 @@ litellm_settings:
   model_group_settings:
     forward_client_headers_to_llm_api: [claude-sonnet-4-5]
 general_settings:
-  master_key: sk-master-1234
+  master_key: sk-master-of-these-tests-0123
 """
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,6 +92,16 @@ def test_each_broken_setting_is_an_error_naming_its_line(tmp_path: Path, text: s
     assert "sk-ant-api03-REALKEY" not in out and TOKEN not in out
 
 
+@pytest.mark.parametrize("given", ["sk-1234", "os.environ/LITELLM_MASTER_KEY"])
+def test_a_master_key_from_the_documentation_is_an_error(tmp_path: Path, given: str) -> None:
+    """LiteLLM's quick start's `sk-1234` (here also from the environment LiteLLM reads it from): anyone who reaches
+    LiteLLM is its admin; `up` refuses one beyond loopback, `check` for a LiteLLM the operator runs says so."""
+    text = GOOD.replace("master_key: sk-master-of-these-tests-0123", f"master_key: {given}")
+    code, out = check(tmp_path, text, {"LITELLM_MASTER_KEY": "sk-1234"})
+    line = text.splitlines().index(f"  master_key: {given}") + 1
+    assert code == 1 and f"error: line {line}: the master key is one anyone has read (a documentation sample)" in out
+
+
 def test_a_zero_or_router_wide_cooldown_time_is_fine(tmp_path: Path) -> None:
     """0 turns the deployment's cooldown off; the router's is outranked by the egress's retry-after: 0 (E9)."""
     zero = GOOD.replace("      api_key:", "      cooldown_time: 0\n      api_key:")
@@ -129,7 +139,7 @@ def test_a_config_claude_code_s_models_do_not_match_gets_a_warning(tmp_path: Pat
 def test_a_master_key_the_egress_cannot_recognise_is_an_error_until_the_gateway_knows_it(tmp_path: Path) -> None:
     """LiteLLM accepts a master key of any shape (it compares it before its sk- check); the egress finds LiteLLM
     keys by their sk- shape, or by value."""
-    text = GOOD.replace("master_key: sk-master-1234", "master_key: os.environ/MY_MASTER")
+    text = GOOD.replace("master_key: sk-master-of-these-tests-0123", "master_key: os.environ/MY_MASTER")
     env = {"MY_MASTER": "mk-NotSkShaped-0123456789"}
     code, out = check(tmp_path, text, env)
     assert code == 1 and "line 11: the master key does not have LiteLLM's key shape (sk-...)" in out
@@ -216,15 +226,15 @@ def test_the_readme_s_config_is_judged_as_up_runs_it_and_up_s_changes_are_listed
 def test_check_compares_litellm_s_key_settings_with_the_ingress_s(tmp_path: Path) -> None:
     """Rule I8: a key header LiteLLM reads that the gateway does not know is an error for a separate LiteLLM
     (clients sending their key there would be refused), and `up` adds it itself; no master key is a warning."""
-    text = GOOD.replace("  master_key: sk-master-1234\n", "  master_key: sk-master-1234\n  litellm_key_header_name: "
-                        "X-Corp-Key\n")  # fmt: skip
+    master = "  master_key: sk-master-of-these-tests-0123\n"
+    text = GOOD.replace(master, f"{master}  litellm_key_header_name: X-Corp-Key\n")
     code, out = check(tmp_path, text)
     assert code == 1 and "error: line 12: LiteLLM also reads its callers' keys from x-corp-key" in out, out
     code, out = check(tmp_path, text, {"EXT_PROC_LITELLM_HEADERS": "api-key,x-corp-key"})
     assert code == 0, out
     code, out = check(tmp_path, text, None, "up")
     assert code == 0 and "sets litellm_headers + x-corp-key" in out, out
-    keyless = GOOD.replace("general_settings:\n  master_key: sk-master-1234\n", "general_settings: {}\n")
+    keyless = GOOD.replace("general_settings:\n  master_key: sk-master-of-these-tests-0123\n", "general_settings: {}\n")
     code, out = check(tmp_path, keyless)
     assert code == 0 and "warning: line 10: no master_key here" in out, out
     code, out = check(tmp_path, keyless, {"EXT_PROC_LITELLM_REQUIRES_KEY": "false"})
@@ -409,7 +419,7 @@ def test_a_missing_group_is_pointed_at_the_forwarded_list_itself(tmp_path: Path)
         (f"      api_key: {TOKEN}\n", "", {},
          "error: line 4: claude-sonnet-4-5: no api_key: LiteLLM must send the egress token as its Anthropic key "
          "(docs/litellm.md)"),
-        ("master_key: sk-master-1234", "master_key: mk-literal-NotShaped", {},
+        ("master_key: sk-master-of-these-tests-0123", "master_key: mk-literal-NotShaped", {},
          "error: line 11: the master key does not have LiteLLM's key shape (sk-...) and the gateway does not know it, "
          "so the egress could not find it in a header LiteLLM forwards to Anthropic (rule E7): give it to the gateway "
          "(litellm_key_file), or use a master key starting with sk-"),
