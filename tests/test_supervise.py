@@ -241,7 +241,11 @@ def test_only_a_dead_run_s_own_private_directory_is_removed(
     plain = tmp_path / f"{supervise.WORKDIR_PREFIX}file"
     plain.write_text(f"{dead.pid}\n")
     caplog.set_level(logging.INFO, logger="ext_proc.up")
-    supervise.remove_stale_workdirs(logging.getLogger("ext_proc.up"))
+    hangup = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # a runner under nohup ignores it: here it would end us
+    try:
+        supervise.remove_stale_workdirs(logging.getLogger("ext_proc.up"))
+    finally:
+        signal.signal(signal.SIGHUP, hangup)
     assert not left.exists()
     assert [r.getMessage() for r in caplog.records] == [
         f"removed {left}, left by an earlier run (pid {dead.pid}) that was killed"
