@@ -31,7 +31,7 @@ from ext_proc.secrets import (
     new_seal_key,
 )
 from tests.support.command import Ran, run_cli
-from tests.support.processes import BIN
+from tests.support.processes import BIN, bare_env
 
 KEY1 = base64.b64encode(bytes(32)).decode()
 KEY2 = new_seal_key()
@@ -364,7 +364,8 @@ def test_a_misspelt_variable_stops_the_command_naming_the_closest_setting(variab
 )  # fmt: skip
 def test_the_installed_command_answers_as_cli_main_does_in_the_tests(argv: list[str], env: dict[str, str]) -> None:
     """The tests run cli.main in this process (tests/support/command.py); the console script is that function."""
-    installed = subprocess.run([str(BIN / "ext-proc"), *argv], capture_output=True, text=True, timeout=60, env=env)
+    installed = subprocess.run([str(BIN / "ext-proc"), *argv], capture_output=True, text=True, timeout=60,
+                               env=bare_env(**env))  # fmt: skip
     assert run_cli(argv, env) == Ran(installed.returncode, installed.stdout, installed.stderr)
 
 

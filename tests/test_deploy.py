@@ -15,7 +15,7 @@ from ext_proc.deployed import DEPLOYED, MESH_FILTER, write_all
 from ext_proc.envoy import bootstrap, find_envoy, render
 from ext_proc.istio import render_envoyfilter
 from tests.e2e.matrix import ROUTES
-from tests.support.processes import BIN
+from tests.support.processes import BIN, bare_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,7 +83,11 @@ def test_regeneration_commands_in_the_docs_write_what_is_shipped() -> None:
             r"^(ext-proc envoy-config --ingress-listen[^>\n]*)> (\S+)$", text, re.MULTILINE
         ):
             result = subprocess.run(
-                [str(BIN / "ext-proc"), *shlex.split(command)[1:]], capture_output=True, text=True, timeout=60, env={}
+                [str(BIN / "ext-proc"), *shlex.split(command)[1:]],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=bare_env(),
             )
             assert result.returncode == 0, result.stderr
             assert result.stdout == (ROOT / target).read_text(), f"{doc.name}: {command.strip()} != {target}"
@@ -153,5 +157,5 @@ def test_check_imports_neither_the_supervisor_nor_the_server(tmp_path: Path) -> 
         "'ext_proc.envoy_process', 'ext_proc.server', 'grpc')))"
     )
     result = subprocess.run([sys.executable, "-c", probe, str(ROOT / "examples" / "litellm.yaml")],
-                            capture_output=True, text=True, timeout=60, env={"HOME": str(tmp_path)})  # fmt: skip
+                            capture_output=True, text=True, timeout=60, env=bare_env(HOME=str(tmp_path)))  # fmt: skip
     assert result.stdout.strip().splitlines()[-1] == "0 []", result.stdout + result.stderr

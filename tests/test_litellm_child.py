@@ -12,7 +12,7 @@ import yaml
 
 from ext_proc import litellm
 from ext_proc.litellm_config import DEV_MASTER_KEY, SAMPLE_MASTER_KEYS
-from tests.support.processes import BIN
+from tests.support.processes import BIN, bare_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,7 +129,7 @@ def test_on_loopback_the_development_master_key_is_filled_in(monkeypatch: pytest
 def test_up_says_when_litellm_is_not_installed(tmp_path: Path) -> None:
     result = subprocess.run(
         [str(BIN / "ext-proc"), "up", "--litellm-config", str(ROOT / "examples" / "litellm.yaml")],
-        capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True, text=True, timeout=60, env=bare_env(PATH="/usr/bin:/bin", HOME=str(tmp_path)),
     )  # fmt: skip
     assert (
         result.returncode == 1

@@ -11,7 +11,7 @@ import pytest
 from ext_proc.litellm import LiteLLMError, load
 from ext_proc.litellm_config import attempts, up_changes
 from tests.support.command import Ran, run_cli
-from tests.support.processes import BIN
+from tests.support.processes import BIN, bare_env
 
 TOKEN = "egress-test-token-0123456789abcdefghij"
 GOOD = f"""model_list:
@@ -49,7 +49,7 @@ def test_the_check_command_runs_as_installed(tmp_path: Path) -> None:
     result = subprocess.run(
         [str(BIN / "ext-proc"), "check", "--egress-token-file", str(tmp_path / "token"),
          "--litellm-config", str(tmp_path / "litellm.yaml"), "--run-by", "litellm"],
-        capture_output=True, text=True, timeout=60, env={"HOME": str(tmp_path)},
+        capture_output=True, text=True, timeout=60, env=bare_env(HOME=str(tmp_path)),
     )  # fmt: skip
     assert (result.returncode, result.stdout + result.stderr) == check(tmp_path, GOOD)
 

@@ -45,6 +45,14 @@ def _ephemeral_floor() -> int:
 _HANDED_OUT: set[int] = set()
 
 
+def bare_env(**variables: str) -> dict[str, str]:
+    """An environment of only ``variables`` for a command under test, keeping PYTHONPATH when it is set: the second
+    mutation step points it at the mutated copy, which the command must run too, not the checkout the package is
+    installed from (scripts/mutate_constants.py)."""
+    kept = {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
+    return {**kept, **variables}
+
+
 def has_ipv6_loopback() -> bool:
     """Whether ::1 can be bound here (containers may run without IPv6): the IPv6 tests skip, saying why, where not."""
     try:
