@@ -933,6 +933,7 @@ UPSTREAM_SHAPE = ("--upstream: expected NAME=URL with NAME of lower-case letters
 @pytest.mark.parametrize(
     ("text", "parsed"),
     [("openai-2=http://h:9", OtherUpstream("openai-2", Endpoint("http", "h", 9))),
+     ("01-ai=http://h:9", OtherUpstream("01-ai", Endpoint("http", "h", 9))),  # a provider's name may start with a digit
      ("OpenAI=http://h", UPSTREAM_SHAPE + "'OpenAI=http://h'"), ("anthropic=http://h", UPSTREAM_SHAPE +
      "'anthropic=http://h'"), ("openai", UPSTREAM_SHAPE + "'openai'"),
      ("bad=name=http://h", "--upstream bad: expected an http:// or https:// URL, got 'name=http://h'")],
