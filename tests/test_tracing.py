@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
+import re
 import signal
 import socket
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -232,6 +235,13 @@ def test_envoy_and_the_server_export_one_joined_trace_and_no_credential(tmp_path
         exported = collector.raw()
         for secret in (OAUTH, "TRACEDLITELLMKEY", "EGRESSTRACEKEY", TOKEN, SERVER_KEY):
             assert secret.encode() not in exported, f"{secret[:12]}... reached the collector"
+        # docs/operations.md: where an operator looks when spans do not arrive.
+        docs = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+        (cluster,) = set(re.findall(r"`cluster\.(\w+)\.upstream_cx_connect_fail`", docs))
+        url = f"http://{legs.envoy.admin}/stats?format=json&filter=^cluster\\.{cluster}\\."
+        with urllib.request.urlopen(url) as got:
+            stats = {s["name"]: s["value"] for s in json.load(got)["stats"] if "value" in s}
+        assert stats.get(f"cluster.{cluster}.upstream_cx_total", 0) >= 1, stats
 
 
 def test_up_with_a_tracing_endpoint_exports_envoy_s_and_the_server_s_spans(tmp_path: Path) -> None:
