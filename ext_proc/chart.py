@@ -68,7 +68,7 @@ def envoyfilter_patches_template() -> str:
 
 # Settings the chart itself sets (where the server listens, which files hold its secrets): not values.
 CHART_SETS = frozenset({"listen", "metrics_listen", "seal_key_file", "egress_token_file", "server_credential_file"})
-_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
+_JSON_TYPES = {str: "string", Path: "string", int: "integer", float: "number", bool: "boolean"}
 
 
 def _setting_schema(annotation: Any) -> dict[str, Any]:
@@ -78,10 +78,6 @@ def _setting_schema(annotation: Any) -> dict[str, Any]:
     if kind is types.UnionType:
         (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
         return _setting_schema(inner)
-    if annotation is Path:
-        return {"type": "string"}
-    if annotation is float:
-        return {"type": "number"}
     return {"type": _JSON_TYPES[annotation]}
 
 
