@@ -637,6 +637,8 @@ ALSO = ", which is also given: "
         (["up"], {"EXT_PROC_LISTEN": "127.0.0.1:1"}, ["up"], {"EXT_PROC_INGRESS_LISTEN": "127.0.0.1:1"},
          ["EXT_PROC_LISTEN is now EXT_PROC_INGRESS_LISTEN"]),
         (["serve"], {"EXT_PROC_LISTEN": "unix:/s"}, ["serve"], {"EXT_PROC_LISTEN": "unix:/s"}, []),
+        (["envoy-config"], {"EXT_PROC_LISTEN": "127.0.0.1:1"}, ["envoy-config"],
+         {"EXT_PROC_INGRESS_LISTEN": "127.0.0.1:1"}, ["EXT_PROC_LISTEN is now EXT_PROC_INGRESS_LISTEN"]),
         (["up", "--listen", "a:1", "--ingress-listen", "b:2"], {}, ["up", "--ingress-listen", "b:2"], {},
          [f"--listen is now --ingress-listen{ALSO}--listen ignored"]),
         (["up", "--ingress-listen=b:2", "--listen=a:1"], {}, ["up", "--ingress-listen=b:2"], {},
