@@ -34,9 +34,11 @@ how Python builds the class; a write to a frozen instance is refused by mypy bef
 marker, with the same meaning).
 
 Usage: ``python scripts/mutate_constants.py [FILE ...] [--list] [--jobs N] [--results PATH] [--match REGEX]
-[--deselect TEST] [--first TEST_FILE]``. The results go to ``.mutation-constants.txt`` as lines ``NAME:
-killed|survived|timeout  (what changed)  [by the first test that failed]``, which ``scripts/mutation_score.py``
-reads next to mutmut's.
+[--deselect TEST] [--first TEST_FILE] [--resume]``. The results go to ``.mutation-constants.txt`` as lines ``NAME:
+killed|survived|timeout  (what changed)  [by the first test that failed]``, each as its mutant finishes, which
+``scripts/mutation_score.py`` reads next to mutmut's. ``--resume`` keeps the results already in the file and runs the
+other mutants: a run cut short (a session's end, Ctrl-C) goes on where it stopped; scripts/mutation.sh passes it only
+when nothing the run reads has changed since the results were written.
 """
 
 from __future__ import annotations
@@ -539,6 +541,19 @@ def _baseline(copy: Path, tests: list[str]) -> dict[str, float] | None:
     return {test: seconds[test] for test in tests}
 
 
+def finished(results: Path, names: set[str]) -> list[str]:
+    """The result lines of ``results`` for mutants still planned (a name the code no longer has is dropped; each
+    mutant's last line counts)."""
+    if not results.exists():
+        return []
+    by_name: dict[str, str] = {}
+    for line in results.read_text().splitlines():
+        name = line.partition(":")[0]
+        if name in names and line.partition(": ")[2].split("  ")[0] in ("killed", "survived", "timeout"):
+            by_name[name] = line
+    return list(by_name.values())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", type=Path)
@@ -550,6 +565,7 @@ def main() -> int:
     parser.add_argument(
         "--first", action="append", default=[], help="a test file run before the others (the likeliest to kill)"
     )
+    parser.add_argument("--resume", action="store_true", help="keep the results in --results, run the other mutants")
     args = parser.parse_args()
     PYTEST.extend(f"--deselect={test}" for test in args.deselect)
     files = [p.resolve() for p in args.files] or sorted((ROOT / PACKAGE).glob("*.py"))
@@ -567,6 +583,14 @@ def main() -> int:
         for mutant, tests in plan:
             print(f"{mutant.name}: {mutant.description}  [{len(tests)} test files]")
         print(f"{len(plan)} mutants")
+        return 0
+    kept = finished(args.results, {mutant.name for mutant, _ in plan}) if args.resume else []
+    done_before = {line.partition(":")[0] for line in kept}
+    plan = [(mutant, tests) for mutant, tests in plan if mutant.name not in done_before]
+    if kept:
+        print(f"resuming: {len(kept)} results kept, {len(plan)} mutants to run", file=sys.stderr, flush=True)
+    args.results.write_text("".join(line + "\n" for line in kept))
+    if not plan:
         return 0
     workdir = Path(tempfile.mkdtemp(prefix="mutate-constants-"))
     copies = []
@@ -591,14 +615,20 @@ def main() -> int:
         status, _, by = status.partition("  ")
         return f"{mutant.name}: {status}  ({mutant.description}){'  ' + by if by else ''}"
 
-    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool, args.results.open("w") as results:
-        for done, line in enumerate(pool.map(one, plan), 1):
-            results.write(line + "\n")
-            results.flush()
-            if "survived" in line.split("  (")[0]:
-                print(line, flush=True)
-            if done % 25 == 0:
-                print(f"{done}/{len(plan)} in {time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool, args.results.open("a") as results:
+        running = [pool.submit(one, item) for item in plan]
+        try:
+            for done, future in enumerate(concurrent.futures.as_completed(running), 1):
+                line = future.result()
+                results.write(line + "\n")
+                results.flush()
+                if "survived" in line.split("  (")[0]:
+                    print(line, flush=True)
+                if done % 25 == 0:
+                    print(f"{done}/{len(plan)} in {time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
+        except BaseException:  # Ctrl-C: what finished is written; the queued mutants are not started
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

@@ -2,9 +2,13 @@
 # Mutation testing (tests/README.md), two steps over the same files: the pinned mutmut, in a virtualenv of its own,
 # over function bodies (the files of [tool.mutmut] only_mutate, against its test selection), then
 # scripts/mutate_constants.py over what mutmut never reaches (module and class level, decorated functions, code that
-# runs only in a command the tests start), against the tests that import each module or start the command. Arguments narrow the files mutated (e.g. ext_proc/seal.py); none: the files of
-# only_mutate, and for the second step also the ext_proc filter's settings in ext_proc/envoy.py (tests/README.md
-# lists the modules left out and why). The last line is the score over both.
+# runs only in a command the tests start), against the tests that import each module or start the command.
+# Arguments narrow the files mutated (e.g. ext_proc/seal.py); none: every module of ext_proc/ (tests/README.md says
+# what each step leaves out and why). The last line is the score over both.
+#
+# A run cut short (a session's end, Ctrl-C, a kill) goes on where it stopped when started again with the same
+# arguments and nothing it reads changed (every file git tracks or would track: code, tests, docs, manifests);
+# anything else starts afresh. MUTATION_FRESH=1 starts afresh regardless.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv-mutation
@@ -17,8 +21,19 @@ if [ ! -e "$stamp" ]; then
   "$VENV/bin/python" -m pip install --quiet -c constraints.txt -c scripts/mutation-constraints.txt -e '.[test]' mutmut
   rm -f "$VENV"/.installed-* && touch "$stamp"
 fi
-rm -rf mutants
-# Files given (ext_proc/seal.py) become mutmut's name patterns (ext_proc.seal.*).
+# What this run is of: the arguments and the content of every file it could read.
+version="$({ printf '%s\n' "$@"; git ls-files -z --cached --others --exclude-standard | sort -z \
+  | xargs -0 sha256sum 2>/dev/null; } | sha256sum | cut -c1-16)"
+resume=()
+if [ "${MUTATION_FRESH:-0}" != 1 ] && [ "$(cat .mutation-version 2>/dev/null)" = "$version" ]; then
+  echo "resuming the run of $version (MUTATION_FRESH=1 starts afresh)" >&2
+  resume=(--resume)
+else
+  rm -rf mutants .mutation-results.txt .mutation-constants.txt .mutation-supervisor.txt
+  echo "$version" > .mutation-version
+fi
+# Files given (ext_proc/seal.py) become mutmut's name patterns (ext_proc.seal.*). With patterns, mutmut reruns every
+# mutant they name; without, it keeps the verdicts in mutants/ of the functions that did not change.
 patterns=()
 for file in "$@"; do
   module="${file%.py}"
@@ -28,16 +43,15 @@ done
 "$VENV/bin/mutmut" results --all true > .mutation-results.txt 2>/dev/null || "$VENV/bin/mutmut" results > .mutation-results.txt
 results=(.mutation-results.txt .mutation-constants.txt)
 if [ $# -gt 0 ]; then
-  "$VENV/bin/python" scripts/mutate_constants.py --results .mutation-constants.txt "$@"
+  "$VENV/bin/python" scripts/mutate_constants.py "${resume[@]}" --results .mutation-constants.txt "$@"
 else
-  mapfile -t files < <("$VENV/bin/python" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["mutmut"]["only_mutate"]))')
-  "$VENV/bin/python" scripts/mutate_constants.py --results .mutation-constants.txt "${files[@]}"
-  "$VENV/bin/python" scripts/mutate_constants.py --results .mutation-filter.txt ext_proc/envoy.py \
-    --match '^ext_proc\.envoy\.(ext_proc_filter|_answer_processor)@'
   # The `up` supervisor's modules run only in the child process a test starts: the second step alone mutates them,
-  # with the tests of `up` first (the likeliest to fail).
-  "$VENV/bin/python" scripts/mutate_constants.py --results .mutation-supervisor.txt --first tests/test_up.py \
-    ext_proc/supervise.py ext_proc/envoy_process.py ext_proc/up.py
-  results+=(.mutation-filter.txt .mutation-supervisor.txt)
+  # with the tests of `up` first (the likeliest to fail). The other modules: every one of ext_proc/.
+  supervisor=(ext_proc/supervise.py ext_proc/envoy_process.py ext_proc/up.py)
+  mapfile -t others < <(ls ext_proc/*.py | grep -vxF -f <(printf '%s\n' "${supervisor[@]}"))
+  "$VENV/bin/python" scripts/mutate_constants.py "${resume[@]}" --results .mutation-constants.txt "${others[@]}"
+  "$VENV/bin/python" scripts/mutate_constants.py "${resume[@]}" --results .mutation-supervisor.txt \
+    --first tests/test_up.py "${supervisor[@]}"
+  results+=(.mutation-supervisor.txt)
 fi
 exec "$VENV/bin/python" scripts/mutation_score.py "${results[@]}" tests/mutation-equivalent.txt

@@ -89,10 +89,12 @@ def test_every_litellm_key_this_project_publishes_is_a_sample_never_served_beyon
     sources = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "examples").rglob("*.yaml"),
                *(ROOT / "deploy").rglob("*.yaml"), *(ROOT / "tests" / "support").glob("*.py")]  # fmt: skip
     published = {key for path in sources for key in _LITELLM_KEY.findall(path.read_text())}
-    assert "sk-your-litellm-master-key" in published, "the search finds the keys the guides use"
+    assert "sk-your-litellm-key" in published, "the search finds the keys the docs use"
     # LiteLLM's own: its proxy quick start (`master_key: sk-1234`) and its Config.yaml page (`sk-my_special_key`).
     litellm_documented = {"sk-1234", "sk-my_special_key"}
-    assert published | litellm_documented | {DEV_MASTER_KEY} == SAMPLE_MASTER_KEYS
+    # The Kubernetes guides of 0.1.0 created LiteLLM's Secret with this one; an operator who followed them has it.
+    published_before = {"sk-your-litellm-master-key"}
+    assert published | litellm_documented | published_before | {DEV_MASTER_KEY} == SAMPLE_MASTER_KEYS
     for key in sorted(SAMPLE_MASTER_KEYS):
         with pytest.raises(litellm.LiteLLMError, match=r"master key is (a sample key from|the development default)"):
             litellm.environment({"general_settings": {"master_key": key}}, "egress-token", "127.0.0.1:10000", False)
@@ -137,6 +139,15 @@ def test_up_says_when_litellm_is_not_installed(tmp_path: Path) -> None:
         "'.[litellm]' in a clone of the repository"
         in result.stderr
     )
+
+
+def test_the_guides_create_secrets_with_fresh_values_not_written_ones() -> None:
+    """docs/kubernetes-*.md: a Secret a guide creates gets a value generated there (`"$(...)"`, `"sk-$(...)"`) or an
+    elided placeholder the reader must fill (`sk-ant-...`); a literal key in a guide ends up in someone's cluster."""
+    docs = "".join(path.read_text() for path in sorted((ROOT / "docs").glob("*.md")))
+    literals = re.findall(r"--from-literal=[\w-]+=([^\s`]+)", docs)
+    assert len(literals) >= 5, "the search finds the guides' Secrets"
+    assert [v for v in literals if not (re.fullmatch(r'"[\w-]*\$\(.*', v) or v.endswith("..."))] == []
 
 
 # LiteLLM's documented sample master keys and our development default: spelt out, not read from the code's own set.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from scripts import mutate_constants as step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,3 +65,27 @@ def test_a_kill_counts_when_the_failing_test_fails_again_alone(tmp_path: Path) -
         "survived  [tests/test_flaky.py::test_once failed under load, passed alone]"
     )
     assert step._run(copy, mutant, ["tests/test_fails.py"], 120) == "killed  [by tests/test_fails.py::test_no]"
+
+
+def test_a_resumed_run_keeps_the_finished_results_and_runs_only_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """scripts/mutation.sh resumes a run cut short: the results written so far stand (each mutant's last line), a
+    line of a mutant the code no longer has or one without a verdict is dropped, and nothing finished runs again."""
+    reload_py = ROOT / "ext_proc" / "reload.py"
+    (only,) = step.collect(reload_py)  # one mutant: a run with it finished has nothing left to do
+    results = tmp_path / "results.txt"
+    results.write_text(
+        f"{only.name}: survived  (earlier)\n"
+        "ext_proc.reload.gone@1: killed  (a mutant of code since removed)\n"
+        f"{only.name}: killed  ({only.description})  [by tests/test_reload.py::test_x]\n"
+        f"{only.name}: not a verdict\n"
+    )
+    assert step.finished(results, {only.name}) == [
+        f"{only.name}: killed  ({only.description})  [by tests/test_reload.py::test_x]"
+    ]
+    monkeypatch.setattr("sys.argv", ["mutate_constants.py", str(reload_py), "--resume", "--results", str(results)])
+    monkeypatch.setattr(step, "_baseline", lambda *_: pytest.fail("a finished run started the tests again"))
+    assert step.main() == 0
+    assert results.read_text() == f"{only.name}: killed  ({only.description})  [by tests/test_reload.py::test_x]\n"
+    assert step.finished(tmp_path / "none.txt", {only.name}) == []
