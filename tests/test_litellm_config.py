@@ -96,10 +96,16 @@ def test_each_broken_setting_is_an_error_naming_its_line(tmp_path: Path, text: s
 def test_a_master_key_from_the_documentation_is_an_error(tmp_path: Path, given: str) -> None:
     """LiteLLM's quick start's `sk-1234` (here also from the environment LiteLLM reads it from): anyone who reaches
     LiteLLM is its admin; `up` refuses one beyond loopback, `check` for a LiteLLM the operator runs says so."""
-    text = GOOD.replace("master_key: sk-master-of-these-tests-0123", f"master_key: {given}")
+    # Not the first key of general_settings: the finding names the master key's own line, not its section's.
+    text = GOOD.replace("master_key: sk-master-of-these-tests-0123", f"store_model_in_db: false\n  master_key: {given}")
     code, out = check(tmp_path, text, {"LITELLM_MASTER_KEY": "sk-1234"})
     line = text.splitlines().index(f"  master_key: {given}") + 1
-    assert code == 1 and f"error: line {line}: the master key is one anyone has read (a documentation sample)" in out
+    finding = (
+        f"error: line {line}: the master key is one anyone has read (a documentation sample): whoever reaches LiteLLM "
+        "can use it as its admin, and through the egress the credentials the gateway attaches; set one of your own "
+        "(`ext-proc keygen --egress-token` prints a random value)"
+    )
+    assert (code, _shown(tmp_path, out)[-2:]) == (1, [finding, "litellm config has 1 error(s): FILE"])
 
 
 def test_a_zero_or_router_wide_cooldown_time_is_fine(tmp_path: Path) -> None:
