@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ext_proc.config import Config
-from ext_proc.server import Server
+from ext_proc.server import Server, _remove_stale_socket
 from tests.support.extproc import EGRESS, exchange, headers_message, message_stream, serving
 
 
@@ -241,3 +242,28 @@ def test_after_not_serving_the_server_keeps_answering_for_the_drain_period(
             return bool(answers) and answers[0].HasField("request_headers")
 
     assert asyncio.run(scenario()) is answered
+
+
+def test_a_socket_nobody_listens_on_is_replaced_a_live_one_refused_any_other_file_kept(tmp_path: Path) -> None:
+    """What `serve` does with the file at its --listen path (tests/test_up.py runs it as a command): a dead server's
+    socket (SIGKILL leaves one) is removed, a live server's is refused with what to do, and a file that is no socket
+    is left for bind to refuse."""
+    live, dead, other = tmp_path / "live.sock", tmp_path / "dead.sock", tmp_path / "file.sock"
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(live))
+        listening.listen()
+        with pytest.raises(OSError) as refused:
+            _remove_stale_socket(live)
+        assert str(refused.value) == (
+            f"{live}: another server is listening there; stop it, or give this one another --listen"
+        )
+        assert live.is_socket()
+    with socket.socket(socket.AF_UNIX) as closed:
+        closed.bind(str(dead))
+    assert dead.is_socket()
+    _remove_stale_socket(dead)
+    assert not dead.exists()
+    other.write_text("not a socket")
+    _remove_stale_socket(other)
+    assert other.read_text() == "not a socket"
+    _remove_stale_socket(tmp_path / "absent.sock")
