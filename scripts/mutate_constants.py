@@ -55,7 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -541,6 +541,35 @@ def _baseline(copy: Path, tests: list[str]) -> dict[str, float] | None:
     return {test: seconds[test] for test in tests}
 
 
+class Kills:
+    """Which test files killed the mutants of each function and module so far: the next mutant of the same function
+    runs them first, then those of its module.
+
+    Most mutants of one function or module die by the same test file, which the static order (the likeliest file
+    given, then the fastest) may put last: a setting's mutants ran the LiteLLM-config and chart tests before
+    tests/test_config.py. Only the order changes, never the selection or a verdict.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[str, Counter[str]] = defaultdict(Counter)
+
+    def record(self, mutant: Mutant, by: str) -> None:
+        """``by``: a result's "[by tests/test_x.py::test_y]" (nothing for a survivor)."""
+        killer = re.match(r"\[by ([^:\]]+\.py)", by)
+        if killer:
+            for scope in _scopes(mutant):
+                self._counts[scope][killer.group(1)] += 1
+
+    def ordered(self, mutant: Mutant, tests: list[str]) -> list[str]:
+        function, module = (self._counts[scope] for scope in _scopes(mutant))
+        return sorted(tests, key=lambda test: (-function[test], -module[test]))  # stable: ties keep the given order
+
+
+def _scopes(mutant: Mutant) -> tuple[str, str]:
+    """The mutant's function (or statement) and its module: ``ext_proc.config.Config.x@3`` is in ``ext_proc.config``."""
+    return mutant.name.partition("@")[0], ".".join(mutant.path.relative_to(ROOT).with_suffix("").parts)
+
+
 def finished(results: Path, names: set[str]) -> list[str]:
     """The result lines of ``results`` for mutants still planned (a name the code no longer has is dropped; each
     mutant's last line counts)."""
@@ -601,18 +630,20 @@ def main() -> int:
     order = _baseline(copies[0], sorted({t for _, tests in plan for t in tests}))
     if order is None:
         return 1
-    plan = [(mutant, sorted(tests, key=lambda test: (test not in args.first, order[test]))) for mutant, tests in plan]
+    kills = Kills()
     free = list(copies)
     began = time.monotonic()
 
     def one(item: tuple[Mutant, list[str]]) -> str:
         mutant, tests = item
+        tests = kills.ordered(mutant, sorted(tests, key=lambda test: (test not in args.first, order[test])))
         copy = free.pop()
         try:
             status = _run(copy, mutant, tests, timeout=600) if tests else "survived"
         finally:
             free.append(copy)
         status, _, by = status.partition("  ")
+        kills.record(mutant, by)
         return f"{mutant.name}: {status}  ({mutant.description}){'  ' + by if by else ''}"
 
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool, args.results.open("a") as results:

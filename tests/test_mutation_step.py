@@ -89,3 +89,22 @@ def test_a_resumed_run_keeps_the_finished_results_and_runs_only_the_rest(
     assert step.main() == 0
     assert results.read_text() == f"{only.name}: killed  ({only.description})  [by tests/test_reload.py::test_x]\n"
     assert step.finished(tmp_path / "none.txt", {only.name}) == []
+
+
+def test_the_files_that_killed_a_function_s_mutants_run_first_for_its_next_ones() -> None:
+    """Only the order changes: the function's killers first, then its module's, then the order given."""
+
+    def mutant(name: str, module: str) -> step.Mutant:
+        return step.Mutant(f"ext_proc.{module}.{name}@1", ROOT / "ext_proc" / f"{module}.py", 0, 0, "", "")
+
+    given = ["tests/test_a.py", "tests/test_b.py", "tests/test_c.py"]
+    kills = step.Kills()
+    assert kills.ordered(mutant("f", "config"), given) == given
+    kills.record(mutant("f", "config"), "[by tests/test_c.py::test_x[1]]")
+    kills.record(mutant("g", "config"), "[by tests/test_b.py::test_y]")
+    kills.record(mutant("g", "config"), "[by tests/test_b.py::test_y]")
+    kills.record(mutant("f", "config"), "")  # a survivor
+    kills.record(mutant("f", "config"), "[tests/test_a.py::test_z failed under load, passed alone]")
+    assert kills.ordered(mutant("f", "config"), given) == ["tests/test_c.py", "tests/test_b.py", "tests/test_a.py"]
+    assert kills.ordered(mutant("h", "config"), given) == ["tests/test_b.py", "tests/test_c.py", "tests/test_a.py"]
+    assert kills.ordered(mutant("f", "seal"), given) == given
