@@ -86,14 +86,18 @@ RUN_AS_COMMAND = frozenset({
     "ext_proc.supervise", "ext_proc.envoy_process", "ext_proc.up", "ext_proc.cli._start", "ext_proc.cli._serve",
     "ext_proc.cli._run", "ext_proc.server.Server", "ext_proc.server._private_socket_dir",
 })  # fmt: skip
+# Code that runs only in `up --litellm-config` (it starts LiteLLM): the tests that reach it are mostly the
+# `litellm`-marked ones that start `up` (tests/e2e/), which the other runs deselect. Mutated only with ``--litellm``,
+# as code run as a command, against the same tests as such code with the `litellm`-marked ones.
+WITH_LITELLM = frozenset({"ext_proc.litellm.Plan.start"})
 
 
 # The helper through which tests start the command: its tests run against that code too.
 COMMAND_HELPER = "tests.support.processes"
 
 
-def _run_as_command(qualified: str) -> bool:
-    return any(qualified == name or qualified.startswith(name + ".") for name in RUN_AS_COMMAND)
+def _run_as_command(qualified: str, commands: frozenset[str] = RUN_AS_COMMAND) -> bool:
+    return any(qualified == name or qualified.startswith(name + ".") for name in commands)
 
 
 def _is_log_call(call: ast.Call) -> bool:
@@ -210,8 +214,9 @@ _SWAPS: dict[type[ast.AST], type[Any]] = {
 class _Collector(ast.NodeVisitor):
     """Every mutant of one module, named ``module.TARGET@n`` (the target: the assignment or function it sits in)."""
 
-    def __init__(self, path: Path, source: str) -> None:
+    def __init__(self, path: Path, source: str, commands: frozenset[str]) -> None:
         self.path = path
+        self.commands = commands
         self.module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
         self.source = source
         self.offsets = _Offsets(source)
@@ -245,7 +250,9 @@ class _Collector(ast.NodeVisitor):
 
     def _function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         qualified = ".".join([self.module, *self.scope, node.name])
-        mutated_here = (self.module, node.name) in FILTER_SETTINGS | IMPORT_TIME or _run_as_command(qualified)
+        mutated_here = (self.module, node.name) in FILTER_SETTINGS | IMPORT_TIME or _run_as_command(
+            qualified, self.commands
+        )
         if _reached_by_mutmut(node, self.depth) and not mutated_here:
             return
         self.scope.append(node.name)
@@ -313,7 +320,7 @@ class _Collector(ast.NodeVisitor):
             return
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
             return  # a string statement: a docstring or a comment
-        command_code = _run_as_command(f"{self.module}.{self.target}")
+        command_code = _run_as_command(f"{self.module}.{self.target}", self.commands)
         if command_code and isinstance(node, ast.Call) and _is_log_call(node):
             return  # a log line of the command's code: what an operator reads, not what the gateway does
         if command_code and isinstance(node, ast.Expr):
@@ -426,9 +433,9 @@ class _Collector(ast.NodeVisitor):
             self.add(node, text, f"without {item.splitlines()[0][:60]}")
 
 
-def collect(path: Path) -> list[Mutant]:
+def collect(path: Path, commands: frozenset[str] = RUN_AS_COMMAND) -> list[Mutant]:
     source = path.read_text()
-    collector = _Collector(path, source)
+    collector = _Collector(path, source, commands)
     collector.visit(ast.parse(source))
     return collector.mutants
 
@@ -595,8 +602,18 @@ def main() -> int:
         "--first", action="append", default=[], help="a test file run before the others (the likeliest to kill)"
     )
     parser.add_argument("--resume", action="store_true", help="keep the results in --results, run the other mutants")
+    parser.add_argument(
+        "--litellm",
+        action="store_true",
+        help="only the code run in `up --litellm-config` (WITH_LITELLM), against its tests with the litellm-marked "
+        "ones, one job",
+    )
     args = parser.parse_args()
     PYTEST.extend(f"--deselect={test}" for test in args.deselect)
+    commands = RUN_AS_COMMAND
+    if args.litellm:  # the litellm-marked tests too; they start `up` on the README's fixed port: one at a time
+        del PYTEST[PYTEST.index("-m") : PYTEST.index("not litellm") + 1]
+        commands, args.jobs = RUN_AS_COMMAND | WITH_LITELLM, 1
     files = [p.resolve() for p in args.files] or sorted((ROOT / PACKAGE).glob("*.py"))
     plan: list[tuple[Mutant, list[str]]] = []
     for path in files:
@@ -604,9 +621,10 @@ def main() -> int:
         tests = test_files(module)
         with_command = sorted({*tests, *test_files(COMMAND_HELPER)})
         plan.extend(
-            (mutant, with_command if _run_as_command(mutant.name.partition("@")[0]) else tests)
-            for mutant in collect(path)
+            (mutant, with_command if _run_as_command(mutant.name.partition("@")[0], commands) else tests)
+            for mutant in collect(path, commands)
             if re.search(args.match, f"{mutant.name}: {mutant.description}")
+            and _run_as_command(mutant.name.partition("@")[0], WITH_LITELLM) == args.litellm
         )
     if args.list:
         for mutant, tests in plan:
@@ -626,10 +644,14 @@ def main() -> int:
     for n in range(args.jobs):
         copy = workdir / f"w{n}"
         shutil.copytree(ROOT, copy, ignore=COPY_IGNORE)
+        if (ROOT / ".cache").is_dir():  # the LiteLLM releases and Claude Code the e2e tests install once
+            (copy / ".cache").symlink_to(ROOT / ".cache")
         copies.append(copy)
     order = _baseline(copies[0], sorted({t for _, tests in plan for t in tests}))
     if order is None:
         return 1
+    # A survivor runs the whole selection: a fixed bound would make a slow selection's survivors timeouts (kills).
+    timeout = max(600.0, 3 * sum(order.values()))
     kills = Kills()
     free = list(copies)
     began = time.monotonic()
@@ -639,7 +661,7 @@ def main() -> int:
         tests = kills.ordered(mutant, sorted(tests, key=lambda test: (test not in args.first, order[test])))
         copy = free.pop()
         try:
-            status = _run(copy, mutant, tests, timeout=600) if tests else "survived"
+            status = _run(copy, mutant, tests, timeout) if tests else "survived"
         finally:
             free.append(copy)
         status, _, by = status.partition("  ")

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Mutation testing (tests/README.md), two steps over the same files: the pinned mutmut, in a virtualenv of its own,
+# Mutation testing (tests/README.md), in steps over the same files: the pinned mutmut, in a virtualenv of its own,
 # over function bodies (the files of [tool.mutmut] only_mutate, against its test selection), then
 # scripts/mutate_constants.py over what mutmut never reaches (module and class level, decorated functions, code that
-# runs only in a command the tests start), against the tests that import each module or start the command.
+# runs only in a command the tests start), against the tests that import each module or start the command, and the
+# same script once more over what runs only in `up --litellm-config`, with the litellm-marked tests.
 # Arguments narrow the files mutated (e.g. ext_proc/seal.py); none: every module of ext_proc/ (tests/README.md says
-# what each step leaves out and why). The last line is the score over both.
+# what each step leaves out and why). The last line is the score over all of them.
 #
 # A run cut short (a session's end, Ctrl-C, a kill) goes on where it stopped when started again with the same
 # arguments and nothing it reads changed (every file git tracks or would track: code, tests, docs, manifests);
@@ -29,7 +30,7 @@ if [ "${MUTATION_FRESH:-0}" != 1 ] && [ "$(cat .mutation-version 2>/dev/null)" =
   echo "resuming the run of $version (MUTATION_FRESH=1 starts afresh)" >&2
   resume=(--resume)
 else
-  rm -rf mutants .mutation-results.txt .mutation-constants.txt .mutation-supervisor.txt
+  rm -rf mutants .mutation-results.txt .mutation-constants.txt .mutation-supervisor.txt .mutation-litellm.txt
   echo "$version" > .mutation-version
 fi
 # Files given (ext_proc/seal.py) become mutmut's name patterns (ext_proc.seal.*). With patterns, mutmut reruns every
@@ -54,4 +55,9 @@ else
     --first tests/test_up.py "${supervisor[@]}"
   results+=(.mutation-supervisor.txt)
 fi
+# What runs only in `up --litellm-config` (starting LiteLLM), against the tests that start a command with the
+# litellm-marked ones, one mutant at a time (nothing to run when the files given hold none of it).
+"$VENV/bin/python" scripts/mutate_constants.py "${resume[@]}" --results .mutation-litellm.txt --litellm \
+  --first tests/test_litellm_child.py --first tests/e2e/test_chain.py "$@"
+results+=(.mutation-litellm.txt)
 exec "$VENV/bin/python" scripts/mutation_score.py "${results[@]}" tests/mutation-equivalent.txt

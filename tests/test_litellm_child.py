@@ -483,3 +483,67 @@ def test_up_plans_litellm_from_the_config_or_refuses_before_anything_starts(
         DEV_MASTER_KEY,
     )
     assert caplog.records == []
+
+
+_NEVER_READY = """import os, pathlib, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+pathlib.Path(sys.argv[0] + ".pid").write_text(str(os.getpid()))
+print("loading a very large config", flush=True)
+time.sleep(300)
+"""
+_DIES = """import sys
+print("no such model: claude-x", flush=True)
+sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize(
+    ("script", "said", "refusal"),
+    [
+        (_NEVER_READY, "loading a very large config", "LiteLLM was not ready after 1s"),
+        (_DIES, "no such model: claude-x", "LiteLLM exited during start-up with status 3 (see its log above)"),
+    ],
+)
+def test_a_litellm_that_does_not_come_up_is_stopped_and_named(
+    script: str, said: str, refusal: str,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """`up` waits START_SECONDS for LiteLLM's liveliness (here 1 s), showing its output marked as LiteLLM's; one
+    that dies meanwhile is named with its status, one that never answers (and ignores SIGTERM) is killed before
+    `up` gives up: never left running without its supervisor. (A stand-in LiteLLM: the real one's start is
+    tests/e2e/test_chain.py's.)"""
+    import asyncio
+    import os
+    import sys
+
+    from ext_proc import supervise
+    from ext_proc.envoy import Endpoint, Layout
+    from ext_proc.supervise import UpError
+    from tests.support.processes import free_port
+
+    binary = tmp_path / "litellm"
+    binary.write_text(f"#!{sys.executable}\n{script}")
+    binary.chmod(0o700)
+    monkeypatch.setattr(litellm, "START_SECONDS", 1.0)
+    monkeypatch.setattr(supervise, "STOP_SECONDS", 1.0)
+    plan = litellm.Plan({}, "model_list: []\n", {}, binary, tmp_path / "given.yaml")
+    layout = Layout(litellm=Endpoint("http", "127.0.0.1", free_port()))
+
+    async def start() -> None:
+        try:
+            await plan.start(tmp_path, layout, asyncio.Event())
+        finally:
+            if plan.output is not None:  # ends when LiteLLM's output does: with LiteLLM
+                await asyncio.wait_for(plan.output, 10)
+
+    try:
+        with pytest.raises(UpError) as refused:
+            asyncio.run(start())
+        assert str(refused.value) == refusal
+        assert f"litellm | {said}\n" in capfd.readouterr().err
+    finally:
+        pid = Path(f"{binary}.pid")
+        left = pid.exists() and Path(f"/proc/{pid.read_text()}").exists()
+        if left:
+            os.kill(int(pid.read_text()), 9)
+    assert not left, "LiteLLM was left running"

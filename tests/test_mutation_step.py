@@ -108,3 +108,22 @@ def test_the_files_that_killed_a_function_s_mutants_run_first_for_its_next_ones(
     assert kills.ordered(mutant("f", "config"), given) == ["tests/test_c.py", "tests/test_b.py", "tests/test_a.py"]
     assert kills.ordered(mutant("h", "config"), given) == ["tests/test_b.py", "tests/test_c.py", "tests/test_a.py"]
     assert kills.ordered(mutant("f", "seal"), given) == given
+
+
+def test_the_code_run_only_with_litellm_is_mutated_by_its_own_run_against_the_litellm_tests(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`Plan.start` runs only in `up --litellm-config`, tested mostly by the litellm-marked tests the other runs
+    deselect: left to ``--litellm``, which runs them too."""
+    litellm_py = ROOT / "ext_proc" / "litellm.py"
+    assert not [m for m in step.collect(litellm_py) if ".Plan.start@" in m.name]
+    with_litellm = step.collect(litellm_py, step.RUN_AS_COMMAND | step.WITH_LITELLM)
+    assert "call dropped: supervise.stop(child)" in {m.description for m in with_litellm}
+    monkeypatch.setattr("sys.argv", ["mutate_constants.py", str(litellm_py), "--litellm", "--list"])
+    monkeypatch.setattr(step, "PYTEST", list(step.PYTEST))
+    assert step.main() == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[-1] == f"{len(listed) - 1} mutants" and len(listed) > 1
+    assert all(line.startswith("ext_proc.litellm.Plan.start@") for line in listed[:-1])
+    assert "-m" not in step.PYTEST and "not litellm" not in step.PYTEST  # every test of the selection
+    assert "tests/e2e/test_chain.py" in step.test_files(step.COMMAND_HELPER)

@@ -41,15 +41,24 @@ def readme_command() -> list[str]:
 
 @pytest.fixture
 def chain(tmp_path: Path) -> Iterator[tuple[Proc, Recorder, dict[str, str]]]:
+    private = tmp_path / "tmp"
+    private.mkdir(mode=0o700)
     with Recorder() as recorder:
         env = {
             "PATH": f"{litellm_proxy.venv(litellm_proxy.RELEASES[-1]) / 'bin'}:{BIN}:{os.environ.get('PATH', '')}",
             "XDG_CONFIG_HOME": str(tmp_path / "config"),
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
             "LITELLM_TELEMETRY": "False",
+            "TMPDIR": str(private),
         }
         words = readme_command()
-        up = Proc([str(BIN / "ext-proc"), *words[1:], "--anthropic", recorder.url], env, unset=("LITELLM_MASTER_KEY",))
+        umask = os.umask(0o022)  # an operator's usual umask, not the tests' 077: the files' modes are up's own doing
+        try:
+            up = Proc(
+                [str(BIN / "ext-proc"), *words[1:], "--anthropic", recorder.url], env, unset=("LITELLM_MASTER_KEY",)
+            )
+        finally:
+            os.umask(umask)
         try:
             up.ready_line = up.wait_line("ready ", timeout=240)
             client = {
@@ -65,7 +74,7 @@ def chain(tmp_path: Path) -> Iterator[tuple[Proc, Recorder, dict[str, str]]]:
             assert code == 0, up.output[-3000:]
 
 
-def test_the_readme_command_runs_the_whole_chain(chain: tuple[Proc, Recorder, dict[str, str]]) -> None:
+def test_the_readme_command_runs_the_whole_chain(chain: tuple[Proc, Recorder, dict[str, str]], tmp_path: Path) -> None:
     up, recorder, client = chain
     assert "litellm=up" in up.ready_line
     assert client["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:8080"
@@ -88,6 +97,10 @@ def test_the_readme_command_runs_the_whole_chain(chain: tuple[Proc, Recorder, di
     status, answer, _ = send(HostPort(host, int(port)), "POST", "/v1/messages?beta=true", wrong, body)
     assert 400 <= status < 500 and "error" in json.loads(answer), answer[:300]
     assert recorder.take() == []
+    # LiteLLM runs from a derived copy of the config (with any key the operator wrote in it): only its owner reads it.
+    (work,) = (tmp_path / "tmp").glob("ext-proc-up-*")
+    derived = Path(_config_of(_litellm_child(up.pid)))
+    assert derived.parent == work and derived.stat().st_mode & 0o777 == 0o600 and work.stat().st_mode & 0o777 == 0o700
     # LiteLLM's output comes through `up`, marked; no credential in any of it.
     assert "litellm | " in up.output
     for secret in (CLIENT_OAUTH, litellm_proxy.EGRESS_TOKEN):
@@ -126,11 +139,20 @@ def test_litellm_s_death_stops_the_gateway_with_an_error(tmp_path: Path) -> None
         up = Proc([str(BIN / "ext-proc"), *readme_command()[1:], "--anthropic", recorder.url], env)
         try:
             up.wait_line("ready ", timeout=240)
-            children = Path(f"/proc/{up.pid}/task/{up.pid}/children").read_text().split()
-            (child,) = [int(c) for c in children if "litellm" in Path(f"/proc/{c}/cmdline").read_text()]
-            os.kill(child, signal.SIGKILL)
+            os.kill(_litellm_child(up.pid), signal.SIGKILL)
             code = up.wait(60)
         finally:
             up.stop()
     assert code == 1
     assert f"LiteLLM exited unexpectedly with status {-signal.SIGKILL}" in up.output
+
+
+def _litellm_child(pid: int) -> int:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    (child,) = [int(c) for c in children if "litellm" in Path(f"/proc/{c}/cmdline").read_text()]
+    return child
+
+
+def _config_of(pid: int) -> str:
+    argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+    return argv[argv.index("--config") + 1]
