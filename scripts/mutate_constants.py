@@ -487,6 +487,12 @@ def test_files(module: str) -> list[str]:
     return selected
 
 
+# A failed test's id in pytest's summary line ("FAILED tests/x.py::test[an id] - AssertionError"): up to the
+# message, since a parameter's id may hold spaces (cut at the first one, the rerun alone would not find the test and
+# fail, making a kill of a flake). An id holding " - " itself is cut there: give such a test ids of its own.
+_FAILED = r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$"
+
+
 def _pytest(copy: Path, tests: list[str], timeout: float) -> subprocess.CompletedProcess[str] | None:
     """The tests against the copy as it is now; None when they outlast ``timeout``."""
     env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
@@ -511,7 +517,7 @@ def _run(copy: Path, mutant: Mutant, tests: list[str], timeout: float) -> str:
                 return "timeout"
             if result.returncode == 0:
                 return "survived" + "".join(f"  [{test} failed under load, passed alone]" for test in flaked)
-            failed = re.search(r"^(?:FAILED|ERROR) (\S+)", result.stdout, re.MULTILINE)
+            failed = re.search(_FAILED, result.stdout, re.MULTILINE)
             if failed is None:
                 return "killed  [by the test run]"
             alone = _pytest(copy, [failed.group(1)], timeout)
@@ -531,7 +537,7 @@ def _baseline(copy: Path, tests: list[str]) -> dict[str, float] | None:
     pytest = [sys.executable, "-m", "pytest", *[a for a in PYTEST if a != "-x"], f"--junitxml={report}", *tests]
     result = subprocess.run(pytest, cwd=copy, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", result.stdout, re.MULTILINE)
+        failed = re.findall(_FAILED, result.stdout, re.MULTILINE)
         alone = _pytest(copy, failed, timeout=600) if failed else None
         if alone is None or alone.returncode != 0:
             print(f"the unmutated suite fails; fix it first:\n{result.stdout[-3000:]}", file=sys.stderr)

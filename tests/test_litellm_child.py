@@ -503,6 +503,7 @@ sys.exit(3)
         (_NEVER_READY, "loading a very large config", "LiteLLM was not ready after 1s"),
         (_DIES, "no such model: claude-x", "LiteLLM exited during start-up with status 3 (see its log above)"),
     ],
+    ids=["never-ready", "dies"],
 )
 def test_a_litellm_that_does_not_come_up_is_stopped_and_named(
     script: str, said: str, refusal: str,

@@ -60,11 +60,21 @@ def test_a_kill_counts_when_the_failing_test_fails_again_alone(tmp_path: Path) -
         "from pathlib import Path\n\ndef test_once():\n    marker = Path(__file__).with_suffix('.ran')\n"
         "    first = not marker.exists()\n    marker.touch()\n    assert not first\n"
     )
-    copy, mutant = _copy_with(tmp_path, {"test_flaky.py": flaky, "test_fails.py": "def test_no():\n    assert 0\n"})
+    spaced = (  # a parameter's id with spaces: the rerun alone must find the same test
+        "import pytest\n\n@pytest.mark.parametrize('x', [1], ids=['an id with spaces'])\n"
+        "def test_no(x):\n    assert 0\n"
+    )
+    copy, mutant = _copy_with(
+        tmp_path,
+        {"test_flaky.py": flaky, "test_fails.py": "def test_no():\n    assert 0\n", "test_spaced.py": spaced},
+    )
     assert step._run(copy, mutant, ["tests/test_flaky.py"], 120) == (
         "survived  [tests/test_flaky.py::test_once failed under load, passed alone]"
     )
     assert step._run(copy, mutant, ["tests/test_fails.py"], 120) == "killed  [by tests/test_fails.py::test_no]"
+    assert step._run(copy, mutant, ["tests/test_spaced.py"], 120) == (
+        "killed  [by tests/test_spaced.py::test_no[an id with spaces]]"
+    )
 
 
 def test_a_resumed_run_keeps_the_finished_results_and_runs_only_the_rest(
