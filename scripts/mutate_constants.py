@@ -34,11 +34,13 @@ how Python builds the class; a write to a frozen instance is refused by mypy bef
 marker, with the same meaning).
 
 Usage: ``python scripts/mutate_constants.py [FILE ...] [--list] [--jobs N] [--results PATH] [--match REGEX]
-[--deselect TEST] [--first TEST_FILE] [--resume]``. The results go to ``.mutation-constants.txt`` as lines ``NAME:
-killed|survived|timeout  (what changed)  [by the first test that failed]``, each as its mutant finishes, which
-``scripts/mutation_score.py`` reads next to mutmut's. ``--resume`` keeps the results already in the file and runs the
-other mutants: a run cut short (a session's end, Ctrl-C) goes on where it stopped; scripts/mutation.sh passes it only
-when nothing the run reads has changed since the results were written.
+[--deselect TEST] [--first TEST_FILE] [--resume] [--litellm]``. The results go to ``.mutation-constants.txt`` as
+lines ``NAME: killed|survived|timeout  (what changed)  [by the first test that failed]``, each as its mutant
+finishes, which ``scripts/mutation_score.py`` reads next to mutmut's. ``--resume`` keeps the results already in the
+file and runs the other mutants: a run cut short (a session's end, Ctrl-C) goes on where it stopped;
+scripts/mutation.sh passes it only when nothing the run reads has changed since the results were written.
+``--litellm`` mutates only what runs in ``up --litellm-config`` (``WITH_LITELLM``), against the tests that start a
+command with the ``litellm``-marked ones, one mutant at a time.
 """
 
 from __future__ import annotations

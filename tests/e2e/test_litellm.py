@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import base64
 import difflib
+import http.client
 import json
 import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -129,12 +130,21 @@ def gateway(
         assert not leaked, f"credential values in the gateway's output: {leaked}"
 
 
-def run_matrix(at: HostPort, recorder: Recorder) -> dict[tuple[str, str], tuple[int, list[Received]]]:
+def run_matrix(
+    at: HostPort, recorder: Recorder, output: Callable[[], str] = str
+) -> dict[tuple[str, str], tuple[int, list[Received]]]:
+    """Every client's header set on every route; a request left without an answer names itself and ``output()``'s
+    end (what the server said then)."""
     recorder.take()
     results = {}
     for client in CLIENTS:
         for route in ROUTES:
-            status, _, _ = send(at, route.method, route.path, [*client.headers, *PROBES], route.body)
+            try:
+                status, _, _ = send(at, route.method, route.path, [*client.headers, *PROBES], route.body)
+            except (OSError, http.client.HTTPException) as exc:
+                raise AssertionError(
+                    f"{client.name}, {route.method} {route.path}: {exc!r}; its output ends:\n{output()[-4000:]}"
+                ) from exc
             results[(client.name, route.name)] = (status, recorder.take())
     return results
 
@@ -223,7 +233,7 @@ def check_section(key: str, text: str) -> None:
 def test_before(version: str, setup_name: str, key: str | None, recorder: Recorder, tmp_path: Path) -> None:
     proxy = litellm_proxy.start(Setup(version, recorder.url, key), tmp_path)
     try:
-        results = run_matrix(HostPort("127.0.0.1", proxy.port), recorder)
+        results = run_matrix(HostPort("127.0.0.1", proxy.port), recorder, lambda: proxy.proc.output)
     finally:
         proxy.stop()
     cells = {case: describe(status, received) for case, (status, received) in results.items()}
