@@ -440,6 +440,25 @@ def test_serve_answers_on_either_event_loop(tmp_path: Path, event_loop: str) -> 
     assert ("uvloop" in mapped) == (event_loop == "uvloop")
 
 
+def test_event_loop_uvloop_without_the_package_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command's main coroutine is closed, not left to warn "never awaited" after the one line."""
+    from ext_proc import cli
+
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # `import uvloop` raises ImportError
+
+    async def main() -> int:
+        return 0
+
+    coroutine = main()
+    try:
+        with pytest.raises(RuntimeError) as refused:
+            cli._run(coroutine, "uvloop")
+        assert str(refused.value) == "event_loop 'uvloop' needs the uvloop package; install it or set 'asyncio'"
+        assert coroutine.cr_frame is None, "the coroutine was left unclosed"
+    finally:
+        coroutine.close()
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])  # docs/operations.md: either drains
 def test_the_health_command_is_ready_only_while_the_server_serves(tmp_path: Path, stop_signal: signal.Signals) -> None:
     """Kubernetes' exec probes (`ext-proc health`): 0 and SERVING while serving, 1 once SIGTERM starts the drain

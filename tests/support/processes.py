@@ -101,7 +101,9 @@ class Proc:
     ready_line: str = ""
 
     def __post_init__(self) -> None:
-        base = {k: v for k, v in os.environ.items() if k not in self.unset}
+        # Without PYTHONUNBUFFERED (set on some machines): a child's stdout on a pipe is block-buffered, as under an
+        # operator's log collector, so a line printed without a flush would not reach a test waiting for it.
+        base = {k: v for k, v in os.environ.items() if k not in (*self.unset, "PYTHONUNBUFFERED")}
         self._popen = subprocess.Popen(
             list(self.args),
             stdout=subprocess.PIPE,
