@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import inspect
 import io
 import json
 import logging
@@ -454,7 +455,7 @@ def test_event_loop_uvloop_without_the_package_is_refused_in_one_line(monkeypatc
         with pytest.raises(RuntimeError) as refused:
             cli._run(coroutine, "uvloop")
         assert str(refused.value) == "event_loop 'uvloop' needs the uvloop package; install it or set 'asyncio'"
-        assert coroutine.cr_frame is None, "the coroutine was left unclosed"
+        assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
     finally:
         coroutine.close()
 
