@@ -137,3 +137,19 @@ def test_the_code_run_only_with_litellm_is_mutated_by_its_own_run_against_the_li
     assert all(line.startswith("ext_proc.litellm.Plan.start@") for line in listed[:-1])
     assert "-m" not in step.PYTEST and "not litellm" not in step.PYTEST  # every test of the selection
     assert "tests/e2e/test_chain.py" in step.test_files(step.COMMAND_HELPER)
+
+
+def test_the_score_is_100_only_when_every_counted_mutant_is_killed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scripts import mutation_score
+
+    results, equivalent = tmp_path / "results.txt", tmp_path / "equivalent.txt"
+    lines = [f"ext_proc.x.f@{n}: killed  (a change)" for n in range(1, 4000)]
+    results.write_text("\n".join([*lines, "ext_proc.x.f@4000: survived  (a change)", "ext_proc.x.g@1: survived"]))
+    equivalent.write_text("ext_proc.x.g@1  # a reason\n")
+    assert mutation_score.main([results], equivalent) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "survived: ext_proc.x.f@4000 (survived)",
+        "mutation score: 99.9% (killed 3999 of 4000, equivalent 1)",
+    ]
