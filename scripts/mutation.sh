@@ -30,7 +30,7 @@ if [ "${MUTATION_FRESH:-0}" != 1 ] && [ "$(cat .mutation-version 2>/dev/null)" =
   echo "resuming the run of $version (MUTATION_FRESH=1 starts afresh)" >&2
   resume=(--resume)
 else
-  rm -rf mutants .mutation-results.txt .mutation-constants.txt .mutation-supervisor.txt .mutation-litellm.txt
+  rm -rf mutants .mutation-results.txt .mutation-results.tmp .mutation-constants.txt .mutation-supervisor.txt .mutation-litellm.txt
   echo "$version" > .mutation-version
 fi
 # Files given (ext_proc/seal.py) become mutmut's name patterns (ext_proc.seal.*). With patterns, mutmut reruns every
@@ -40,8 +40,13 @@ for file in "$@"; do
   module="${file%.py}"
   patterns+=("${module//\//.}.*")
 done
-"$VENV/bin/mutmut" run --max-children "$(nproc)" "${patterns[@]}" > .mutation-run.log 2>&1 || { tail -40 .mutation-run.log; exit 1; }
-"$VENV/bin/mutmut" results --all true > .mutation-results.txt 2>/dev/null || "$VENV/bin/mutmut" results > .mutation-results.txt
+# .mutation-results.txt appears only once mutmut has finished (written aside, then renamed): a resumed run that has it
+# goes straight to the next step, so the run's files alone (tests/README.md) carry it to a clean checkout elsewhere.
+if [ ${#resume[@]} -eq 0 ] || [ ! -e .mutation-results.txt ]; then
+  "$VENV/bin/mutmut" run --max-children "$(nproc)" "${patterns[@]}" > .mutation-run.log 2>&1 || { tail -40 .mutation-run.log; exit 1; }
+  "$VENV/bin/mutmut" results --all true > .mutation-results.tmp 2>/dev/null || "$VENV/bin/mutmut" results > .mutation-results.tmp
+  mv .mutation-results.tmp .mutation-results.txt
+fi
 results=(.mutation-results.txt .mutation-constants.txt)
 if [ $# -gt 0 ]; then
   "$VENV/bin/python" scripts/mutate_constants.py "${resume[@]}" --results .mutation-constants.txt "$@"

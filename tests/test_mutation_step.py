@@ -153,3 +153,69 @@ def test_the_score_is_100_only_when_every_counted_mutant_is_killed(
         "survived: ext_proc.x.f@4000 (survived)",
         "mutation score: 99.9% (killed 3999 of 4000, equivalent 1)",
     ]
+
+
+def test_a_resumed_run_whose_mutmut_finished_goes_straight_to_the_next_step(tmp_path: Path) -> None:
+    """scripts/mutation.sh, in a checkout of its own with a stand-in mutmut and second step: mutmut's results, once
+    complete, carry the run (copied to another checkout of the same commit, it resumes without mutmut); without them
+    a resumed run starts mutmut again (its own state in mutants/ says where it stopped)."""
+    import hashlib
+    import shutil
+    import subprocess
+    import sys
+
+    repo, calls = tmp_path / "repo", tmp_path / "calls.log"
+    for name in ("scripts/mutation.sh", "scripts/mutation_score.py", "scripts/mutation-constraints.txt",
+                 "pyproject.toml", "constraints.txt", ".gitignore"):  # fmt: skip
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_bytes((ROOT / name).read_bytes())
+    (repo / "ext_proc").mkdir()
+    (repo / "ext_proc" / "x.py").write_text("X = 1\n")
+    (repo / "tests").mkdir()
+    (repo / "tests" / "mutation-equivalent.txt").write_text("")
+    (repo / "scripts" / "mutate_constants.py").write_text(
+        "import sys\nfrom pathlib import Path\n"
+        f"Path({str(calls)!r}).open('a').write('step ' + ' '.join(sys.argv[1:]) + '\\n')\n"
+        "out = Path(sys.argv[sys.argv.index('--results') + 1])\n"
+        "n = ['.mutation-constants.txt', '.mutation-supervisor.txt', '.mutation-litellm.txt'].index(out.name)\n"
+        "out.write_text(f'ext_proc.x.X@{n}: killed  (a change)\\n')\n"
+    )
+    bin_ = repo / ".venv-mutation" / "bin"
+    bin_.mkdir(parents=True)
+    (bin_ / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (bin_ / "mutmut").write_text(
+        f'#!/bin/sh\necho "mutmut $1" >> {calls}\n'
+        '[ "$1" = results ] && echo "    ext_proc.x.f__mutmut_1: killed"\nexit 0\n'
+    )
+    for tool in bin_.iterdir():
+        tool.chmod(0o700)
+    pinned = ("pyproject.toml", "constraints.txt", "scripts/mutation-constraints.txt")
+    pins = b"".join((repo / n).read_bytes() for n in pinned)
+    (repo / ".venv-mutation" / f".installed-{hashlib.sha256(pins).hexdigest()[:16]}").touch()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+
+    def run(checkout: Path) -> tuple[list[str], str]:
+        calls.write_text("")
+        done = subprocess.run(["bash", "scripts/mutation.sh"], cwd=checkout, capture_output=True, text=True, check=True)
+        return calls.read_text().splitlines(), done.stdout.splitlines()[-1]
+
+    first, score = run(repo)
+    steps = [c for c in first if c.startswith("step")]
+    assert [c for c in first if c.startswith("mutmut")] == ["mutmut run", "mutmut results"]
+    assert score == "mutation score: 100.0% (killed 4 of 4, equivalent 0)"
+    assert all("--resume" not in c for c in first)
+    elsewhere = tmp_path / "elsewhere"  # a clean checkout of the same commit, with the run's files copied in
+    subprocess.run(["git", "clone", "-q", str(repo), str(elsewhere)], check=True)
+    shutil.copytree(repo / ".venv-mutation", elsewhere / ".venv-mutation", symlinks=True)
+    for state in [repo / ".mutation-version", *repo.glob(".mutation-*.txt")]:
+        shutil.copy(state, elsewhere)
+    again, score = run(elsewhere)
+    assert [c for c in again if c.startswith("step")] == [c.replace("step ", "step --resume ", 1) for c in steps]
+    assert not [c for c in again if c.startswith("mutmut")]
+    assert score == "mutation score: 100.0% (killed 4 of 4, equivalent 0)"
+    (elsewhere / ".mutation-results.txt").unlink()
+    cut_short, _ = run(elsewhere)
+    assert [c for c in cut_short if c.startswith("mutmut")] == ["mutmut run", "mutmut results"]
