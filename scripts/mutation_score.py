@@ -8,11 +8,15 @@ import re
 import sys
 from pathlib import Path
 
+# A result line: mutmut's ("    ext_proc.x.f__mutmut_3: killed") and scripts/mutate_constants.py's ("ext_proc.x.C@2:
+# survived  (what changed)").
+RESULT = re.compile(r"\s*([\w.]+(?:__mutmut_\d+|@\d+)): (\w+)")
+
 
 def main(results: list[Path], equivalent: Path) -> int:
     status: dict[str, str] = {}
     for line in (line for path in results for line in path.read_text().splitlines()):
-        match = re.match(r"\s*([\w.]+(?:__mutmut_\d+|@\d+)): (\w+)", line)
+        match = RESULT.match(line)
         if match and match.group(2) != "not":  # "not checked": outside the files asked for
             status[match.group(1)] = match.group(2)
     listed = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,21 @@ def test_a_resumed_run_whose_mutmut_finished_goes_straight_to_the_next_step(tmp_
     (elsewhere / ".mutation-results.txt").unlink()
     cut_short, _ = run(elsewhere)
     assert [c for c in cut_short if c.startswith("mutmut")] == ["mutmut run", "mutmut results"]
+
+
+STATE = ("version", "results.txt", "constants.txt", "supervisor.txt", "litellm.txt")
+
+
+def test_a_stored_run_holds_the_files_that_resume_it() -> None:
+    """tests/mutation-runs/COMMIT/ (tests/README.md): a run's files under their names without `.mutation-`, the
+    fingerprint and result lines the score reads."""
+    from scripts import mutation_score
+
+    for run in sorted((ROOT / "tests" / "mutation-runs").glob("*")):
+        assert re.fullmatch(r"[0-9a-f]{7,40}", run.name), run
+        files = sorted(p.name for p in run.iterdir())
+        assert "version" in files and set(files) <= set(STATE), (run, files)
+        assert re.fullmatch(r"[0-9a-f]{16}\n", (run / "version").read_text()), run
+        for name in set(files) - {"version"}:
+            for line in (run / name).read_text().splitlines():
+                assert mutation_score.RESULT.match(line), (run / name, line)
