@@ -79,8 +79,8 @@ class Config:
         "",
         "gRPC address of `serve`: `unix:PATH` (default a private socket, `$XDG_RUNTIME_DIR/"
         "ext-proc/ext-proc.sock`, else `/tmp/ext-proc-UID/`; directory 0700, socket 0600), or "
-        "`HOST:PORT` (any process that reaches it can read credentials: warned at start); `up` uses "
-        "its own private socket",
+        "`HOST:PORT` (any process that reaches it can read credentials: warned at start; gRPC's "
+        "`unix-abstract:NAME` is refused, a socket without a file mode); `up` uses its own private socket",
         ("serve",),
     )
     handoff_header: str = setting("x-credential-handoff", "the sealed handoff header; must start with `x-`")
@@ -259,6 +259,28 @@ class Config:
             return None
         return HostPort.parse(self.metrics_listen, "--metrics-listen")
 
+    @property
+    def listen_socket(self) -> Path | None:
+        """The Unix socket ``serve`` listens on (the private default when ``listen`` is empty), or None for TCP.
+
+        gRPC reads ``unix-abstract:NAME`` as a socket in Linux's abstract namespace, which has no file mode: any
+        process in the network namespace could connect and read credentials from the answers, as over TCP, while
+        the address looks like a socket file's; refused, as is anything neither ``unix:PATH`` nor ``HOST:PORT``.
+        """
+        listen = self.listen or default_socket()
+        if listen.startswith("unix:"):
+            return Path(listen.removeprefix("unix:"))
+        if listen.startswith("unix-abstract:"):
+            raise ConfigError(
+                f"listen {listen!r}: an abstract Unix socket has no file mode, so any local process could read "
+                "credentials from the server's answers; use unix:PATH (mode 0600), or HOST:PORT knowingly"
+            )
+        try:
+            HostPort.parse(listen, "--listen")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return None
+
     def _server_address(self) -> str:
         """``unix:PATH`` or ``HOST:PORT``, checked here so that a bad one names its flag."""
         address = self.server_address or DEPLOYED_SOCKET
@@ -311,6 +333,7 @@ class Config:
             raise ConfigError("log_format must be 'text' or 'json'")
         if not 0.0 <= self.audit_sample_rate <= 1.0:
             raise ConfigError("audit_sample_rate must be between 0 and 1 (rejections are always logged)")
+        _ = self.listen_socket  # parsed now, so that a bad one is refused at start
         try:
             _ = self.metrics_address  # parsed now, so that a bad one is refused at start
         except ValueError:

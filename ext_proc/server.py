@@ -23,11 +23,11 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from ext_proc.audit import AuditLog
-from ext_proc.config import Config, default_socket
+from ext_proc.config import Config
 from ext_proc.envoy import HostPort
 from ext_proc.headers import HeaderView
 from ext_proc.metrics import Metrics
@@ -283,11 +283,12 @@ class Server:  # pragma: no mutate block (lifecycle: the process tests' business
         self.metrics_at: HostPort | None = None  # where /metrics is served, with the port the OS gave
 
     async def start(self) -> str:
-        listen = self.config.listen or default_socket()
-        if listen.startswith("unix:"):
-            real = _private_socket_dir(Path(listen.removeprefix("unix:")), default=not self.config.listen)
-            listen = f"unix:{real}"
+        path = self.config.listen_socket
+        if path is not None:
+            path = _private_socket_dir(path, default=not self.config.listen)
+            listen = f"unix:{path}"
         else:
+            listen = self.config.listen
             log.warning(
                 "listening on TCP %s: any process that can reach it can open an egress stream and read the server "
                 "credential and any sealed credential from the answers; prefer unix:PATH",
@@ -297,8 +298,8 @@ class Server:  # pragma: no mutate block (lifecycle: the process tests' business
             port = self._server.add_insecure_port(listen)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {listen}: {exc}") from None
-        if listen.startswith("unix:"):
-            os.chmod(listen.removeprefix("unix:"), 0o600)
+        if path is not None:
+            os.chmod(path, 0o600)
         metrics_at = self.config.metrics_address
         if metrics_at is not None:
             try:
@@ -308,8 +309,9 @@ class Server:  # pragma: no mutate block (lifecycle: the process tests' business
         await self._server.start()
         if self.rules.watched:
             self._watcher = asyncio.create_task(self.rules.watch(self.config.reload_interval_seconds))
-        self.address = listen if listen.startswith("unix:") else f"{listen.rpartition(':')[0]}:{port}"
-        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        # No health to set: grpc_health's servicer reports SERVING from its creation, and the first checker got in
+        # with self._server.start() (tests/test_server.py's health test fails if either stops being so).
+        self.address = listen if path is not None else f"{listen.rpartition(':')[0]}:{port}"
         return self.address
 
     async def drain(self) -> None:
@@ -330,6 +332,9 @@ class Server:  # pragma: no mutate block (lifecycle: the process tests' business
         await self._server.stop(self.config.grace_seconds)
         if self._watcher is not None:
             self._watcher.cancel()
+            # Ended, not only asked to (a caller's loop that goes on has nothing left over); asyncio.wait, as
+            # awaiting the task would cancel it with stop() itself and end stop()'s own cancellation there.
+            await asyncio.wait((self._watcher,))
         self.audit.flush()
         self.metrics.close()
         if self.tracing is not None:

@@ -124,6 +124,10 @@ def test_secrets_never_in_repr_or_errors(tmp_path: Path) -> None:
          "not negative"),
         ("audit_sample_rate = 1.5", "audit_sample_rate must be between 0 and 1 (rejections are always logged)"),
         ("audit_sample_rate = -0.1", "audit_sample_rate must be between 0 and 1 (rejections are always logged)"),
+        ('listen = "ext-proc.sock"', "--listen: expected HOST:PORT, got 'ext-proc.sock'"),
+        ('listen = "unix-abstract:ext-proc"', "listen 'unix-abstract:ext-proc': an abstract Unix socket has no "
+         "file mode, so any local process could read credentials from the server's answers; use unix:PATH (mode "
+         "0600), or HOST:PORT knowingly"),
         ('metrics_listen = "9090"', "metrics_listen '9090': expected HOST:PORT, or 'off'"),
         ('metrics_listen = ":9090"', "metrics_listen ':9090': expected HOST:PORT, or 'off'"),
         ('metrics_listen = "host:port"', "metrics_listen 'host:port': expected HOST:PORT, or 'off'"),
@@ -767,6 +771,21 @@ def test_service_links_with_digits_and_underscores_in_port_names_are_no_setting(
     """Kubernetes turns a port named grpc-2 or http-metrics into GRPC_2 and HTTP_METRICS."""
     env = {"EXT_PROC_CREDENTIALS_SERVICE_PORT_GRPC_2": "9000", "EXT_PROC_CREDENTIALS_SERVICE_PORT_HTTP_METRICS": "1"}
     assert Config.load(None, env) == Config()
+
+
+@pytest.mark.parametrize(
+    ("listen", "socket"),
+    [("unix:/run/gw/ext-proc.sock", Path("/run/gw/ext-proc.sock")), ("127.0.0.1:0", None), ("[::1]:9000", None),
+     # Host names that begin as gRPC's address schemes do are host names: only `unix:` makes a socket file.
+     ("unixhost:9000", None), ("unix-abstracted.example:9000", None)],
+)  # fmt: skip
+def test_serve_listens_on_a_unix_socket_only_when_told_unix_path(listen: str, socket: Path | None) -> None:
+    assert Config(listen=listen).validated().listen_socket == socket
+
+
+def test_serve_listens_by_default_on_the_private_socket(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert Config().validated().listen_socket == tmp_path / "ext-proc" / "ext-proc.sock"
 
 
 @pytest.mark.parametrize(

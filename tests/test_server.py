@@ -191,6 +191,21 @@ def test_health_serving_then_not_serving_on_drain(tmp_path: Path) -> None:
     assert draining == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+def test_stop_returns_once_everything_the_server_started_has_ended(tmp_path: Path) -> None:
+    """The secret-file watcher included: `serve`'s asyncio.Runner would cancel a task left over, but a caller whose
+    loop goes on (an embedding, a test) would have a server still reloading files after stop()."""
+    credential = tmp_path / "server-key"
+    credential.write_text("sk-ant-api03-OPERATOR\n")
+
+    async def scenario() -> tuple[bool, list[asyncio.Task[object]]]:
+        async with asyncio.timeout(30):  # a watcher never ended would hold stop() here
+            async with serving(tmp_path, server_credential_file=str(credential)) as (server, _):
+                watched = server.rules.watched
+        return watched, [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+
+    assert asyncio.run(scenario()) == (True, [])
+
+
 def test_stream_ends_once_the_request_headers_are_answered(tmp_path: Path) -> None:
     """Envoy never has to end (cancel) the stream: the server finishes it with OK right after its answer."""
 
