@@ -34,6 +34,7 @@ from ext_proc.tracing import EXPORT_SECONDS, Tracing, encode, otlp_exporter
 from tests.conftest import running_legs
 from tests.support.collector import Collector, Span
 from tests.support.decisions import KEYRING, NOW
+from tests.support.extproc import EGRESS, headers_message, message_stream, serving
 from tests.support.http import send
 from tests.support.processes import free_port
 from tests.support.recorder import Recorder
@@ -300,6 +301,21 @@ def test_the_exporter_reports_a_collector_it_cannot_reach_or_that_never_answers_
             assert exporter.export([]) == SpanExportResult.FAILURE
         finally:
             exporter.shutdown()
+
+
+def test_a_server_stopped_in_this_process_has_exported_its_queued_spans(tmp_path: Path) -> None:
+    """stop() flushes the batch (sent every 5 s) before it returns, not only the SDK's exit hook: a caller whose
+    process goes on (an embedding, a test) gets the last decisions' spans too."""
+    with Collector() as collector:
+
+        async def scenario() -> list[Span]:
+            async with serving(tmp_path, tracing_endpoint=collector.endpoint) as (_, stub):
+                message = message_stream(headers_message(("x-api-key", b"sk-ant-api03-QUEUED")))
+                assert [r async for r in stub.Process(message, metadata=EGRESS)] != []
+            return collector.spans("ext-proc-credentials")  # as stop() returned: no waiting for a batch
+
+        spans = asyncio.run(scenario())
+    assert [(s.attributes["ext_proc.leg"], s.attributes["ext_proc.outcome"]) for s in spans] == [("egress", "forward")]
 
 
 def test_the_configured_collector_receives_the_spans_as_recorded() -> None:
