@@ -783,6 +783,17 @@ def test_serve_listens_on_a_unix_socket_only_when_told_unix_path(listen: str, so
     assert Config(listen=listen).validated().listen_socket == socket
 
 
+def test_serve_refuses_an_abstract_socket_at_start() -> None:
+    """docs/operations.md: gRPC would bind `unix-abstract:NAME` in the abstract namespace, open to every process in
+    the network namespace; `serve` says so and stops, listening nowhere."""
+    message = (
+        "ext-proc: configuration error: listen 'unix-abstract:ext-proc': an abstract Unix socket has no file mode, so "
+        "any local process could read credentials from the server's answers; use unix:PATH (mode 0600), or HOST:PORT "
+        "knowingly\n"
+    )
+    assert run_cli(["serve", "--listen", "unix-abstract:ext-proc"], {}) == Ran(2, "", message)
+
+
 def test_serve_listens_by_default_on_the_private_socket(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     assert Config().validated().listen_socket == tmp_path / "ext-proc" / "ext-proc.sock"
