@@ -7,6 +7,7 @@ LiteLLM's egress token; Envoy never outlives `up`; the ready line and the gatewa
 
 from __future__ import annotations
 
+import gc
 import http.client
 import json
 import os
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -354,6 +356,22 @@ def test_an_admin_socket_that_never_answers_fails_the_request_at_its_timeout(tmp
         asking.join(10)
         assert not asking.is_alive(), "the request waited past its timeout"
     assert [type(e) for e in outcome] == [TimeoutError]
+
+
+def test_an_admin_request_before_envoy_listens_closes_its_socket_at_once(tmp_path: Path) -> None:
+    """`up` asks Envoy's admin socket for /ready over and over while Envoy starts: each refused connection closes
+    its socket there and then, not whenever the collector gets to it (Python's ResourceWarning for a socket left
+    open says which)."""
+    from ext_proc.envoy_process import Admin
+
+    admin = Admin(f"unix:{tmp_path / 'admin.sock'}", tmp_path / "unused")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            with pytest.raises(FileNotFoundError):
+                admin.request("/ready")
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 @pytest.mark.parametrize("written", [None, "", "127.0.0.1:"])
