@@ -8,6 +8,7 @@ import contextlib
 import http.client
 import json
 import logging
+import math
 import socket
 from pathlib import Path
 
@@ -63,12 +64,15 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 async def start(
     binary: Path, layout: Layout, work: Path, log_level: str, grace: float
 ) -> tuple[asyncio.subprocess.Process, Admin]:
-    """Envoy with ``layout``'s config, written to ``work``, dying with this process; and its admin API."""
+    """Envoy with ``layout``'s config, written to ``work``, dying with this process; and its admin API.
+
+    Envoy closes its listeners when its drain time ends: rounded up from ``grace``, so that a client connecting at
+    any moment of `up`'s drain is still served (with ``Connection: close``)."""
     (work / "envoy.yaml").write_text(render(layout))
     proc = await asyncio.create_subprocess_exec(
         str(binary), "-c", str(work / "envoy.yaml"), "--log-level", log_level, *log_caps(),
         "--admin-address-path", str(work / "admin"), "--disable-hot-restart", "--concurrency", str(ENVOY_WORKERS),
-        "--drain-time-s", str(max(1, int(grace))), "--drain-strategy", "immediate",
+        "--drain-time-s", str(math.ceil(grace)), "--drain-strategy", "immediate",
         preexec_fn=die_with_parent,
     )  # fmt: skip
     return proc, Admin(layout.admin, work / "admin")
@@ -100,9 +104,8 @@ async def drain(envoy: asyncio.subprocess.Process, admin: Admin, grace: float) -
     try:
         await asyncio.to_thread(admin.request, "/drain_listeners?graceful", "POST")
         while loop.time() < deadline:
-            _, text = await asyncio.to_thread(admin.request, "/stats?format=json&filter=downstream_rq_active")
-            stats = json.loads(text)
-            active = sum(s.get("value", 0) for s in stats["stats"] if s["name"] in ACTIVE_REQUEST_STATS)
+            _, text = await asyncio.to_thread(admin.request, "/stats?format=json&type=Gauges")
+            active = sum(s["value"] for s in json.loads(text)["stats"] if s["name"] in ACTIVE_REQUEST_STATS)
             if active == 0:
                 return
             await asyncio.sleep(0.05)

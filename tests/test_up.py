@@ -430,6 +430,22 @@ def test_up_with_a_tcp_admin_port_gets_ready_through_it_drains_and_warns(tmp_pat
     assert "could not drain Envoy" not in up.output, "the drain went through the admin port"
 
 
+def test_envoy_keeps_its_listeners_open_for_the_whole_grace(tmp_path: Path) -> None:
+    """docs/operations.md, Shutdown: a client connecting during the drain is still served. Envoy closes its listeners
+    when its own drain time ends, so that time must not end before `grace_seconds` does: a grace of 1.5 s rounded
+    down would refuse the clients of its last half second. Read from Envoy itself, as it parsed its command line."""
+    admin = free_port()
+    extra = ("--admin-listen", f"127.0.0.1:{admin}", "--grace-seconds", "1.5")
+    with Recorder() as recorder, running_up(tmp_path, recorder, *extra):
+        connection = http.client.HTTPConnection("127.0.0.1", admin, timeout=5)
+        connection.request("GET", "/server_info")
+        options = json.loads(connection.getresponse().read())["command_line_options"]
+        connection.close()
+    assert (options["drain_time"], options["drain_strategy"]) == ("2s", "Immediate")
+    said = " ".join((Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text().split())
+    assert "Envoy's own drain time, after which it would close its listeners, is `grace_seconds` rounded up" in said
+
+
 @pytest.mark.parametrize(
     ("flag", "what"),
     [("--ingress-listen", "ingress"), ("--egress-listen", "egress"), ("--admin-listen", "Envoy admin"),
