@@ -7,13 +7,16 @@ LiteLLM's egress token; Envoy never outlives `up`; the ready line and the gatewa
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import http.client
+import http.server
 import json
 import os
 import shutil
 import signal
 import socket
+import socketserver
 import stat
 import subprocess
 import sys
@@ -358,20 +361,48 @@ def test_an_admin_socket_that_never_answers_fails_the_request_at_its_timeout(tmp
     assert [type(e) for e in outcome] == [TimeoutError]
 
 
-def test_an_admin_request_before_envoy_listens_closes_its_socket_at_once(tmp_path: Path) -> None:
-    """`up` asks Envoy's admin socket for /ready over and over while Envoy starts: each refused connection closes
-    its socket there and then, not whenever the collector gets to it (Python's ResourceWarning for a socket left
-    open says which)."""
+class _AdminStandIn(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """An admin socket that answers every request 200 (Envoy's own is held by the tests that run `up`)."""
+
+    daemon_threads = True
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # as Envoy's: the connection stays open after the answer unless closed
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-length", "5")
+            self.end_headers()
+            self.wfile.write(b"LIVE\n")
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet: the test reads warnings, not a log."""
+
+
+@pytest.mark.parametrize("envoy", ["not listening yet", "answering"])
+def test_each_admin_request_closes_its_socket_at_once(tmp_path: Path, envoy: str) -> None:
+    """`up` asks Envoy's admin socket for /ready over and over while Envoy starts, and for its stats during the drain:
+    each request closes its socket there and then, refused or answered, not whenever the collector gets to it
+    (Python's ResourceWarning for a socket left open says which)."""
     from ext_proc.envoy_process import Admin
 
-    admin = Admin(f"unix:{tmp_path / 'admin.sock'}", tmp_path / "unused")
-    gc.collect()  # what earlier tests left is not this test's to count
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for _ in range(3):
-            with pytest.raises(FileNotFoundError):
-                admin.request("/ready")
-        gc.collect()
+    path = tmp_path / "admin.sock"
+    admin = Admin(f"unix:{path}", tmp_path / "unused")
+    with contextlib.ExitStack() as stack:
+        if envoy == "answering":
+            server = stack.enter_context(_AdminStandIn(str(path), _AdminStandIn.Handler))
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            stack.callback(server.shutdown)
+        gc.collect()  # what earlier tests left is not this test's to count
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                if envoy == "answering":
+                    assert admin.request("/ready") == (200, "LIVE\n")
+                else:
+                    with pytest.raises(FileNotFoundError):
+                        admin.request("/ready")
+            gc.collect()
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
