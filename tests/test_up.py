@@ -7,11 +7,13 @@ LiteLLM's egress token; Envoy never outlives `up`; the ready line and the gatewa
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import http.client
 import http.server
 import json
+import logging
 import os
 import shutil
 import signal
@@ -362,21 +364,40 @@ def test_an_admin_socket_that_never_answers_fails_the_request_at_its_timeout(tmp
 
 
 class _AdminStandIn(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    """An admin socket that answers every request 200 (Envoy's own is held by the tests that run `up`)."""
+    """An admin socket answering each path with a fixed body (Envoy's own is held by the tests that run `up`)."""
 
     daemon_threads = True
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # as Envoy's: the connection stays open after the answer unless closed
+    def __init__(self, path: Path, answers: dict[str, bytes]) -> None:
+        super().__init__(str(path), _AdminStandInHandler)
+        self.answers = answers
 
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("content-length", "5")
-            self.end_headers()
-            self.wfile.write(b"LIVE\n")
 
-        def log_message(self, format: str, *args: object) -> None:
-            """Quiet: the test reads warnings, not a log."""
+class _AdminStandInHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # as Envoy's: the connection stays open after the answer unless closed
+    server: _AdminStandIn
+
+    def do_GET(self) -> None:
+        body = self.server.answers[self.path]
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: the tests read warnings and the gateway's log, not this."""
+
+
+@contextlib.contextmanager
+def admin_stand_in(path: Path, answers: dict[str, bytes]) -> Iterator[None]:
+    with _AdminStandIn(path, answers) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield
+        finally:
+            server.shutdown()
 
 
 @pytest.mark.parametrize("envoy", ["not listening yet", "answering"])
@@ -390,9 +411,7 @@ def test_each_admin_request_closes_its_socket_at_once(tmp_path: Path, envoy: str
     admin = Admin(f"unix:{path}", tmp_path / "unused")
     with contextlib.ExitStack() as stack:
         if envoy == "answering":
-            server = stack.enter_context(_AdminStandIn(str(path), _AdminStandIn.Handler))
-            threading.Thread(target=server.serve_forever, daemon=True).start()
-            stack.callback(server.shutdown)
+            stack.enter_context(admin_stand_in(path, {"/ready": b"LIVE\n"}))
         gc.collect()  # what earlier tests left is not this test's to count
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -404,6 +423,45 @@ def test_each_admin_request_closes_its_socket_at_once(tmp_path: Path, envoy: str
                         admin.request("/ready")
             gc.collect()
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+@pytest.mark.parametrize(
+    ("stats", "said"),
+    [
+        (None, "INFO Envoy received the signal too and stopped without draining"),
+        (b"not JSON", "WARNING could not drain Envoy through its admin endpoint: Expecting value: line 1 column 1"),
+        (b"{}", "WARNING could not drain Envoy through its admin endpoint: 'stats'"),
+    ],
+)  # fmt: skip
+def test_a_drain_that_cannot_read_envoy_s_admin_says_why_and_returns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, stats: bytes | None, said: str
+) -> None:
+    """docs/operations.md, Shutdown: a Ctrl-C in a terminal reaches Envoy too, which closes its admin socket and exits
+    a moment later (here: a child that lives half a second, no admin socket): `up` waits for that exit and says
+    Envoy stopped without draining. An admin that answers what the drain cannot read (never seen from Envoy) ends the
+    drain with a warning naming it, and `up` goes on stopping everything, where an exception would end it there."""
+    from ext_proc.envoy_process import Admin, drain
+
+    path = tmp_path / "admin.sock"
+    lives = "0.5" if stats is None else "60"
+
+    async def scenario() -> None:
+        envoy = await asyncio.create_subprocess_exec(sys.executable, "-c", f"import time; time.sleep({lives})")
+        try:
+            await drain(envoy, Admin(f"unix:{path}", tmp_path / "unused"), 30)
+        finally:
+            if envoy.returncode is None:
+                envoy.kill()
+            await envoy.wait()
+
+    with contextlib.ExitStack() as stack:
+        if stats is not None:
+            answers = {"/drain_listeners?graceful": b"OK\n", "/stats?format=json&type=Gauges": stats}
+            stack.enter_context(admin_stand_in(path, answers))
+        caplog.set_level(logging.INFO, "ext_proc.up")
+        asyncio.run(scenario())
+    logged = [f"{r.levelname} {r.getMessage()}" for r in caplog.records if r.name == "ext_proc.up"]
+    assert len(logged) == 1 and logged[0].startswith(said), logged
 
 
 @pytest.mark.parametrize("written", [None, "", "127.0.0.1:"])
