@@ -548,3 +548,63 @@ def test_a_litellm_that_does_not_come_up_is_stopped_and_named(
         if left:
             os.kill(int(pid.read_text()), 9)
     assert not left, "LiteLLM was left running"
+
+
+_ALIVE_ONCE = """import http.server, sys
+port = int(sys.argv[sys.argv.index("--port") + 1])
+
+
+class Alive(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+with http.server.HTTPServer(("127.0.0.1", port), Alive) as server:
+    server.handle_request()
+print("crashed after its first request", flush=True)
+sys.exit(3)
+"""
+
+
+def test_up_ends_when_the_litellm_it_runs_dies_and_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`up --litellm-config` starts LiteLLM once Envoy is ready and watches it beside Envoy: a LiteLLM that dies
+    after its start (here a stand-in that answers its liveliness check, then exits 3) ends `up` with status 1 and
+    LiteLLM named, so that a service manager restarts the whole, rather than `up` serving a gateway without its
+    LiteLLM. Run through cli.main in this process, so that the mutation step's mutants of `up.run` are in it; a
+    SIGTERM after 60 s ends an `up` that would wait forever (the drain then exits 0, which fails the test)."""
+    import os
+    import signal
+    import sys
+    import threading
+
+    from tests.support.command import run_cli
+    from tests.support.processes import free_port
+
+    binary = tmp_path / "litellm"
+    binary.write_text(f"#!{sys.executable}\n{_ALIVE_ONCE}")
+    binary.chmod(0o700)
+    monkeypatch.setattr(litellm, "find_litellm", lambda: binary)
+    config = tmp_path / "litellm.yaml"
+    config.write_text(
+        yaml.safe_dump({"model_list": [{"model_name": "claude-*", "litellm_params": {"model": "anthropic/claude-*"}}]})
+    )
+    token = tmp_path / "egress-token"
+    token.write_text("egress-" + "p" * 40 + "\n")
+    argv = [
+        "up", "--litellm-config", str(config), "--ingress-listen", f"127.0.0.1:{free_port()}",
+        "--egress-listen", f"127.0.0.1:{free_port()}", "--litellm", f"http://127.0.0.1:{free_port()}",
+        "--anthropic", "http://127.0.0.1:9", "--metrics-listen", "off", "--egress-token-file", str(token),
+    ]  # fmt: skip
+    deadline = threading.Timer(60, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    deadline.start()
+    try:
+        ran = run_cli(argv, bare_env(PATH=os.environ["PATH"]))
+    finally:
+        deadline.cancel()
+    assert ran.returncode == 1, ran
+    assert "ext-proc: LiteLLM exited unexpectedly with status 3" in ran.stderr.splitlines(), ran.stderr
+    assert "litellm | crashed after its first request" in ran.stderr.splitlines(), ran.stderr
