@@ -12,6 +12,7 @@ import yaml
 
 from ext_proc import litellm
 from ext_proc.litellm_config import DEV_MASTER_KEY, SAMPLE_MASTER_KEYS
+from tests.support.command import Ran, run_cli
 from tests.support.processes import BIN, bare_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -550,42 +551,46 @@ def test_a_litellm_that_does_not_come_up_is_stopped_and_named(
     assert not left, "LiteLLM was left running"
 
 
-_ALIVE_ONCE = """import http.server, sys
+_STAND_IN = """import http.server, os, pathlib, signal, sys
+pathlib.Path(sys.argv[0] + ".pid").write_text(str(os.getpid()))
 port = int(sys.argv[sys.argv.index("--port") + 1])
+SIGNALS_UP = {signals_up}
 
 
 class Alive(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(200)
         self.end_headers()
+        self.wfile.flush()
+        if SIGNALS_UP:
+            os.kill(os.getppid(), signal.SIGTERM)
 
     def log_message(self, *args):
         pass
 
 
 with http.server.HTTPServer(("127.0.0.1", port), Alive) as server:
+    if SIGNALS_UP:
+        server.serve_forever()
     server.handle_request()
 print("crashed after its first request", flush=True)
 sys.exit(3)
 """
 
 
-def test_up_ends_when_the_litellm_it_runs_dies_and_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`up --litellm-config` starts LiteLLM once Envoy is ready and watches it beside Envoy: a LiteLLM that dies
-    after its start (here a stand-in that answers its liveliness check, then exits 3) ends `up` with status 1 and
-    LiteLLM named, so that a service manager restarts the whole, rather than `up` serving a gateway without its
-    LiteLLM. Run through cli.main in this process, so that the mutation step's mutants of `up.run` are in it; a
-    SIGTERM after 60 s ends an `up` that would wait forever (the drain then exits 0, which fails the test)."""
+def _up_with_a_stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signals_up: bool) -> tuple[Ran, int]:
+    """`ext-proc up --litellm-config` through cli.main in this process, so that the mutation step's mutants of
+    `up.run` are in it, with a stand-in LiteLLM; and the stand-in's pid. A SIGTERM after 60 s ends an `up` that
+    would wait forever (its drain then exits 0)."""
     import os
     import signal
     import sys
     import threading
 
-    from tests.support.command import run_cli
     from tests.support.processes import free_port
 
     binary = tmp_path / "litellm"
-    binary.write_text(f"#!{sys.executable}\n{_ALIVE_ONCE}")
+    binary.write_text(f"#!{sys.executable}\n" + _STAND_IN.format(signals_up=signals_up))
     binary.chmod(0o700)
     monkeypatch.setattr(litellm, "find_litellm", lambda: binary)
     config = tmp_path / "litellm.yaml"
@@ -605,6 +610,29 @@ def test_up_ends_when_the_litellm_it_runs_dies_and_names_it(tmp_path: Path, monk
         ran = run_cli(argv, bare_env(PATH=os.environ["PATH"]))
     finally:
         deadline.cancel()
+    return ran, int(Path(f"{binary}.pid").read_text())
+
+
+def test_up_ends_when_the_litellm_it_runs_dies_and_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`up --litellm-config` starts LiteLLM once Envoy is ready and watches it beside Envoy: a LiteLLM that dies
+    after its start (a stand-in that answers its liveliness check, then exits 3) ends `up` with status 1 and LiteLLM
+    named, so that a service manager restarts the whole, rather than `up` serving a gateway without its LiteLLM."""
+    ran, _ = _up_with_a_stand_in(tmp_path, monkeypatch, signals_up=False)
     assert ran.returncode == 1, ran
     assert "ext-proc: LiteLLM exited unexpectedly with status 3" in ran.stderr.splitlines(), ran.stderr
     assert "litellm | crashed after its first request" in ran.stderr.splitlines(), ran.stderr
+
+
+def test_up_stops_the_litellm_it_runs_before_it_returns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/operations.md, Shutdown: on SIGTERM `up` stops LiteLLM (when it runs it), waiting for its exit, before
+    Envoy: not left to die with `up`'s process (here the test's process, which lives on). The stand-in sends the
+    SIGTERM itself once it has answered its liveliness check."""
+    import os
+    import signal
+
+    ran, pid = _up_with_a_stand_in(tmp_path, monkeypatch, signals_up=True)
+    left = Path(f"/proc/{pid}").exists()
+    if left:
+        os.kill(pid, signal.SIGKILL)
+    assert ran.returncode == 0, ran
+    assert not left, "LiteLLM outlived the up that ran it"
