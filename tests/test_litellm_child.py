@@ -578,10 +578,12 @@ sys.exit(3)
 """
 
 
-def _up_with_a_stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signals_up: bool) -> tuple[Ran, int]:
+def _up_with_a_stand_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signals_up: bool, litellm_port: int | None = None
+) -> tuple[Ran, int | None]:
     """`ext-proc up --litellm-config` through cli.main in this process, so that the mutation step's mutants of
-    `up.run` are in it, with a stand-in LiteLLM; and the stand-in's pid. A SIGTERM after 60 s ends an `up` that
-    would wait forever (its drain then exits 0)."""
+    `up.run` are in it, with a stand-in LiteLLM; and the stand-in's pid (None when it never started). A SIGTERM after
+    60 s ends an `up` that would wait forever (its drain then exits 0)."""
     import os
     import signal
     import sys
@@ -601,7 +603,7 @@ def _up_with_a_stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signals
     token.write_text("egress-" + "p" * 40 + "\n")
     argv = [
         "up", "--litellm-config", str(config), "--ingress-listen", f"127.0.0.1:{free_port()}",
-        "--egress-listen", f"127.0.0.1:{free_port()}", "--litellm", f"http://127.0.0.1:{free_port()}",
+        "--egress-listen", f"127.0.0.1:{free_port()}", "--litellm", f"http://127.0.0.1:{litellm_port or free_port()}",
         "--anthropic", "http://127.0.0.1:9", "--metrics-listen", "off", "--egress-token-file", str(token),
     ]  # fmt: skip
     deadline = threading.Timer(60, lambda: os.kill(os.getpid(), signal.SIGTERM))
@@ -610,7 +612,8 @@ def _up_with_a_stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signals
         ran = run_cli(argv, bare_env(PATH=os.environ["PATH"]))
     finally:
         deadline.cancel()
-    return ran, int(Path(f"{binary}.pid").read_text())
+    pid = Path(f"{binary}.pid")
+    return ran, int(pid.read_text()) if pid.exists() else None
 
 
 def test_up_ends_when_the_litellm_it_runs_dies_and_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -631,8 +634,28 @@ def test_up_stops_the_litellm_it_runs_before_it_returns(tmp_path: Path, monkeypa
     import signal
 
     ran, pid = _up_with_a_stand_in(tmp_path, monkeypatch, signals_up=True)
+    assert pid is not None, ran
     left = Path(f"/proc/{pid}").exists()
     if left:
         os.kill(pid, signal.SIGKILL)
     assert ran.returncode == 0, ran
     assert not left, "LiteLLM outlived the up that ran it"
+
+
+def test_up_refuses_a_taken_litellm_port_before_it_starts_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --litellm-config, `up` listens on --litellm's port too (through LiteLLM): a port taken there is refused
+    at start, its holder named, as for the other addresses (tests/test_up.py), before Envoy or LiteLLM start."""
+    import os
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ran, pid = _up_with_a_stand_in(tmp_path, monkeypatch, signals_up=False, litellm_port=port)
+    assert (ran.returncode, pid) == (1, None), ran
+    held = f"held by pid {os.getpid()} "
+    refusal = f"ext-proc: cannot listen on 127.0.0.1:{port} (LiteLLM): Address already in use; {held}"
+    assert any(line.startswith(refusal) for line in ran.stderr.splitlines()), ran.stderr
