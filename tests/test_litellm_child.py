@@ -617,11 +617,11 @@ def _up_with_a_stand_in(
 
 
 def test_up_ends_when_the_litellm_it_runs_dies_and_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`up --litellm-config` starts LiteLLM once Envoy is ready and watches it beside Envoy: a LiteLLM that dies
-    after its start (a stand-in that answers its liveliness check, then exits 3) ends `up` with status 1 and LiteLLM
-    named, so that a service manager restarts the whole, rather than `up` serving a gateway without its LiteLLM.
-    Before that, the ready line and the two lines a client needs (README.md), the key as a placeholder for a config
-    without a master key of the environment's."""
+    """docs/operations.md, Shutdown: `up --litellm-config` starts LiteLLM once Envoy is ready and watches it beside
+    Envoy: a LiteLLM that dies after its start (a stand-in that answers its liveliness check, then exits 3) ends `up`
+    with status 1 and LiteLLM named, so that a service manager restarts the whole, rather than `up` serving a gateway
+    without its LiteLLM. Before that, the ready line and the two lines a client needs (README.md), the key as a
+    placeholder for a config without a master key of the environment's."""
     ran, _ = _up_with_a_stand_in(tmp_path, monkeypatch, signals_up=False)
     assert ran.returncode == 1, ran
     ready, *setup = ran.stdout.splitlines()
