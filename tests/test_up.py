@@ -391,7 +391,7 @@ class _AdminStandInHandler(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def admin_stand_in(path: Path, answers: dict[str, bytes]) -> Iterator[None]:
+def _admin_stand_in(path: Path, answers: dict[str, bytes]) -> Iterator[None]:
     with _AdminStandIn(path, answers) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
@@ -411,7 +411,7 @@ def test_each_admin_request_closes_its_socket_at_once(tmp_path: Path, envoy: str
     admin = Admin(f"unix:{path}", tmp_path / "unused")
     with contextlib.ExitStack() as stack:
         if envoy == "answering":
-            stack.enter_context(admin_stand_in(path, {"/ready": b"LIVE\n"}))
+            stack.enter_context(_admin_stand_in(path, {"/ready": b"LIVE\n"}))
         gc.collect()  # what earlier tests left is not this test's to count
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -457,7 +457,7 @@ def test_a_drain_that_cannot_read_envoy_s_admin_says_why_and_returns(
     with contextlib.ExitStack() as stack:
         if stats is not None:
             answers = {"/drain_listeners?graceful": b"OK\n", "/stats?format=json&type=Gauges": stats}
-            stack.enter_context(admin_stand_in(path, answers))
+            stack.enter_context(_admin_stand_in(path, answers))
         caplog.set_level(logging.INFO, "ext_proc.up")
         asyncio.run(scenario())
     logged = [f"{r.levelname} {r.getMessage()}" for r in caplog.records if r.name == "ext_proc.up"]
